@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * ncebpf's kernel side. ncebpf_xdp attaches at XDP (ingress), ncebpf_tc at a
+ * clsact egress hook. Both parse the frame, pick the peer (the side that is
+ * not a local address) and add the frame to the peer's counters in `peers`;
+ * every frame also lands in exactly one slot of `totals`. Neither program
+ * ever changes, drops or redirects traffic. Both live in one file so that
+ * BCC gives them the same maps.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "ncebpf_kern_user.h"
+#include "parsing.h"
+
+/* Key: peer address. Value: that peer's counters, one copy per CPU.
+ * Not preallocated: memory follows the peers actually seen. */
+BPF_F_TABLE("percpu_hash", struct peer_key, struct peer_counters, peers, NCEBPF_MAX_PEERS,
+	    BPF_F_NO_PREALLOC);
+
+/* Key: enum totals_slot. Value: packets and bytes, one copy per CPU. */
+BPF_PERCPU_ARRAY(totals, struct total_counters, TOTALS_NR);
+
+/* Key: an address of this host. Value: unused. Written by user space only. */
+BPF_HASH(local_addrs, struct peer_key, __u8, NCEBPF_MAX_LOCAL_ADDRS);
+
+static __always_inline void count_total(__u32 slot, __u64 packets, __u64 bytes)
+{
+	struct total_counters *t = totals.lookup(&slot);
+
+	/* Per-CPU value and no re-entry on one CPU: plain adds, no atomics. */
+	if (t) {
+		t->packets += packets;
+		t->bytes += bytes;
+	}
+}
+
+static __always_inline void count_peer(struct l3_info *l3, __u64 packets, __u64 bytes)
+{
+	struct peer_key *peer = local_addrs.lookup(&l3->src) ? &l3->dst : &l3->src;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct peer_counters *c = peers.lookup(peer);
+
+	if (!c) {
+		struct peer_counters fresh = {
+			.packets = packets,
+			.bytes = bytes,
+			.first_seen_ns = now,
+			.last_seen_ns = now,
+		};
+
+		if (peers.insert(peer, &fresh) == 0) {
+			count_total(TOTALS_MATCHED, packets, bytes);
+			return;
+		}
+		/* -EEXIST: another CPU created the entry after our lookup; any
+		 * other error means the map is full, and the frame must still be
+		 * counted, never dropped from the totals. */
+		c = peers.lookup(peer);
+		if (!c) {
+			count_total(TOTALS_OVERFLOW, packets, bytes);
+			return;
+		}
+	}
+	c->packets += packets;
+	c->bytes += bytes;
+	c->last_seen_ns = now;
+	count_total(TOTALS_MATCHED, packets, bytes);
+}
+
+int ncebpf_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	/* Not frags-aware, so the kernel only hands us linear frames. */
+	__u64 len = data_end - data;
+	struct l3_info l3;
+
+	if (parse_l3(data, data_end, &l3) < 0)
+		count_total(TOTALS_UNPARSED, 1, len);
+	else
+		count_peer(&l3, 1, len);
+	return XDP_PASS;
+}
+
+/* Length of the TCP or UDP header that every segment of a GSO packet repeats. */
+static __always_inline __u32 l4_header_len(struct __sk_buff *skb, struct l3_info *l3)
+{
+	__u8 doff;
+
+	if (l3->l4_proto == IPPROTO_UDP)
+		return 8;
+	if (l3->l4_proto != IPPROTO_TCP)
+		return 0;
+	/* The TCP header may sit beyond the linear data direct access covers. */
+	if (bpf_skb_load_bytes(skb, l3->l4_off + 12, &doff, 1) < 0)
+		return 0;
+	return (doff >> 4) * 4;
+}
+
+int ncebpf_tc(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u64 packets = 1;
+	__u64 bytes = skb->len;
+	struct l3_info l3;
+
+	if (parse_l3(data, data_end, &l3) < 0) {
+		count_total(TOTALS_UNPARSED, 1, bytes);
+		return TC_ACT_UNSPEC;
+	}
+	/* A GSO super-packet leaves the host as gso_segs frames, each with its
+	 * own copy of the L2-L4 headers. */
+	if (skb->gso_segs > 1) {
+		packets = skb->gso_segs;
+		bytes += (packets - 1) * (l3.l4_off + l4_header_len(skb, &l3));
+	}
+	count_peer(&l3, packets, bytes);
+	/* UNSPEC, not OK: let any filter after ours classify the packet too. */
+	return TC_ACT_UNSPEC;
+}

@@ -1,0 +1,3 @@
+from ncebpf.cli import main
+
+main()

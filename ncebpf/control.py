@@ -1,0 +1,131 @@
+"""The control socket through which commands talk to a running instance.
+
+A Unix stream socket at <piddir>/<name>.sock. The client sends one line,
+``dump <format>``; the daemon drains, writes the dump, and only then answers
+``ok <path>`` (or ``error <message>``). A socket that accepts connections is
+also how we know an instance is running: a pid file can outlive its process
+and its pid can be reused, a listening socket cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from pathlib import Path
+from types import TracebackType
+
+from ncebpf.config import Instance
+from ncebpf.errors import InstanceRunning, NcebpfError, NotRunning
+
+REQUEST_TIMEOUT_S = 2.0
+MAX_LINE = 512
+
+
+def _connect(path: Path, timeout: float) -> socket.socket | None:
+    """A connection to a live instance, or None when nothing listens at path."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+            return None
+        raise
+    return sock
+
+
+def is_running(instance: Instance) -> bool:
+    sock = _connect(instance.control_path, REQUEST_TIMEOUT_S)
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
+def _read_line(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < MAX_LINE:
+        chunk = sock.recv(MAX_LINE)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def request_dump(instance: Instance, fmt: str, timeout_s: float) -> Path:
+    """Ask the running instance for a fresh dump; return its path once written."""
+    sock = _connect(instance.control_path, timeout_s)
+    if sock is None:
+        raise NotRunning(
+            f"no ncebpf instance named {instance.name!r} is running (nothing listens on "
+            f"{instance.control_path}): start one with 'ncebpf attach --iface IFACE', "
+            "with the same --name and --piddir"
+        )
+    with sock:
+        sock.sendall(f"dump {fmt}\n".encode())
+        try:
+            reply = _read_line(sock)
+        except TimeoutError:
+            raise NcebpfError(f"instance {instance.name!r} did not write a dump "
+                              f"within {timeout_s:g} s") from None
+    status, _, detail = reply.partition(" ")
+    if status != "ok":
+        raise NcebpfError(f"instance {instance.name!r} could not dump: {detail or reply!r}")
+    return Path(detail)
+
+
+class ControlServer:
+    """The daemon's end; a context manager that removes the socket it made."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.path = instance.control_path
+        self.name = instance.name
+        self._sock: socket.socket | None = None
+        self._inode = 0
+
+    def __enter__(self) -> ControlServer:
+        live = _connect(self.path, REQUEST_TIMEOUT_S)
+        if live is not None:
+            live.close()
+            raise InstanceRunning(
+                f"an ncebpf instance named {self.name!r} is already running "
+                f"({self.path}): stop it, or choose another --name"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left by a run that was killed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(8)
+        self._sock = sock
+        self._inode = self.path.stat().st_ino
+        return self
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        """One pending client and its request line, or None if it sent nothing useful."""
+        assert self._sock is not None
+        conn, _ = self._sock.accept()
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            return conn, _read_line(conn)
+        except OSError:
+            conn.close()
+            return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()

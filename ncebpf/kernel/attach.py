@@ -1,0 +1,256 @@
+"""Attach ncebpf's programs to an interface, and undo exactly that.
+
+XdpAttachment and TcEgressAttachment are context managers: on exit they
+remove only the program they attached (a program someone attached in the
+meantime stays), restore a foreign XDP program that --force displaced, and
+delete the clsact qdisc only if they created it and it is empty. A program
+left by an ncebpf run that was killed is recognised by name and replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from types import TracebackType
+from typing import Literal
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ncebpf.errors import AttachError, ForeignProgram, InterfaceNotFound, KernelError
+from ncebpf.kernel import libbpf
+from ncebpf.kernel.build import PROGRAM_NAMES
+
+log = logging.getLogger(__name__)
+
+XdpMode = Literal["auto", "native", "generic"]
+
+_MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}
+
+TC_EGRESS_PARENT = 0xFFFFFFF3  # ffff:fff3, clsact egress
+TC_PRIO = 1  # run before other classifiers; ours returns TC_ACT_UNSPEC so they still run
+TC_HANDLE = 0x4E43  # "NC"
+_TC_EGRESS_PARENT_TEXT = "ffff:fff3"
+
+
+def ifindex_of(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise InterfaceNotFound(ifname) from None
+
+
+def _is_ours(name: str) -> bool:
+    # The kernel keeps 15 characters of a program name.
+    return any(name == own[:15] for own in PROGRAM_NAMES)
+
+
+def _mode_flags(mode: str) -> int:
+    return _MODE_FLAGS.get(mode, 0)
+
+
+class XdpAttachment:
+    """Attach the XDP program; `mode` auto tries native first, then generic."""
+
+    def __init__(self, ifname: str, prog_fd: int, mode: XdpMode = "auto",
+                 force: bool = False) -> None:
+        self.ifname = ifname
+        self.ifindex = ifindex_of(ifname)
+        self.prog_fd = prog_fd
+        self.requested_mode: XdpMode = mode
+        self.force = force
+        self.mode = ""  # the mode actually used: native or generic
+        self._displaced_fd: int | None = None  # a foreign program --force replaced
+        self._displaced_mode = ""
+
+    def __enter__(self) -> XdpAttachment:
+        current = libbpf.xdp_query(self.ifindex)
+        if current.prog_id:
+            self._remove_existing(current)
+        try:
+            self._attach()
+        except BaseException:
+            self._restore_displaced()
+            raise
+        log.info("XDP program attached to %s in %s mode", self.ifname, self.mode)
+        return self
+
+    def _remove_existing(self, current: libbpf.XdpState) -> None:
+        info = libbpf.prog_info_by_id(current.prog_id)
+        described = (f"XDP program id {info.id} {info.name!r} (tag {info.tag}, "
+                     f"{current.mode or 'unknown'} mode)")
+        if not _is_ours(info.name) and not self.force:
+            raise ForeignProgram(
+                f"{self.ifname} already has {described}; ncebpf will not replace it: "
+                "remove it, or pass --force to displace it for this run"
+            )
+        old_fd = libbpf.prog_fd_by_id(current.prog_id)
+        try:
+            libbpf.xdp_detach(self.ifindex, _mode_flags(current.mode), old_fd)
+        except BaseException:
+            os.close(old_fd)
+            raise
+        if _is_ours(info.name):
+            log.warning("replaced ncebpf's %s left on %s by an earlier run", described,
+                        self.ifname)
+            os.close(old_fd)
+        else:
+            log.warning("displaced %s on %s for this run (--force); it is restored on exit",
+                        described, self.ifname)
+            self._displaced_fd, self._displaced_mode = old_fd, current.mode
+
+    def _attach(self) -> None:
+        modes = ["native", "generic"] if self.requested_mode == "auto" else [self.requested_mode]
+        for mode in modes:
+            try:
+                libbpf.xdp_attach(self.ifindex, self.prog_fd,
+                                  _mode_flags(mode) | libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST)
+            except KernelError as exc:
+                if mode == modes[-1]:
+                    raise AttachError(
+                        f"cannot attach XDP to {self.ifname} in {mode} mode: {exc}"
+                    ) from exc
+                log.info("native XDP unavailable on %s (%s); using generic mode", self.ifname, exc)
+                continue
+            self.mode = mode
+            return
+
+    def _restore_displaced(self) -> None:
+        if self._displaced_fd is None:
+            return
+        try:
+            flags = _mode_flags(self._displaced_mode) | libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST
+            libbpf.xdp_attach(self.ifindex, self._displaced_fd, flags)
+        except KernelError as exc:
+            log.error("could not restore the XDP program ncebpf displaced on %s: %s",
+                      self.ifname, exc)
+        finally:
+            os.close(self._displaced_fd)
+            self._displaced_fd = None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            libbpf.xdp_detach(self.ifindex, _mode_flags(self.mode), self.prog_fd)
+            log.info("XDP program detached from %s", self.ifname)
+        except KernelError as err:
+            # ENODEV: the interface is gone. EEXIST/ENOENT: someone replaced
+            # or removed our program; theirs is not ours to remove.
+            log.warning("left XDP on %s as it is: %s", self.ifname, err)
+        self._restore_displaced()
+
+
+def _ncebpf_tc_filters(ipr: IPRoute, ifindex: int) -> list[tuple[int, int]]:
+    """(prio, handle) of every ncebpf filter on the interface's clsact egress hook."""
+    found = []
+    for msg in ipr.get_filters(index=ifindex, parent=TC_EGRESS_PARENT):
+        options = msg.get_attr("TCA_OPTIONS")
+        if msg.get_attr("TCA_KIND") != "bpf" or not options:
+            continue
+        if _is_ours(options.get_attr("TCA_BPF_NAME") or ""):
+            found.append((msg["info"] >> 16, msg["handle"]))
+    return found
+
+
+def _delete_tc_filter(ipr: IPRoute, ifindex: int, prio: int, handle: int) -> None:
+    ipr.tc("del-filter", "bpf", ifindex, handle, parent=_TC_EGRESS_PARENT_TEXT, prio=prio)
+
+
+def _clsact_is_empty(ipr: IPRoute, ifindex: int) -> bool:
+    return not any(ipr.get_filters(index=ifindex, parent=parent)
+                   for parent in (TC_EGRESS_PARENT, 0xFFFFFFF2))
+
+
+class TcEgressAttachment:
+    """Attach the TC program at clsact egress, creating clsact only if it is absent."""
+
+    def __init__(self, ifname: str, prog_fd: int, prog_name: str) -> None:
+        self.ifname = ifname
+        self.ifindex = ifindex_of(ifname)
+        self.prog_fd = prog_fd
+        self.prog_name = prog_name
+        self._created_clsact = False
+        self._ipr: IPRoute | None = None
+
+    def __enter__(self) -> TcEgressAttachment:
+        ipr = self._ipr = IPRoute()
+        try:
+            for prio, handle in _ncebpf_tc_filters(ipr, self.ifindex):
+                log.warning("removed ncebpf's TC filter left on %s by an earlier run", self.ifname)
+                _delete_tc_filter(ipr, self.ifindex, prio, handle)
+            try:
+                ipr.tc("add", "clsact", self.ifindex)
+                self._created_clsact = True
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            ipr.tc("add-filter", "bpf", self.ifindex, TC_HANDLE, fd=self.prog_fd,
+                   name=self.prog_name, parent=_TC_EGRESS_PARENT_TEXT, classid=1,
+                   direct_action=True, prio=TC_PRIO)
+        except NetlinkError as exc:
+            self._undo_clsact()
+            ipr.close()
+            raise AttachError(f"cannot attach TC egress on {self.ifname}: "
+                              f"{os.strerror(exc.code)}") from exc
+        log.info("TC egress program attached to %s", self.ifname)
+        return self
+
+    def _undo_clsact(self) -> None:
+        assert self._ipr is not None
+        if self._created_clsact and _clsact_is_empty(self._ipr, self.ifindex):
+            self._ipr.tc("del", "clsact", self.ifindex)
+        self._created_clsact = False
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._ipr is not None
+        try:
+            _delete_tc_filter(self._ipr, self.ifindex, TC_PRIO, TC_HANDLE)
+            self._undo_clsact()
+            log.info("TC egress program detached from %s", self.ifname)
+        except NetlinkError as err:
+            log.warning("left TC egress on %s as it is: %s", self.ifname, os.strerror(err.code))
+        finally:
+            self._ipr.close()
+
+
+def detach_leftovers(ifname: str) -> list[str]:
+    """Remove ncebpf programs that a killed run left on ifname; return what was removed.
+
+    Foreign programs are never touched. An empty clsact qdisc is removed too:
+    without filters it does nothing, and a killed run cannot tell us whether
+    it created it.
+    """
+    ifindex = ifindex_of(ifname)
+    removed = []
+    current = libbpf.xdp_query(ifindex)
+    if current.prog_id:
+        info = libbpf.prog_info_by_id(current.prog_id)
+        if _is_ours(info.name):
+            fd = libbpf.prog_fd_by_id(current.prog_id)
+            try:
+                libbpf.xdp_detach(ifindex, _mode_flags(current.mode), fd)
+            finally:
+                os.close(fd)
+            removed.append(f"XDP program id {info.id} ({current.mode})")
+    with IPRoute() as ipr:
+        filters = _ncebpf_tc_filters(ipr, ifindex)
+        for prio, handle in filters:
+            _delete_tc_filter(ipr, ifindex, prio, handle)
+            removed.append("TC egress filter")
+        if filters and _clsact_is_empty(ipr, ifindex):
+            ipr.tc("del", "clsact", ifindex)
+            removed.append("clsact qdisc")
+    return removed
+
+
+def interface_addresses(ifname: str) -> list[str]:
+    """IPv4 and IPv6 addresses configured on ifname, as text."""
+    ifindex = ifindex_of(ifname)
+    with IPRoute() as ipr:
+        # IFA_LOCAL is this end of a point-to-point link; IFA_ADDRESS is the far end there.
+        return [msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                for msg in ipr.get_addr(index=ifindex)]
+

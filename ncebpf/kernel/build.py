@@ -1,0 +1,93 @@
+"""Compile bpf/ncebpf.c with BCC and load its programs into the kernel.
+
+Variants are chosen with -D flags only; the C never passes through a Python
+string. BCC is imported lazily so that everything else in ncebpf imports and
+tests without it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ncebpf.errors import BccMissing, CompileError
+from ncebpf.kernel.headers import ensure_headers
+
+XDP_FUNCTION = "ncebpf_xdp"
+TC_FUNCTION = "ncebpf_tc"
+PROGRAM_NAMES = (XDP_FUNCTION, TC_FUNCTION)  # how ncebpf recognises its own programs
+
+
+def bpf_source_dir() -> Path:
+    """bpf/ from the installed package (wheel), else from the source checkout."""
+    packaged = Path(str(importlib.resources.files("ncebpf"))) / "bpf"
+    if (packaged / "ncebpf.c").is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    if (checkout / "ncebpf.c").is_file():
+        return checkout
+    raise CompileError(f"ncebpf's C sources are missing (looked in {packaged} and {checkout})")
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as exc:
+        raise BccMissing() from exc
+    return bcc
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    max_peers: int = 1 << 20  # capacity of the peer map; beyond it frames count as overflow
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-I{bpf_source_dir()}",
+            f"-DNCEBPF_MAX_PEERS={self.max_peers}",
+            "-Wno-unused-label",
+        ]
+
+
+@dataclass
+class LoadedPrograms:
+    """The compiled module, its loaded programs and its maps."""
+
+    bpf: Any
+    xdp: Any  # bcc.BPF.Function: .fd, .name
+    tc: Any
+    compile_seconds: float
+
+    def table(self, name: str) -> Any:
+        return self.bpf[name]
+
+
+@contextmanager
+def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPrograms]:
+    """Compile and load both programs; close every fd on exit.
+
+    Closing our fds does not detach anything: attachments hold their own
+    references and are undone by ncebpf.kernel.attach.
+    """
+    bcc = import_bcc()
+    ensure_headers()
+    source = bpf_source_dir() / "ncebpf.c"
+    started = time.monotonic()
+    try:
+        module = bcc.BPF(src_file=str(source).encode(), cflags=options.cflags())
+    except Exception as exc:  # BCC raises bare Exception and prints clang's output to stderr
+        raise CompileError(f"BCC could not compile {source}: {exc}") from exc
+    try:
+        try:
+            xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
+            tc = module.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
+        except Exception as exc:
+            raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc
+        yield LoadedPrograms(module, xdp, tc, time.monotonic() - started)
+    finally:
+        module.cleanup()

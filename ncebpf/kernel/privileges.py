@@ -1,0 +1,28 @@
+"""Whether this process may load and attach BPF programs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ncebpf.errors import PrivilegeError
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+
+def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def require_bpf_privileges(command: str) -> None:
+    caps = effective_capabilities()
+    has_bpf = caps & (1 << CAP_BPF) or caps & (1 << CAP_SYS_ADMIN)
+    if not (has_bpf and caps & (1 << CAP_NET_ADMIN)):
+        raise PrivilegeError(
+            f"{command} needs CAP_BPF and CAP_NET_ADMIN to load and attach programs: "
+            "run it as root (sudo)"
+        )
