@@ -17,8 +17,9 @@ from types import FrameType
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
-from ncebpf.control import ControlServer
+from ncebpf.control import ControlServer, is_running
 from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
+from ncebpf.errors import InstanceRunning
 from ncebpf.kernel.attach import (
     TcEgressAttachment,
     XdpAttachment,
@@ -84,8 +85,12 @@ class Daemon:
         for directory in (self.instance.statedir, self.instance.piddir):
             directory.mkdir(parents=True, exist_ok=True)
 
+        if is_running(self.instance):
+            raise InstanceRunning(
+                f"an ncebpf instance named {self.instance.name!r} is already running: "
+                "stop it, or choose another --name"
+            )
         with ExitStack() as stack:
-            control = stack.enter_context(ControlServer(self.instance))
             stack.enter_context(pid_file(self.instance.pid_path))
             programs = stack.enter_context(
                 loaded_programs(BuildOptions(max_peers=config.max_peers)))
@@ -102,6 +107,8 @@ class Daemon:
                 if config.egress:
                     attached.enter_context(TcEgressAttachment(config.iface, programs.tc.fd,
                                                               programs.tc.name.decode()))
+                # Listening on the control socket is the sign that we are counting.
+                control = attached.enter_context(ControlServer(self.instance))
                 self._loop(control, signals, collector, source, table)
             # Detached: the counters no longer move, so this last drain is complete.
             collector.drain()

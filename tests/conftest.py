@@ -1,0 +1,79 @@
+"""Test tiers: unit tests need nothing; `privileged` tests need root, BCC and netns.
+
+Outside CI a privileged test that cannot run skips with the reason. Under
+CI=true it fails instead: CI runs as root and must exercise the kernel path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns import PREFIX, NetnsPair
+
+
+def _privileged_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "needs BCC (apt-get install python3-bpfcc)"
+    if shutil.which("ip") is None:
+        return "needs iproute2"
+    return None
+
+
+@pytest.fixture(scope="session")
+def privileged() -> None:
+    reason = _privileged_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"privileged tests must run under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pair(privileged: None) -> Iterator[NetnsPair]:
+    with NetnsPair() as made:
+        yield made
+
+
+@pytest.fixture
+def quiet_pair(privileged: None) -> Iterator[NetnsPair]:
+    """A pair whose remote side has no IPv6 and so sends nothing on its own."""
+    with NetnsPair(remote_ipv6=False) as made:
+        yield made
+
+
+def _ncebpf_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]")
+            if p.get("name", "").startswith("ncebpf_")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    yield
+    if os.geteuid() != 0:
+        return
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout
+    left = [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
+    assert not left, f"test namespaces left behind: {left}"
+    if shutil.which("bpftool"):
+        assert not _ncebpf_programs(), "ncebpf programs still loaded after the suite"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
