@@ -25,6 +25,7 @@ from ncebpf.kernel.attach import (
     XdpAttachment,
     ifindex_of,
     interface_addresses,
+    refuse_foreign_xdp,
 )
 from ncebpf.kernel.build import BuildOptions, import_bcc, loaded_programs
 from ncebpf.kernel.maps import KernelCounterSource
@@ -81,6 +82,8 @@ class Daemon:
         config = self.config
         require_bpf_privileges("ncebpf attach")
         ifindex_of(config.iface)
+        if config.ingress and not config.force:
+            refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         import_bcc()
         for directory in (self.instance.statedir, self.instance.piddir):
             directory.mkdir(parents=True, exist_ok=True)

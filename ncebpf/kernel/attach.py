@@ -51,6 +51,24 @@ def _mode_flags(mode: str) -> int:
     return _MODE_FLAGS.get(mode, 0)
 
 
+def _describe(info: libbpf.ProgInfo, state: libbpf.XdpState) -> str:
+    return (f"XDP program id {info.id} {info.name!r} (tag {info.tag}, "
+            f"{state.mode or 'unknown'} mode)")
+
+
+def refuse_foreign_xdp(ifname: str) -> None:
+    """Raise ForeignProgram if an XDP program that is not ncebpf's sits on ifname."""
+    current = libbpf.xdp_query(ifindex_of(ifname))
+    if not current.prog_id:
+        return
+    info = libbpf.prog_info_by_id(current.prog_id)
+    if not _is_ours(info.name):
+        raise ForeignProgram(
+            f"{ifname} already has {_describe(info, current)}; ncebpf will not replace it: "
+            "remove it, or pass --force to displace it for this run"
+        )
+
+
 class XdpAttachment:
     """Attach the XDP program; `mode` auto tries native first, then generic."""
 
@@ -79,13 +97,9 @@ class XdpAttachment:
 
     def _remove_existing(self, current: libbpf.XdpState) -> None:
         info = libbpf.prog_info_by_id(current.prog_id)
-        described = (f"XDP program id {info.id} {info.name!r} (tag {info.tag}, "
-                     f"{current.mode or 'unknown'} mode)")
-        if not _is_ours(info.name) and not self.force:
-            raise ForeignProgram(
-                f"{self.ifname} already has {described}; ncebpf will not replace it: "
-                "remove it, or pass --force to displace it for this run"
-            )
+        described = _describe(info, current)
+        if not self.force:
+            refuse_foreign_xdp(self.ifname)
         old_fd = libbpf.prog_fd_by_id(current.prog_id)
         try:
             libbpf.xdp_detach(self.ifindex, _mode_flags(current.mode), old_fd)
@@ -177,9 +191,13 @@ class TcEgressAttachment:
     def __enter__(self) -> TcEgressAttachment:
         ipr = self._ipr = IPRoute()
         try:
-            for prio, handle in _ncebpf_tc_filters(ipr, self.ifindex):
+            leftovers = _ncebpf_tc_filters(ipr, self.ifindex)
+            for prio, handle in leftovers:
                 log.warning("removed ncebpf's TC filter left on %s by an earlier run", self.ifname)
                 _delete_tc_filter(ipr, self.ifindex, prio, handle)
+            if leftovers and _clsact_is_empty(ipr, self.ifindex):
+                # The earlier run most likely created this clsact: ours to remove on exit.
+                ipr.tc("del", "clsact", self.ifindex)
             try:
                 ipr.tc("add", "clsact", self.ifindex)
                 self._created_clsact = True

@@ -1,0 +1,33 @@
+"""The kernel/user contract header and the Python side agree (no root needed)."""
+
+from __future__ import annotations
+
+import re
+
+from ncebpf.kernel.build import bpf_source_dir
+from ncebpf.kernel.maps import TotalsSlot
+
+HEADER = bpf_source_dir() / "ncebpf_kern_user.h"
+
+
+def _block(name: str) -> str:
+    match = re.search(rf"{name}\s*{{(.*?)}};", HEADER.read_text(), re.S)
+    assert match, name
+    return re.sub(r"/\*.*?\*/", "", match.group(1), flags=re.S)
+
+
+def test_totals_slots_match_the_enum() -> None:
+    names = [n.strip() for n in _block("enum totals_slot").split(",") if n.strip()]
+    assert names[-1] == "TOTALS_NR"
+    assert [f"TOTALS_{slot.name}" for slot in TotalsSlot] == names[:-1]
+    assert [slot.value for slot in TotalsSlot] == list(range(len(names) - 1))
+
+
+def test_peer_counters_field_order_is_what_the_decoder_assumes() -> None:
+    fields = re.findall(r"__u64 (\w+);", _block("struct peer_counters"))
+    # KernelCounterSource._decode reads packets, bytes, first_seen_ns, last_seen_ns.
+    assert fields == ["packets", "bytes", "first_seen_ns", "last_seen_ns"]
+
+
+def test_peer_key_is_16_bytes() -> None:
+    assert "__u8 addr[16];" in _block("struct peer_key")

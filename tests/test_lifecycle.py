@@ -1,0 +1,133 @@
+"""Attach, crash, recover, detach, and refuse what is not ours."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.frames import ip_frame
+from tests.netns import NCEBPF, TESTS, DaemonProcess, NetnsPair, run
+
+pytestmark = pytest.mark.privileged
+
+
+def frames_from(peer: str, pair: NetnsPair, count: int) -> list[bytes]:
+    return [ip_frame(peer, pair.local_v4, "udp", 50)] * count
+
+
+def test_kill_9_leaves_programs_that_the_next_run_replaces(pair: NetnsPair,
+                                                          workdir: Path) -> None:
+    first = DaemonProcess(pair, workdir)
+    pair.inject_ingress(frames_from("10.77.4.1", pair, 5), workdir)
+    first.kill()
+    assert "ncebpf_xdp" in pair.xdp_attached()
+    assert "ncebpf_tc" in pair.tc_egress_filters()
+
+    second = DaemonProcess(pair, workdir)
+    try:
+        assert "replaced ncebpf's XDP program" in _stderr_so_far(second)
+        pair.inject_ingress(frames_from("10.77.4.2", pair, 7), workdir)
+        dump = second.dump()
+    finally:
+        assert second.stop() == 0
+    assert dump["peers"]["10.77.4.2"]["packets"] == 7
+    assert "10.77.4.1" not in dump["peers"]  # that run's counts died with it
+    assert pair.tc_egress_filters().count("ncebpf_tc") == 0
+    assert pair.xdp_attached() == ""
+    assert "clsact" not in pair.qdiscs()
+
+
+def _stderr_so_far(daemon: DaemonProcess) -> str:
+    assert daemon.proc.stderr is not None
+    os.set_blocking(daemon.proc.stderr.fileno(), False)
+    return daemon.proc.stderr.read() or ""
+
+
+def test_detach_removes_what_a_killed_run_left(pair: NetnsPair, workdir: Path) -> None:
+    DaemonProcess(pair, workdir).kill()
+    assert "ncebpf_xdp" in pair.xdp_attached()
+    out = pair.ns(pair.local, *NCEBPF, "detach", "--iface", pair.local_if, "--name", "t",
+                  "--piddir", str(workdir / "run")).stdout
+    assert "XDP program" in out and "TC egress filter" in out
+    assert pair.xdp_attached() == ""
+    assert pair.tc_egress_filters() == ""
+    assert "clsact" not in pair.qdiscs()
+    again = pair.ns(pair.local, *NCEBPF, "detach", "--iface", pair.local_if).stdout
+    assert again.startswith("nothing of ncebpf's")
+
+
+def test_foreign_xdp_program_is_kept_unless_forced(pair: NetnsPair, workdir: Path) -> None:
+    pair.ns(pair.local, sys.executable, str(TESTS / "foreign_xdp.py"), pair.local_if)
+    assert "foreign_pass" in pair.xdp_attached()
+
+    refused = pair.ns(pair.local, *NCEBPF, "attach", "--iface", pair.local_if, "--statedir",
+                      str(workdir), "--piddir", str(workdir), check=False)
+    assert refused.returncode == 2
+    assert "foreign_pass" in refused.stderr and "--force" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "foreign_pass" in pair.xdp_attached()
+
+    forced = DaemonProcess(pair, workdir, "--force")
+    try:
+        assert "ncebpf_xdp" in pair.xdp_attached()
+    finally:
+        assert forced.stop() == 0
+    assert "foreign_pass" in pair.xdp_attached()  # restored on exit
+
+
+def test_sigint_detaches_like_sigterm(pair: NetnsPair, workdir: Path) -> None:
+    daemon = DaemonProcess(pair, workdir)
+    assert daemon.stop(signal.SIGINT) == 0
+    assert pair.xdp_attached() == "" and pair.tc_egress_filters() == ""
+    assert (workdir / "state" / "t.json").is_file()
+
+
+def test_second_instance_with_the_same_name_is_refused(pair: NetnsPair, workdir: Path) -> None:
+    daemon = DaemonProcess(pair, workdir)
+    try:
+        again = pair.ns(pair.local, *NCEBPF, "attach", "--iface", pair.local_if, *daemon.args,
+                        check=False)
+        assert again.returncode == 2 and "already running" in again.stderr
+        assert "ncebpf_xdp" in pair.xdp_attached()  # the refused run touched nothing
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.usefixtures("privileged")
+class TestErrors:
+    def test_unknown_interface(self, tmp_path: Path) -> None:
+        out = run(*NCEBPF, "attach", "--iface", "nct-nonesuch", "--statedir", str(tmp_path),
+                  "--piddir", str(tmp_path), check=False)
+        assert out.returncode == 2
+        assert out.stderr.strip() == ("Error: no network interface named 'nct-nonesuch': "
+                                      "see 'ip -br link' for the names")
+
+    def test_missing_privileges(self, tmp_path: Path) -> None:
+        out = run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all", *NCEBPF, "attach", "--iface", "lo",
+                  "--statedir", str(tmp_path), "--piddir", str(tmp_path), check=False)
+        assert out.returncode == 2, out.stderr
+        assert "needs CAP_BPF and CAP_NET_ADMIN" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+    def test_bcc_missing_names_the_package(self, tmp_path: Path) -> None:
+        shadow = tmp_path / "shadow" / "bcc"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError('no bcc here')\n")
+        env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+        import subprocess
+
+        out = subprocess.run([*NCEBPF, "attach", "--iface", "lo", "--statedir", str(tmp_path),
+                              "--piddir", str(tmp_path)], capture_output=True, text=True,
+                             env=env, timeout=60)
+        assert out.returncode == 2
+        assert "apt-get install python3-bpfcc" in out.stderr
+
+    def test_dump_without_instance(self, tmp_path: Path) -> None:
+        out = run(*NCEBPF, "dump", "--name", "none", "--piddir", str(tmp_path), check=False)
+        assert out.returncode == 1
+        assert "no ncebpf instance named 'none' is running" in out.stderr
