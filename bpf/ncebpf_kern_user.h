@@ -24,13 +24,36 @@ struct peer_key {
 /*
  * One CPU's share of a peer's counters. Cumulative for the life of the map
  * entry: the collector takes deltas and never resets them (design §2,
- * lossless drain). Times are CLOCK_MONOTONIC (coarse) nanoseconds.
+ * lossless drain). Times are jiffies (bpf_jiffies64): a clock read costs
+ * about 4 ns there against about 25 ns for bpf_ktime_get_coarse_ns, and
+ * user space converts them through struct clock_sample.
  */
 struct peer_counters {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_seen_ns; /* 0 on CPUs other than the one that created the entry */
-	__u64 last_seen_ns;
+	__u64 first_seen; /* 0 on CPUs other than the one that created the entry */
+	__u64 last_seen;
+};
+
+/* Written by ncebpf_clock when user space test-runs it: both clocks at one instant. */
+struct clock_sample {
+	__u64 jiffies;
+	__u64 monotonic_ns;
+};
+
+/*
+ * Local addresses, hashed into NCEBPF_LOCAL_SLOTS slots by local_slot_of()
+ * (user space computes the same fold). A slot holding exactly one address
+ * answers "is this address local?" with an inlined array lookup and a
+ * 16-byte compare; only when two local addresses share a slot does the
+ * program consult the local_addrs hash.
+ */
+#define NCEBPF_LOCAL_SLOTS 256
+
+struct local_slot {
+	struct peer_key addr; /* valid when count == 1 */
+	__u32 count;          /* local addresses that hash to this slot */
+	__u32 pad;
 };
 
 /* Every frame a program sees lands in exactly one slot. */

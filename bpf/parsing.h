@@ -48,6 +48,23 @@ static __always_inline void v4_mapped(struct peer_key *key, __be32 addr)
 	words[3] = addr;
 }
 
+static __always_inline __u32 local_slot_of(const struct peer_key *key)
+{
+	const __u32 *words = (const __u32 *)key->addr;
+	__u32 fold = words[0] ^ words[1] ^ words[2] ^ words[3];
+
+	fold ^= fold >> 16;
+	fold ^= fold >> 8;
+	return fold & (NCEBPF_LOCAL_SLOTS - 1);
+}
+
+static __always_inline int same_address(const struct peer_key *a, const struct peer_key *b)
+{
+	const __u32 *x = (const __u32 *)a->addr, *y = (const __u32 *)b->addr;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
 static __always_inline int parse_l3(void *data, void *data_end, struct l3_info *l3)
 {
 	struct ethhdr *eth = data;

@@ -6,20 +6,30 @@ and adds only the difference. Reading therefore cannot race with the
 programs' increments — whatever a read misses, the next read sees. The only
 writes the collector makes are evictions, done with an atomic
 lookup-and-delete whose final values are added like any other read, and
-only for entries idle long enough (a day, or two intervals when the map is
+only for entries idle long enough (a day, or `min_idle_s` when the map is
 nearly full) that no packet is in flight for them.
+
+A source reads whole maps as a PeerBatch of columns; the collector touches
+in Python only the rows the source could not rule out as unchanged, so a
+drain over a million idle peers costs little more than the kernel read.
 """
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from ncebpf.accounting import PeerTable, Totals
 
 NS = 1_000_000_000
+KEY_SIZE = 16
 
 
 class PeerCounts(NamedTuple):
@@ -32,19 +42,62 @@ class PeerCounts(NamedTuple):
     last_seen_ns: int
 
 
+@dataclass(frozen=True)
+class PeerBatch:
+    """A whole map read at once, as columns; row i belongs to keys[16 i : 16 i + 16]."""
+
+    keys: bytes
+    packets: npt.NDArray[np.uint64]  # cumulative, summed over CPUs
+    bytes: npt.NDArray[np.uint64]
+    first_seen_ns: npt.NDArray[np.int64]  # CLOCK_MONOTONIC
+    last_seen_ns: npt.NDArray[np.int64]
+    # False where the source can prove the row did not move since its previous read.
+    maybe_changed: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.packets)
+
+    @classmethod
+    def from_counts(cls, rows: Sequence[PeerCounts]) -> PeerBatch:
+        return cls(
+            keys=b"".join(r.key for r in rows),
+            packets=np.array([r.packets for r in rows], dtype=np.uint64),
+            bytes=np.array([r.bytes for r in rows], dtype=np.uint64),
+            first_seen_ns=np.array([r.first_seen_ns for r in rows], dtype=np.int64),
+            last_seen_ns=np.array([r.last_seen_ns for r in rows], dtype=np.int64),
+            maybe_changed=np.ones(len(rows), dtype=np.bool_),
+        )
+
+
 class CounterSource(Protocol):
     @property
     def capacity(self) -> int:
         """How many entries the source can hold before new peers overflow."""
         ...
 
-    def read_peers(self) -> Iterable[PeerCounts]: ...
+    def read_peers(self) -> PeerBatch: ...
 
     def read_totals(self) -> Totals: ...
 
     def evict(self, keys: Sequence[bytes]) -> Iterable[PeerCounts]:
         """Remove these entries; yield the final counts of those that were there."""
         ...
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while a drain creates up to a million acyclic objects.
+
+    Each generation-0 collection would rescan the growing table, making a
+    first drain of many peers quadratic; nothing created here forms cycles.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def system_clock() -> tuple[float, int]:
@@ -83,38 +136,39 @@ class Collector:
         started = time.perf_counter()
         epoch, now_ns = self._clock()
         offset_s = epoch - now_ns / NS
-        idle_ns = now_ns - int(self._policy.idle_s * NS)
-        evictable_ns = now_ns - int(self._policy.min_idle_s * NS)
-        entries = changed = 0
-        stale: list[bytes] = []
-        evictable: list[tuple[int, bytes]] = []
-        for counts in self._source.read_peers():
-            entries += 1
-            if self._absorb(counts, offset_s):
-                changed += 1
-            if counts.last_seen_ns < idle_ns:
-                stale.append(counts.key)
-            elif counts.last_seen_ns < evictable_ns:
-                evictable.append((counts.last_seen_ns, counts.key))
-
-        high = self._policy.high_water * self._source.capacity
-        excess = entries - len(stale) - int(self._policy.low_water * self._source.capacity)
-        if entries > high and excess > 0:
-            evictable.sort()
-            stale.extend(key for _, key in evictable[:excess])
+        batch = self._source.read_peers()
+        changed = self._absorb_batch(batch, offset_s)
+        stale = self._eviction_candidates(batch, now_ns)
         evicted = 0
-        if stale:
-            for counts in self._source.evict(stale):
-                self._absorb(counts, offset_s)
-                evicted += 1
-            for key in stale:
-                self._seen.pop(key, None)
-
+        for counts in self._source.evict(stale):
+            key, packets, nbytes, first_ns, last_ns = counts
+            self._absorb(key, packets, nbytes, first_ns / NS + offset_s, last_ns / NS + offset_s)
+            evicted += 1
+        for key in stale:
+            self._seen.pop(key, None)
         self._table.totals = self._source.read_totals()
-        return DrainReport(entries, changed, evicted, time.perf_counter() - started)
+        return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
 
-    def _absorb(self, counts: PeerCounts, offset_s: float) -> bool:
-        key, packets, nbytes, first_ns, last_ns = counts
+    def _absorb_batch(self, batch: PeerBatch, offset_s: float) -> int:
+        with _gc_paused():
+            return self._absorb_rows(batch, offset_s)
+
+    def _absorb_rows(self, batch: PeerBatch, offset_s: float) -> int:
+        rows = np.flatnonzero(batch.maybe_changed)
+        keys = batch.keys
+        firsts = (batch.first_seen_ns[rows] / NS + offset_s).tolist()
+        lasts = (batch.last_seen_ns[rows] / NS + offset_s).tolist()
+        changed = 0
+        columns = (rows.tolist(), batch.packets[rows].tolist(), batch.bytes[rows].tolist(),
+                   firsts, lasts)
+        for row, packets, nbytes, first, last in zip(*columns, strict=True):
+            offset = row * KEY_SIZE
+            if self._absorb(keys[offset:offset + KEY_SIZE], packets, nbytes, first, last):
+                changed += 1
+        return changed
+
+    def _absorb(self, key: bytes, packets: int, nbytes: int, first_s: float,
+                last_s: float) -> bool:
         previous = self._seen.get(key)
         if previous is not None and previous[0] <= packets:
             packets_delta, bytes_delta = packets - previous[0], nbytes - previous[1]
@@ -123,6 +177,19 @@ class Collector:
         else:
             packets_delta, bytes_delta = packets, nbytes
         self._seen[key] = (packets, nbytes)
-        self._table.add(key, packets_delta, bytes_delta, first_ns / NS + offset_s,
-                        last_ns / NS + offset_s)
+        self._table.add(key, packets_delta, bytes_delta, first_s, last_s)
         return True
+
+    def _eviction_candidates(self, batch: PeerBatch, now_ns: int) -> list[bytes]:
+        policy = self._policy
+        last = batch.last_seen_ns
+        idle = last < now_ns - int(policy.idle_s * NS)
+        chosen = np.flatnonzero(idle)
+        entries = len(batch)
+        excess = entries - len(chosen) - int(policy.low_water * self._source.capacity)
+        if entries > policy.high_water * self._source.capacity and excess > 0:
+            evictable = np.flatnonzero(~idle & (last < now_ns - int(policy.min_idle_s * NS)))
+            oldest_first = evictable[np.argsort(last[evictable], kind="stable")]
+            chosen = np.concatenate([chosen, oldest_first[:excess]])
+        keys = batch.keys
+        return [keys[row * KEY_SIZE:(row + 1) * KEY_SIZE] for row in chosen.tolist()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from ncebpf.accounting import PeerTable, Totals, peer_key
-from ncebpf.collector import NS, Collector, EvictionPolicy, PeerCounts
+from ncebpf.collector import NS, Collector, EvictionPolicy, PeerBatch, PeerCounts
 
 
 class DictSource:
@@ -36,8 +36,8 @@ class DictSource:
         self.totals.packets += packets
         self.totals.bytes += nbytes
 
-    def read_peers(self) -> Iterator[PeerCounts]:
-        yield from list(self.entries.values())
+    def read_peers(self) -> PeerBatch:
+        return PeerBatch.from_counts(list(self.entries.values()))
 
     def read_totals(self) -> Totals:
         return Totals(**vars(self.totals))

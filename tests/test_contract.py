@@ -25,8 +25,8 @@ def test_totals_slots_match_the_enum() -> None:
 
 def test_peer_counters_field_order_is_what_the_decoder_assumes() -> None:
     fields = re.findall(r"__u64 (\w+);", _block("struct peer_counters"))
-    # KernelCounterSource._decode reads packets, bytes, first_seen_ns, last_seen_ns.
-    assert fields == ["packets", "bytes", "first_seen_ns", "last_seen_ns"]
+    # KernelCounterSource._decode reads packets, bytes, first_seen, last_seen in this order.
+    assert fields == ["packets", "bytes", "first_seen", "last_seen"]
 
 
 def test_peer_key_is_16_bytes() -> None:

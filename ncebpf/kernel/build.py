@@ -20,6 +20,7 @@ from ncebpf.kernel.headers import ensure_headers
 
 XDP_FUNCTION = "ncebpf_xdp"
 TC_FUNCTION = "ncebpf_tc"
+CLOCK_FUNCTION = "ncebpf_clock"  # never attached; test-run to sample the kernel clocks
 PROGRAM_NAMES = (XDP_FUNCTION, TC_FUNCTION)  # how ncebpf recognises its own programs
 
 
@@ -61,10 +62,11 @@ class LoadedPrograms:
     bpf: Any
     xdp: Any  # bcc.BPF.Function: .fd, .name
     tc: Any
+    clock: Any
     compile_seconds: float
 
     def table(self, name: str) -> Any:
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
 
 @contextmanager
@@ -86,8 +88,9 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
         try:
             xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
             tc = module.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
+            clock = module.load_func(CLOCK_FUNCTION.encode(), bcc.BPF.XDP)
         except Exception as exc:
             raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc
-        yield LoadedPrograms(module, xdp, tc, time.monotonic() - started)
+        yield LoadedPrograms(module, xdp, tc, clock, time.monotonic() - started)
     finally:
         module.cleanup()

@@ -3,7 +3,8 @@
 Layouts come from BCC's generated ctypes types for bpf/ncebpf_kern_user.h;
 nothing here restates a C struct. Per-CPU values arrive as one copy per
 possible CPU, which we sum (packets, bytes), minimise (first seen, ignoring
-CPUs that never saw the peer) and maximise (last seen).
+CPUs that never saw the peer) and maximise (last seen), a whole map at a
+time with numpy.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from enum import IntEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from ncebpf.accounting import Totals, peer_key
-from ncebpf.collector import PeerCounts
+from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import LoadedPrograms
+from ncebpf.kernel.clock import JiffiesClock
 
 BATCH_ENTRIES = 8192
+LOCAL_SLOTS = 256  # NCEBPF_LOCAL_SLOTS
+# struct peer_counters, in order; a unit test holds the header to it.
+PACKETS, BYTES, FIRST_SEEN, LAST_SEEN = range(4)
 
 
 class TotalsSlot(IntEnum):
@@ -30,45 +38,79 @@ class TotalsSlot(IntEnum):
     OVERFLOW = 3
 
 
+def local_slot_of(key: bytes) -> int:
+    """The slot bpf/parsing.h's local_slot_of() gives the address key."""
+    w0, w1, w2, w3 = struct.unpack("=4I", key)
+    fold: int = w0 ^ w1 ^ w2 ^ w3
+    fold ^= fold >> 16
+    fold ^= fold >> 8
+    return fold & (LOCAL_SLOTS - 1)
+
+
+def fold_cpus(values: npt.NDArray[np.uint64]
+              ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64],
+                         npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """(packets, bytes, first seen, last seen) from an (entries, cpus, fields) array."""
+    firsts = values[:, :, FIRST_SEEN]
+    never = np.iinfo(np.uint64).max
+    first = np.where(firsts == 0, never, firsts).min(axis=1)
+    first[first == never] = 0
+    return (values[:, :, PACKETS].sum(axis=1), values[:, :, BYTES].sum(axis=1), first,
+            values[:, :, LAST_SEEN].max(axis=1))
+
+
 class KernelCounterSource:
     def __init__(self, programs: LoadedPrograms) -> None:
+        self._programs = programs
         self._peers = programs.table("peers")
         self._totals = programs.table("totals")
         self._local = programs.table("local_addrs")
+        self._local_slots = programs.table("local_slots")
+        self._clock_samples = programs.table("clock_samples")
         self._fd: int = self._peers.map_fd
         self.cpus: int = self._peers.total_cpu
+        self._fields = len(self._peers.sLeaf._fields_)
         self._key_size = ct.sizeof(self._peers.Key)
         self._value_size = ct.sizeof(self._peers.Leaf)  # all CPUs' copies
-        per_cpu_fields = len(self._peers.sLeaf._fields_)
-        self._stride = per_cpu_fields
-        self._unpack = struct.Struct(f"={per_cpu_fields * self.cpus}Q").unpack_from
         self._keys = ct.create_string_buffer(self._key_size * BATCH_ENTRIES)
         self._values = ct.create_string_buffer(self._value_size * BATCH_ENTRIES)
         self._one_value = ct.create_string_buffer(self._value_size)
+        self._slots_written: dict[int, tuple[int, bytes]] = {}
+        self.clock = JiffiesClock(self._sample_clocks)
+        self._previous_read_jiffies: int | None = None
+
+    def _sample_clocks(self) -> tuple[int, int]:
+        libbpf.prog_test_run(self._programs.clock.fd, bytes(64))
+        sample = self._clock_samples[ct.c_int(0)]
+        return int(sample.jiffies), int(sample.monotonic_ns)
 
     @property
     def capacity(self) -> int:
         return int(self._peers.max_entries)
 
-    def read_peers(self) -> Iterator[PeerCounts]:
+    def read_peers(self) -> PeerBatch:
+        self.clock.resync()
+        read_jiffies = self.clock.anchor_jiffies
+        keys, chunks = [], []
+        words_per_entry = self.cpus * self._fields
         for count in libbpf.map_lookup_batches(self._fd, self._keys, self._values,
                                                self._key_size, self._value_size):
-            keys = self._keys.raw
-            values = self._values.raw
-            ksize, vsize = self._key_size, self._value_size
-            for i in range(count):
-                yield self._decode(keys[i * ksize:(i + 1) * ksize], values, i * vsize)
-
-    def _decode(self, key: bytes, values: bytes, offset: int) -> PeerCounts:
-        row = self._unpack(values, offset)
-        stride = self._stride
-        if self.cpus == 2:  # the common small machine: no slicing
-            p0, b0, f0, l0, p1, b1, f1, l1 = row[:8]
-            first = min(f0, f1) if f0 and f1 else f0 or f1
-            return PeerCounts(key, p0 + p1, b0 + b1, first, max(l0, l1))
-        firsts = [f for f in row[2::stride] if f]
-        return PeerCounts(key, sum(row[0::stride]), sum(row[1::stride]),
-                          min(firsts) if firsts else 0, max(row[3::stride]))
+            keys.append(self._keys.raw[:count * self._key_size])
+            chunks.append(np.frombuffer(memoryview(self._values), dtype=np.uint64,
+                                        count=count * words_per_entry).copy())
+        values = (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint64))
+        packets, nbytes, first, last = fold_cpus(values.reshape(-1, self.cpus, self._fields))
+        if self._previous_read_jiffies is None:
+            maybe_changed = np.ones(len(packets), dtype=np.bool_)
+        else:
+            # A program that bumps a counter after our previous read stamps it
+            # with a jiffies value at least that read's, less the one jiffy a
+            # program can straddle between reading the clock and adding.
+            maybe_changed = last >= np.uint64(max(self._previous_read_jiffies - 1, 0))
+        self._previous_read_jiffies = read_jiffies
+        to_ns = self.clock.to_monotonic_ns_array
+        return PeerBatch(b"".join(keys), packets, nbytes, to_ns(first), to_ns(last),
+                         maybe_changed)
 
     def read_totals(self) -> Totals:
         slots = [(sum(c.packets for c in self._totals[ct.c_int(slot)]),
@@ -79,18 +121,38 @@ class KernelCounterSource:
                       unparsed=slots[TotalsSlot.UNPARSED][0],
                       overflow=slots[TotalsSlot.OVERFLOW][0])
 
-    def evict(self, keys: Sequence[bytes]) -> Iterable[PeerCounts]:
+    def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         value = self._one_value
         for key in keys:
             if libbpf.map_lookup_and_delete(self._fd, key, value):
-                yield self._decode(key, value.raw, 0)
+                row = np.frombuffer(memoryview(value), dtype=np.uint64).reshape(
+                    1, self.cpus, self._fields)
+                packets, nbytes, first, last = fold_cpus(row)
+                yield PeerCounts(key, int(packets[0]), int(nbytes[0]),
+                                 self.clock.to_monotonic_ns(int(first[0])),
+                                 self.clock.to_monotonic_ns(int(last[0])))
 
     def set_local_addresses(self, addresses: Iterable[str]) -> None:
-        """Make the local-address map hold exactly these addresses."""
+        """Make the kernel treat exactly these addresses as local."""
         wanted = {peer_key(a) for a in addresses}
         present = {bytes(k.addr) for k in self._local.keys()}
         one = bytes([1])
+        # Hash first, slots next, removals last: a slot never points the
+        # program at the hash before the hash holds the address.
         for key in wanted - present:
             libbpf.map_update(self._local.map_fd, key, one)
+        slots: dict[int, list[bytes]] = {}
+        for key in wanted:
+            slots.setdefault(local_slot_of(key), []).append(key)
+        for slot in set(slots) | set(self._slots_written):
+            members = slots.get(slot, [])
+            state = (len(members), members[0] if len(members) == 1 else bytes(16))
+            if self._slots_written.get(slot, (0, bytes(16))) == state:
+                continue
+            leaf = self._local_slots.Leaf()
+            ct.memmove(ct.addressof(leaf.addr), state[1], 16)
+            leaf.count = state[0]
+            self._local_slots[ct.c_int(slot)] = leaf
+            self._slots_written[slot] = state
         for key in present - wanted:
             libbpf.map_delete(self._local.map_fd, key)
