@@ -99,6 +99,7 @@ class Daemon:
                 loaded_programs(BuildOptions(max_peers=config.max_peers)))
             log.info("compiled and loaded in %.2f s", programs.compile_seconds)
             source = KernelCounterSource(programs)
+            log.debug("kernel clock: HZ %g", source.clock.hz)
             source.set_local_addresses(interface_addresses(config.iface))
             table = PeerTable(start=time.time())
             collector = Collector(source, table)
