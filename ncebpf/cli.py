@@ -149,16 +149,13 @@ def detach(iface: str, name: str, statedir: Path, piddir: Path) -> None:
     Only ncebpf's own XDP program and TC filter are removed; another tool's
     programs are never touched.
     """
-    from ncebpf.control import is_running
-    from ncebpf.errors import InstanceRunning
+    from ncebpf.control import ensure_not_running
     from ncebpf.kernel.attach import detach_leftovers
     from ncebpf.kernel.privileges import require_bpf_privileges
 
-    instance = _instance(name, statedir, piddir)
     require_bpf_privileges("ncebpf detach")
-    if is_running(instance):
-        raise InstanceRunning(f"instance {name!r} is running: stop it with SIGTERM instead; "
-                              "it detaches on exit")
+    # A running instance detaches itself on SIGTERM; never pull programs from under it.
+    ensure_not_running(_instance(name, statedir, piddir))
     removed = detach_leftovers(iface)
     click.echo(f"removed from {iface}: {', '.join(removed)}" if removed
                else f"nothing of ncebpf's on {iface}")

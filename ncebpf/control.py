@@ -45,6 +45,14 @@ def is_running(instance: Instance) -> bool:
     return True
 
 
+def ensure_not_running(instance: Instance) -> None:
+    if is_running(instance):
+        raise InstanceRunning(
+            f"an ncebpf instance named {instance.name!r} is already running "
+            f"({instance.control_path}): stop it, or choose another --name"
+        )
+
+
 def _read_line(sock: socket.socket) -> str:
     data = b""
     while not data.endswith(b"\n") and len(data) < MAX_LINE:
@@ -81,19 +89,13 @@ class ControlServer:
     """The daemon's end; a context manager that removes the socket it made."""
 
     def __init__(self, instance: Instance) -> None:
+        self.instance = instance
         self.path = instance.control_path
-        self.name = instance.name
         self._sock: socket.socket | None = None
         self._inode = 0
 
     def __enter__(self) -> ControlServer:
-        live = _connect(self.path, REQUEST_TIMEOUT_S)
-        if live is not None:
-            live.close()
-            raise InstanceRunning(
-                f"an ncebpf instance named {self.name!r} is already running "
-                f"({self.path}): stop it, or choose another --name"
-            )
+        ensure_not_running(self.instance)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a run that was killed
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,9 +17,8 @@ from types import FrameType
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
-from ncebpf.control import ControlServer, is_running
+from ncebpf.control import ControlServer, ensure_not_running
 from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
-from ncebpf.errors import InstanceRunning
 from ncebpf.kernel.attach import (
     TcEgressAttachment,
     XdpAttachment,
@@ -88,11 +87,7 @@ class Daemon:
         for directory in (self.instance.statedir, self.instance.piddir):
             directory.mkdir(parents=True, exist_ok=True)
 
-        if is_running(self.instance):
-            raise InstanceRunning(
-                f"an ncebpf instance named {self.instance.name!r} is already running: "
-                "stop it, or choose another --name"
-            )
+        ensure_not_running(self.instance)
         with ExitStack() as stack:
             stack.enter_context(pid_file(self.instance.pid_path))
             programs = stack.enter_context(

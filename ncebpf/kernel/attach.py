@@ -56,6 +56,13 @@ def _describe(info: libbpf.ProgInfo, state: libbpf.XdpState) -> str:
             f"{state.mode or 'unknown'} mode)")
 
 
+def _foreign(ifname: str, info: libbpf.ProgInfo, state: libbpf.XdpState) -> ForeignProgram:
+    return ForeignProgram(
+        f"{ifname} already has {_describe(info, state)}; ncebpf will not replace it: "
+        "remove it, or pass --force to displace it for this run"
+    )
+
+
 def refuse_foreign_xdp(ifname: str) -> None:
     """Raise ForeignProgram if an XDP program that is not ncebpf's sits on ifname."""
     current = libbpf.xdp_query(ifindex_of(ifname))
@@ -63,10 +70,7 @@ def refuse_foreign_xdp(ifname: str) -> None:
         return
     info = libbpf.prog_info_by_id(current.prog_id)
     if not _is_ours(info.name):
-        raise ForeignProgram(
-            f"{ifname} already has {_describe(info, current)}; ncebpf will not replace it: "
-            "remove it, or pass --force to displace it for this run"
-        )
+        raise _foreign(ifname, info, current)
 
 
 class XdpAttachment:
@@ -98,8 +102,8 @@ class XdpAttachment:
     def _remove_existing(self, current: libbpf.XdpState) -> None:
         info = libbpf.prog_info_by_id(current.prog_id)
         described = _describe(info, current)
-        if not self.force:
-            refuse_foreign_xdp(self.ifname)
+        if not _is_ours(info.name) and not self.force:
+            raise _foreign(self.ifname, info, current)
         old_fd = libbpf.prog_fd_by_id(current.prog_id)
         try:
             libbpf.xdp_detach(self.ifindex, _mode_flags(current.mode), old_fd)
