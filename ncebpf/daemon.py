@@ -19,6 +19,7 @@ from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
 from ncebpf.control import ControlServer, ensure_not_running
 from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
+from ncebpf.errors import InterfaceNotFound, NcebpfError
 from ncebpf.kernel.attach import (
     TcEgressAttachment,
     XdpAttachment,
@@ -108,14 +109,17 @@ class Daemon:
                                                               programs.tc.name.decode()))
                 # Listening on the control socket is the sign that we are counting.
                 control = attached.enter_context(ControlServer(self.instance))
-                self._loop(control, signals, collector, source, table)
+                vanished = self._loop(control, signals, collector, source, table)
             # Detached: the counters no longer move, so this last drain is complete.
             collector.drain()
-            self._write_dump(table)
-            log.info("detached from %s; final dump in %s", config.iface, self.instance.json_path)
+            path = self._write_dump(table)
+            if vanished:
+                raise NcebpfError(f"{config.iface} disappeared; the final dump is in {path}")
+            log.info("detached from %s; final dump in %s", config.iface, path)
 
     def _loop(self, control: ControlServer, signals: socket.socket, collector: Collector,
-              source: KernelCounterSource, table: PeerTable) -> None:
+              source: KernelCounterSource, table: PeerTable) -> bool:
+        """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
         while True:
@@ -126,14 +130,17 @@ class Daemon:
                     received = signals.recv(64)
                     if any(sig in received for sig in STOP_SIGNALS):
                         log.info("stopping on signal")
-                        return
+                        return False
             if control.fileno() in ready:
                 self._serve(control, collector, table)
             if time.monotonic() >= next_drain:
                 report = collector.drain()
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
-                source.set_local_addresses(interface_addresses(self.config.iface))
+                try:
+                    source.set_local_addresses(interface_addresses(self.config.iface))
+                except InterfaceNotFound:
+                    return True
                 next_drain = max(next_drain + interval, time.monotonic())
 
     def _serve(self, control: ControlServer, collector: Collector, table: PeerTable) -> None:

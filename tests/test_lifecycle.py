@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -131,3 +132,41 @@ class TestErrors:
         out = run(*NCEBPF, "dump", "--name", "none", "--piddir", str(tmp_path), check=False)
         assert out.returncode == 1
         assert "no ncebpf instance named 'none' is running" in out.stderr
+
+
+def test_interface_that_disappears_ends_the_run_with_a_final_dump(pair: NetnsPair,
+                                                                  workdir: Path) -> None:
+    daemon = DaemonProcess(pair, workdir, "--interval", "0.2")
+    pair.inject_ingress(frames_from("10.77.4.3", pair, 3), workdir)
+    pair.ns(pair.local, "ip", "link", "del", pair.local_if)
+    _, stderr = daemon.proc.communicate(timeout=30)
+    assert daemon.proc.returncode == 1
+    assert "disappeared; the final dump is in" in stderr
+    final = json.loads((workdir / "state" / "t.json").read_text())
+    assert final["peers"]["10.77.4.3"]["packets"] == 3
+
+
+def test_dump_output_to_a_file(pair: NetnsPair, workdir: Path) -> None:
+    daemon = DaemonProcess(pair, workdir)
+    try:
+        pair.inject_ingress(frames_from("10.77.4.4", pair, 2), workdir)
+        target = workdir / "copy.json"
+        run(*NCEBPF, "dump", "--output", str(target), *daemon.args)
+    finally:
+        assert daemon.stop() == 0
+    assert json.loads(target.read_text())["peers"]["10.77.4.4"]["packets"] == 2
+
+
+def test_named_instances_run_side_by_side(workdir: Path, privileged: None) -> None:
+    with NetnsPair() as first, NetnsPair() as second:
+        one = DaemonProcess(first, workdir, name="one")
+        two = DaemonProcess(second, workdir, name="two")
+        try:
+            first.inject_ingress(frames_from("10.77.5.1", first, 5), workdir)
+            second.inject_ingress(frames_from("10.77.5.2", second, 7), workdir)
+            dumps = one.dump(), two.dump()
+        finally:
+            assert one.stop() == 0 and two.stop() == 0
+    assert dumps[0]["name"] == "one" and dumps[1]["name"] == "two"
+    assert dumps[0]["peers"]["10.77.5.1"]["packets"] == 5 and "10.77.5.2" not in dumps[0]["peers"]
+    assert dumps[1]["peers"]["10.77.5.2"]["packets"] == 7 and "10.77.5.1" not in dumps[1]["peers"]
