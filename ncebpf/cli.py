@@ -31,16 +31,24 @@ class _ExitError(click.ClickException):
         self.exit_code = error.exit_code  # type: ignore[misc]  # click declares it ClassVar
 
 
+def _describe_os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = " (run as root, or choose --statedir/--piddir you can write)" \
+        if isinstance(exc, PermissionError) else ""
+    return f"{exc.strerror or exc}{where}{hint}"
+
+
 class _Group(click.Group):
-    """Turns ncebpf's errors into one line on stderr and their exit status."""
+    """Turns ncebpf's errors, and the OS's, into one line on stderr and an exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NcebpfError as exc:
+        except (NcebpfError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            raise _ExitError(exc) from exc
+            error = exc if isinstance(exc, NcebpfError) else NcebpfError(_describe_os_error(exc))
+            raise _ExitError(error) from exc
 
 
 def instance_options(command: F) -> F:

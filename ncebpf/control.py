@@ -31,9 +31,9 @@ def _connect(path: Path, timeout: float) -> socket.socket | None:
         sock.connect(str(path))
     except OSError as exc:
         sock.close()
-        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ECONNREFUSED, errno.ENOTSOCK):
             return None
-        raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     return sock
 
 

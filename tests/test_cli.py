@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from ncebpf.cli import main
@@ -24,3 +26,19 @@ def test_attach_requires_an_interface() -> None:
     result = CliRunner().invoke(main, ["attach"])
     assert result.exit_code == 2
     assert "--iface" in result.output
+
+
+def test_os_errors_become_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["dump", "--piddir", str(blocker / "sub")])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no ncebpf instance named 'ncebpf' is running")
+
+
+def test_permission_denied_says_what_to_do() -> None:
+    from ncebpf.cli import _describe_os_error
+
+    message = _describe_os_error(PermissionError(13, "Permission denied", "/run/ncebpf/x.sock"))
+    assert message == ("Permission denied: /run/ncebpf/x.sock "
+                       "(run as root, or choose --statedir/--piddir you can write)")
