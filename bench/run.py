@@ -80,13 +80,6 @@ def _fill(source: KernelCounterSource, map_fd: int, count: int, value_size: int)
                                 ct.create_string_buffer(value * n, len(value) * n), n)
 
 
-def memlock(map_fd: int) -> int:
-    for line in Path(f"/proc/self/fdinfo/{map_fd}").read_text().splitlines():
-        if line.startswith("memlock:"):
-            return int(line.split()[1])
-    return 0
-
-
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -103,7 +96,7 @@ def bench_drain(peer_counts: list[int]) -> None:
             peers = programs.table("peers")
             _fill(source, peers.map_fd, count, ct.sizeof(peers.Leaf))
             # Preallocated: the map's memory is fixed at creation, so per peer = total / capacity.
-            kernel_per_peer = memlock(peers.map_fd) / source.capacity
+            kernel_per_peer = source.memory_bytes / source.capacity
             gc.collect()
             rss_before = rss_bytes()
             table = PeerTable(start=time.time())

@@ -96,6 +96,9 @@ class Daemon:
             log.info("compiled and loaded in %.2f s", programs.compile_seconds)
             source = KernelCounterSource(programs)
             log.debug("kernel clock: HZ %g", source.clock.hz)
+            # Preallocated and per CPU: this grows with the CPU count, not with traffic.
+            log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
+                     source.capacity, source.memory_bytes / (1 << 20))
             source.set_local_addresses(interface_addresses(config.iface))
             table = PeerTable(start=time.time())
             collector = Collector(source, table)

@@ -38,6 +38,15 @@ class TotalsSlot(IntEnum):
     OVERFLOW = 3
 
 
+def map_memory_bytes(map_fd: int) -> int:
+    """Kernel memory a map holds, as the kernel accounts it (fdinfo memlock)."""
+    with open(f"/proc/self/fdinfo/{map_fd}") as info:
+        for line in info:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    return 0
+
+
 def local_slot_of(key: bytes) -> int:
     """The slot bpf/parsing.h's local_slot_of() gives the address key."""
     w0, w1, w2, w3 = struct.unpack("=4I", key)
@@ -87,6 +96,10 @@ class KernelCounterSource:
     @property
     def capacity(self) -> int:
         return int(self._peers.max_entries)
+
+    @property
+    def memory_bytes(self) -> int:
+        return map_memory_bytes(self._fd)
 
     def read_peers(self) -> PeerBatch:
         self.clock.resync()
