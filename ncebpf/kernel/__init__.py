@@ -1,0 +1,1 @@
+"""Everything that touches BPF: headers, build, attach, maps. The only privileged code."""
