@@ -57,6 +57,10 @@ class PeerBatch:
     def __len__(self) -> int:
         return len(self.packets)
 
+    def key_column(self) -> npt.NDArray[np.void]:
+        """The keys as one array; its .tolist() gives 16-byte bytes objects."""
+        return np.frombuffer(self.keys, dtype=f"V{KEY_SIZE}")
+
     @classmethod
     def from_counts(cls, rows: Sequence[PeerCounts]) -> PeerBatch:
         return cls(
@@ -155,17 +159,11 @@ class Collector:
 
     def _absorb_rows(self, batch: PeerBatch, offset_s: float) -> int:
         rows = np.flatnonzero(batch.maybe_changed)
-        keys = batch.keys
-        firsts = (batch.first_seen_ns[rows] / NS + offset_s).tolist()
-        lasts = (batch.last_seen_ns[rows] / NS + offset_s).tolist()
-        changed = 0
-        columns = (rows.tolist(), batch.packets[rows].tolist(), batch.bytes[rows].tolist(),
-                   firsts, lasts)
-        for row, packets, nbytes, first, last in zip(*columns, strict=True):
-            offset = row * KEY_SIZE
-            if self._absorb(keys[offset:offset + KEY_SIZE], packets, nbytes, first, last):
-                changed += 1
-        return changed
+        columns = (batch.key_column()[rows].tolist(), batch.packets[rows].tolist(),
+                   batch.bytes[rows].tolist(),
+                   (batch.first_seen_ns[rows] / NS + offset_s).tolist(),
+                   (batch.last_seen_ns[rows] / NS + offset_s).tolist())
+        return sum(self._absorb(*row) for row in zip(*columns, strict=True))
 
     def _absorb(self, key: bytes, packets: int, nbytes: int, first_s: float,
                 last_s: float) -> bool:
@@ -191,5 +189,5 @@ class Collector:
             evictable = np.flatnonzero(~idle & (last < now_ns - int(policy.min_idle_s * NS)))
             oldest_first = evictable[np.argsort(last[evictable], kind="stable")]
             chosen = np.concatenate([chosen, oldest_first[:excess]])
-        keys = batch.keys
-        return [keys[row * KEY_SIZE:(row + 1) * KEY_SIZE] for row in chosen.tolist()]
+        keys: list[bytes] = batch.key_column()[chosen].tolist()
+        return keys
