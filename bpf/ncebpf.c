@@ -13,6 +13,13 @@
 #include "ncebpf_kern_user.h"
 #include "parsing.h"
 
+#ifdef NCEBPF_FILTER
+/* Generated from the user's tcpdump expression by ncebpf/filter/translate.py:
+ * __u32 ncebpf_filter(data, data_end, wire_len), nonzero = match, and
+ * NCEBPF_FILTER_PULL_LEN, the linear bytes it may read. */
+#include "ncebpf_filter.h"
+#endif
+
 /* Key: peer address. Value: that peer's counters, one copy per CPU.
  * Preallocated: inserting a new peer costs about 1 us instead of about
  * 15 us for a per-CPU allocation, which matters under a spoofed-source flood. */
@@ -94,6 +101,12 @@ int ncebpf_xdp(struct xdp_md *ctx)
 	__u64 len = data_end - data;
 	struct l3_info l3;
 
+#ifdef NCEBPF_FILTER
+	if (!ncebpf_filter(data, data_end, len)) {
+		count_total(TOTALS_FILTERED_OUT, 1, len);
+		return XDP_PASS;
+	}
+#endif
 	if (parse_l3(data, data_end, &l3) < 0)
 		count_total(TOTALS_UNPARSED, 1, len);
 	else
@@ -120,20 +133,32 @@ int ncebpf_tc(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u64 packets = 1;
+	/* A GSO super-packet leaves the host as gso_segs frames, each with its
+	 * own copy of the L2-L4 headers. */
+	__u64 packets = skb->gso_segs > 1 ? skb->gso_segs : 1;
 	__u64 bytes = skb->len;
 	struct l3_info l3;
 
-	if (parse_l3(data, data_end, &l3) < 0) {
-		count_total(TOTALS_UNPARSED, 1, bytes);
+#ifdef NCEBPF_FILTER
+	/* Direct access sees only the linear part of the skb; the filter must
+	 * see every byte it reads, as libpcap would on the wire. */
+	if (data + NCEBPF_FILTER_PULL_LEN > data_end && skb->len > data_end - data) {
+		bpf_skb_pull_data(skb, skb->len < NCEBPF_FILTER_PULL_LEN ? skb->len
+									: NCEBPF_FILTER_PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	if (!ncebpf_filter(data, data_end, skb->len)) {
+		count_total(TOTALS_FILTERED_OUT, packets, bytes);
 		return TC_ACT_UNSPEC;
 	}
-	/* A GSO super-packet leaves the host as gso_segs frames, each with its
-	 * own copy of the L2-L4 headers. */
-	if (skb->gso_segs > 1) {
-		packets = skb->gso_segs;
-		bytes += (packets - 1) * (l3.l4_off + l4_header_len(skb, &l3));
+#endif
+	if (parse_l3(data, data_end, &l3) < 0) {
+		count_total(TOTALS_UNPARSED, packets, bytes);
+		return TC_ACT_UNSPEC;
 	}
+	if (packets > 1)
+		bytes += (packets - 1) * (l3.l4_off + l4_header_len(skb, &l3));
 	count_peer(&l3, packets, bytes);
 	/* UNSPEC, not OK: let any filter after ours classify the packet too. */
 	return TC_ACT_UNSPEC;
@@ -151,3 +176,15 @@ int ncebpf_clock(struct xdp_md *ctx)
 	}
 	return XDP_PASS;
 }
+
+#ifdef NCEBPF_FILTER
+/* Never attached: test-run by `ncebpf explain` and the tests to read the
+ * filter's verdict. XDP_PASS = match, XDP_DROP = no match. */
+int ncebpf_filter_verdict(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	return ncebpf_filter(data, data_end, data_end - data) ? XDP_PASS : XDP_DROP;
+}
+#endif

@@ -8,6 +8,7 @@ tests without it.
 from __future__ import annotations
 
 import importlib.resources
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ncebpf.errors import BccMissing, CompileError
+from ncebpf.filter.translate import Translation
 from ncebpf.kernel.headers import ensure_headers
 
 XDP_FUNCTION = "ncebpf_xdp"
 TC_FUNCTION = "ncebpf_tc"
 CLOCK_FUNCTION = "ncebpf_clock"  # never attached; test-run to sample the kernel clocks
+VERDICT_FUNCTION = "ncebpf_filter_verdict"  # never attached; test-run for filter verdicts
+GENERATED_FILTER_HEADER = "ncebpf_filter.h"
 PROGRAM_NAMES = (XDP_FUNCTION, TC_FUNCTION)  # how ncebpf recognises its own programs
 
 
@@ -46,13 +50,26 @@ def import_bcc() -> Any:
 @dataclass(frozen=True)
 class BuildOptions:
     max_peers: int = 1 << 20  # capacity of the peer map; beyond it frames count as overflow
+    filter: Translation | None = None  # the user's tcpdump filter, translated
 
-    def cflags(self) -> list[str]:
-        return [
-            f"-I{bpf_source_dir()}",
-            f"-DNCEBPF_MAX_PEERS={self.max_peers}",
-            "-Wno-unused-label",
-        ]
+    def cflags(self, generated_dir: Path | None = None) -> list[str]:
+        flags = [f"-I{bpf_source_dir()}", f"-DNCEBPF_MAX_PEERS={self.max_peers}"]
+        if self.filter is not None:
+            assert generated_dir is not None
+            flags += [f"-I{generated_dir}", "-DNCEBPF_FILTER"]
+        return flags
+
+
+@contextmanager
+def generated_headers(options: BuildOptions) -> Iterator[Path | None]:
+    """A private directory holding ncebpf_filter.h for one compile, removed afterwards."""
+    if options.filter is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="ncebpf-build-") as directory:
+        header = Path(directory) / GENERATED_FILTER_HEADER
+        header.write_text(options.filter.c_source)
+        yield Path(directory)
 
 
 @dataclass
@@ -63,6 +80,7 @@ class LoadedPrograms:
     xdp: Any  # bcc.BPF.Function: .fd, .name
     tc: Any
     clock: Any
+    verdict: Any  # the filter alone, for test runs; None without a filter
     compile_seconds: float
 
     def table(self, name: str) -> Any:
@@ -80,17 +98,20 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
     ensure_headers()
     source = bpf_source_dir() / "ncebpf.c"
     started = time.monotonic()
-    try:
-        module = bcc.BPF(src_file=str(source).encode(), cflags=options.cflags())
-    except Exception as exc:  # BCC raises bare Exception and prints clang's output to stderr
-        raise CompileError(f"BCC could not compile {source}: {exc}") from exc
+    with generated_headers(options) as generated_dir:
+        try:
+            module = bcc.BPF(src_file=str(source).encode(), cflags=options.cflags(generated_dir))
+        except Exception as exc:  # BCC raises bare Exception, clang's output went to stderr
+            raise CompileError(f"BCC could not compile {source}: {exc}") from exc
     try:
         try:
             xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
             tc = module.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
             clock = module.load_func(CLOCK_FUNCTION.encode(), bcc.BPF.XDP)
+            verdict = None if options.filter is None else \
+                module.load_func(VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
         except Exception as exc:
             raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc
-        yield LoadedPrograms(module, xdp, tc, clock, time.monotonic() - started)
+        yield LoadedPrograms(module, xdp, tc, clock, verdict, time.monotonic() - started)
     finally:
         module.cleanup()

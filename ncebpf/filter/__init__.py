@@ -1,0 +1,1 @@
+"""tcpdump filters in the kernel: libpcap compiles to classic BPF, we translate to C."""
