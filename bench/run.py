@@ -12,19 +12,16 @@ import ctypes as ct
 import gc
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from ncebpf.accounting import PeerTable, peer_key
 from ncebpf.collector import Collector
+from ncebpf.filter.frames import ETH_P_ARP, arp_request, ethernet, ip_frame
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import BuildOptions, import_bcc, loaded_programs
 from ncebpf.kernel.headers import ensure_headers
 from ncebpf.kernel.maps import KernelCounterSource
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.frames import ETH_P_ARP, arp_request, ethernet, ip_frame  # noqa: E402
 
 REPEAT = 1_000_000
 

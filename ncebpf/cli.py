@@ -70,6 +70,12 @@ def _instance(name: str, statedir: Path, piddir: Path) -> Instance:
     return Instance(name=name, statedir=statedir, piddir=piddir)
 
 
+def _filter_expression(option: str, words: tuple[str, ...]) -> str:
+    if option and words:
+        raise click.UsageError("give the filter once: with --filter or as trailing arguments")
+    return option or " ".join(words)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ncebpf")
 @click.option("--debug", is_flag=True, help="Log details and show tracebacks.")
@@ -105,10 +111,21 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Peer map capacity; frames of further new peers count as overflow.")
 @click.option("--force", is_flag=True,
               help="Displace another XDP program on the interface for this run.")
+@click.option("--filter", "filter_option", metavar="EXPR", default="",
+              help="tcpdump filter expression; or give it as trailing arguments.")
+@click.argument("expression", nargs=-1)
 @instance_options
 def attach(iface: str, direction: str, interval: float, xdp_mode: str, max_peers: int,
-           force: bool, name: str, statedir: Path, piddir: Path) -> None:
+           force: bool, filter_option: str, expression: tuple[str, ...], name: str,
+           statedir: Path, piddir: Path) -> None:
     """Attach to IFACE and count until SIGTERM or Ctrl-C.
+
+    Only frames that match EXPRESSION, a tcpdump filter (pcap-filter(7)), are
+    counted; it runs inside the kernel. Its first `host` joins the interface's
+    addresses on the local side of the peer rule. Example:
+
+    \b
+      ncebpf attach --iface eth0 'udp port 53 and dst host 10.1.2.3'
 
     On exit ncebpf writes a final dump and removes exactly what it attached.
     A program that a killed run left behind is replaced; another tool's XDP
@@ -117,6 +134,7 @@ def attach(iface: str, direction: str, interval: float, xdp_mode: str, max_peers
     from ncebpf.daemon import Daemon
 
     config = RunConfig(iface=iface, instance=_instance(name, statedir, piddir),
+                       filter=_filter_expression(filter_option, expression),
                        direction=direction,  # type: ignore[arg-type]
                        interval_s=interval, xdp_mode=xdp_mode,  # type: ignore[arg-type]
                        force=force, max_peers=max_peers)
@@ -167,3 +185,68 @@ def detach(iface: str, name: str, statedir: Path, piddir: Path) -> None:
     removed = detach_leftovers(iface)
     click.echo(f"removed from {iface}: {', '.join(removed)}" if removed
                else f"nothing of ncebpf's on {iface}")
+
+
+@main.command()
+@click.argument("expression", nargs=-1, required=True)
+@click.option("--iface", "-i", default=None,
+              help="Interface whose IPv4 netmask serves 'ip broadcast'.")
+def explain(expression: tuple[str, ...], iface: str | None) -> None:
+    """Show what the kernel runs for a tcpdump EXPRESSION, and whether it can.
+
+    Prints libpcap's classic BPF, the C ncebpf generates from it, the
+    verifier's verdict (its log when it refuses) with the instruction count,
+    and a self-check that runs the filter in the kernel and in libpcap on
+    sample frames built from the filter's own constants. The kernel part
+    needs root; without it only the translation is shown.
+    """
+    from ncebpf.filter.cbpf import listing
+    from ncebpf.filter.pcap import PCAP_NETMASK_UNKNOWN, compile_filter
+    from ncebpf.filter.samples import sample_frames
+    from ncebpf.filter.translate import UnsupportedFilter, translate
+
+    text = " ".join(expression)
+    if iface:
+        from ncebpf.kernel.netif import ipv4_netmask
+
+        netmask = ipv4_netmask(iface)
+    else:
+        netmask = PCAP_NETMASK_UNKNOWN
+    insns = compile_filter(text, netmask)
+    click.echo(f"filter: {text}\n\nclassic BPF from libpcap, {len(insns)} instructions:")
+    click.echo(listing(insns))
+    try:
+        translation = translate(insns)
+    except UnsupportedFilter as exc:
+        click.echo(f"\n{exc}")
+        raise click.exceptions.Exit(2) from exc
+    click.echo("\ngenerated C (ncebpf_filter.h):")
+    click.echo(translation.c_source.rstrip())
+    from ncebpf.errors import NcebpfError
+    from ncebpf.kernel.privileges import require_bpf_privileges
+
+    try:
+        require_bpf_privileges("the kernel check")
+        from ncebpf.kernel.build import import_bcc
+        from ncebpf.kernel.check import check_filter
+
+        import_bcc()
+    except NcebpfError as exc:
+        click.echo(f"\nkernel: not checked: {exc}")
+        return
+    frames = sample_frames(insns)
+    check = check_filter(translation, insns, frames)
+    if not check.accepted:
+        click.echo(f"\nkernel: REJECTED\n{check.log.rstrip()}")
+        raise click.exceptions.Exit(1)
+    click.echo(f"\nkernel: accepted; the filter's test program is {check.xlated_insns} "
+               "eBPF instructions")
+    if check.disagreements:
+        click.echo(f"self-check: kernel and libpcap DISAGREE on {len(check.disagreements)} "
+                   f"of {check.frames} sample frames:")
+        for frame, kernel, pcap in check.disagreements[:5]:
+            click.echo(f"  kernel {'match' if kernel else 'no match'}, libpcap "
+                       f"{'match' if pcap else 'no match'}: {frame.hex()}")
+        raise click.exceptions.Exit(1)
+    click.echo(f"self-check: kernel and libpcap agree on all {check.frames} sample frames "
+               f"({check.matches} match)")

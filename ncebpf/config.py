@@ -41,6 +41,7 @@ class Instance:
 class RunConfig:
     iface: str
     instance: Instance = Instance()
+    filter: str = ""  # tcpdump expression; empty counts every frame
     direction: Direction = "both"
     interval_s: float = DEFAULT_INTERVAL_S  # seconds between drains of the kernel maps
     xdp_mode: XdpModeName = "auto"

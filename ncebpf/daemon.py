@@ -20,15 +20,11 @@ from ncebpf.config import Instance, RunConfig
 from ncebpf.control import ControlServer, ensure_not_running
 from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
 from ncebpf.errors import InterfaceNotFound, NcebpfError
-from ncebpf.kernel.attach import (
-    TcEgressAttachment,
-    XdpAttachment,
-    ifindex_of,
-    interface_addresses,
-    refuse_foreign_xdp,
-)
+from ncebpf.filter import prepare
+from ncebpf.kernel.attach import TcEgressAttachment, XdpAttachment, refuse_foreign_xdp
 from ncebpf.kernel.build import BuildOptions, import_bcc, loaded_programs
 from ncebpf.kernel.maps import KernelCounterSource
+from ncebpf.kernel.netif import ifindex_of, interface_addresses, ipv4_netmask
 from ncebpf.kernel.privileges import require_bpf_privileges
 
 log = logging.getLogger(__name__)
@@ -77,6 +73,7 @@ class Daemon:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.instance: Instance = config.instance
+        self._filter_hosts: tuple[str, ...] = ()
 
     def run(self) -> None:
         config = self.config
@@ -89,17 +86,25 @@ class Daemon:
             directory.mkdir(parents=True, exist_ok=True)
 
         ensure_not_running(self.instance)
+        prepared = prepare(config.filter, ipv4_netmask(config.iface)) if config.filter else None
+        self._filter_hosts = prepared.local_hosts if prepared else ()
+        if prepared:
+            log.info("filter %r: %d cBPF instructions%s", config.filter,
+                     prepared.translation.cbpf_insns,
+                     f"; local side also {', '.join(self._filter_hosts)}"
+                     if self._filter_hosts else "")
         with ExitStack() as stack:
             stack.enter_context(pid_file(self.instance.pid_path))
-            programs = stack.enter_context(
-                loaded_programs(BuildOptions(max_peers=config.max_peers)))
+            options = BuildOptions(max_peers=config.max_peers,
+                                   filter=prepared.translation if prepared else None)
+            programs = stack.enter_context(loaded_programs(options))
             log.info("compiled and loaded in %.2f s", programs.compile_seconds)
             source = KernelCounterSource(programs)
             log.debug("kernel clock: HZ %g", source.clock.hz)
             # Preallocated and per CPU: this grows with the CPU count, not with traffic.
             log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
                      source.capacity, source.memory_bytes / (1 << 20))
-            source.set_local_addresses(interface_addresses(config.iface))
+            source.set_local_addresses(self._local_addresses())
             table = PeerTable(start=time.time())
             collector = Collector(source, table)
             signals = stack.enter_context(stop_signals())
@@ -141,10 +146,14 @@ class Daemon:
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
                 try:
-                    source.set_local_addresses(interface_addresses(self.config.iface))
+                    source.set_local_addresses(self._local_addresses())
                 except InterfaceNotFound:
                     return True
                 next_drain = max(next_drain + interval, time.monotonic())
+
+    def _local_addresses(self) -> list[str]:
+        """The peer rule's local side: the interface's addresses and the filter's host."""
+        return [*interface_addresses(self.config.iface), *self._filter_hosts]
 
     def _serve(self, control: ControlServer, collector: Collector, table: PeerTable) -> None:
         request = control.accept()
@@ -161,7 +170,8 @@ class Daemon:
                 conn.sendall(reply.encode() + b"\n")
 
     def _write_dump(self, table: PeerTable) -> Path:
-        context = DumpContext(name=self.instance.name, device=self.config.iface, mode="xdp")
+        context = DumpContext(name=self.instance.name, device=self.config.iface, mode="xdp",
+                              filter=self.config.filter)
         path = self.instance.json_path
         write_atomically(path, render_json(json_document(table, context, time.time())))
         return path

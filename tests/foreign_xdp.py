@@ -11,8 +11,8 @@ from pathlib import Path
 from bcc import BPF
 
 from ncebpf.kernel import libbpf
-from ncebpf.kernel.attach import ifindex_of
 from ncebpf.kernel.headers import ensure_headers
+from ncebpf.kernel.netif import ifindex_of
 
 ensure_headers()
 module = BPF(src_file=str(Path(__file__).parent / "bpf" / "foreign_pass.c").encode())

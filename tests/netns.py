@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.frames import mac
+from ncebpf.filter.frames import mac
 from tests.sendframes import write_frames
 
 TESTS = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.frames import (
+from ncebpf.filter.frames import (
     ETH_P_ARP,
     arp_request,
     ethernet,

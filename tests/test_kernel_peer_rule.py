@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from ncebpf.accounting import peer_key, peer_text
+from ncebpf.filter.frames import ip_frame
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import BuildOptions, LoadedPrograms, loaded_programs
 from ncebpf.kernel.maps import KernelCounterSource, local_slot_of
-from tests.frames import ip_frame
 
 pytestmark = pytest.mark.privileged
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.frames import ip_frame
+from ncebpf.filter.frames import ip_frame
 from tests.netns import NCEBPF, TESTS, DaemonProcess, NetnsPair, run
 
 pytestmark = pytest.mark.privileged

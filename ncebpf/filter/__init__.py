@@ -1,1 +1,26 @@
 """tcpdump filters in the kernel: libpcap compiles to classic BPF, we translate to C."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ncebpf.filter.cbpf import Insn
+from ncebpf.filter.host import first_host, resolve
+from ncebpf.filter.pcap import PCAP_NETMASK_UNKNOWN, compile_filter
+from ncebpf.filter.translate import Translation, translate
+
+
+@dataclass(frozen=True)
+class PreparedFilter:
+    expression: str
+    insns: tuple[Insn, ...]
+    translation: Translation
+    local_hosts: tuple[str, ...]  # the first `host`'s addresses: local side of the peer rule
+
+
+def prepare(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN) -> PreparedFilter:
+    """Compile and translate; raises FilterSyntaxError or UnsupportedFilter (exit 2)."""
+    insns = compile_filter(expression, netmask)
+    host = first_host(expression)
+    return PreparedFilter(expression, insns, translate(insns),
+                          tuple(resolve(host)) if host else ())

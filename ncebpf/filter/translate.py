@@ -41,6 +41,10 @@ FUNCTION_NAME = re.compile(r"^[A-Za-z_][0-9A-Za-z_]*$")
 class UnsupportedFilter(UsageError):
     """The filter compiles but cannot run in the kernel; the message names why."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"this filter cannot run in the kernel: {reason}")
+        self.reason = reason
+
 
 @dataclass(frozen=True)
 class Translation:

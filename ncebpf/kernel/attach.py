@@ -12,16 +12,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 from types import TracebackType
 from typing import Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ncebpf.errors import AttachError, ForeignProgram, InterfaceNotFound, KernelError
+from ncebpf.errors import AttachError, ForeignProgram, KernelError
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import PROGRAM_NAMES
+from ncebpf.kernel.netif import ifindex_of
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ TC_EGRESS_PARENT = 0xFFFFFFF3  # ffff:fff3, clsact egress
 TC_PRIO = 1  # run before other classifiers; ours returns TC_ACT_UNSPEC so they still run
 TC_HANDLE = 0x4E43  # "NC"
 _TC_EGRESS_PARENT_TEXT = "ffff:fff3"
-
-
-def ifindex_of(ifname: str) -> int:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise InterfaceNotFound(ifname) from None
 
 
 def _is_ours(name: str) -> bool:
@@ -266,13 +259,3 @@ def detach_leftovers(ifname: str) -> list[str]:
             ipr.tc("del", "clsact", ifindex)
             removed.append("clsact qdisc")
     return removed
-
-
-def interface_addresses(ifname: str) -> list[str]:
-    """IPv4 and IPv6 addresses configured on ifname, as text."""
-    ifindex = ifindex_of(ifname)
-    with IPRoute() as ipr:
-        # IFA_LOCAL is this end of a point-to-point link; IFA_ADDRESS is the far end there.
-        return [msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                for msg in ipr.get_addr(index=ifindex)]
-

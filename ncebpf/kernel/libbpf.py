@@ -67,7 +67,8 @@ class _TestRunOpts(ct.Structure):
     ]
 
 
-# struct bpf_prog_info offsets (uapi/linux/bpf.h): type@0, id@4, tag[8]@8, name[16]@64
+# struct bpf_prog_info offsets (uapi/linux/bpf.h): type@0, id@4, tag[8]@8, xlated_prog_len@20,
+# name[16]@64
 _PROG_INFO_SIZE = 232
 
 
@@ -134,6 +135,7 @@ class ProgInfo:
     type: int
     tag: str
     name: str
+    xlated_insns: int  # eBPF instructions after the verifier's rewrites
 
 
 def prog_fd_by_id(prog_id: int) -> int:
@@ -150,6 +152,7 @@ def prog_info_by_fd(fd: int) -> ProgInfo:
         type=int.from_bytes(raw[0:4], "little"),
         tag=raw[8:16].hex(),
         name=raw[64:80].split(b"\0")[0].decode(errors="replace"),
+        xlated_insns=int.from_bytes(raw[20:24], "little") // 8,
     )
 
 

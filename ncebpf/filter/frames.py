@@ -1,4 +1,4 @@
-"""Build Ethernet frames byte by byte, so tests know every frame's exact length.
+"""Build Ethernet frames byte by byte, with exact lengths: for tests, explain and bench.
 
 Checksums are left zero: ncebpf counts frames whatever their checksum, and
 the receiving stacks in the tests drop these frames after the hooks saw them.
@@ -74,14 +74,14 @@ def arp_request() -> bytes:
 
 
 def ip_frame(src: str, dst: str, kind: str, size: int = 0, vlans: tuple[int, ...] = (),
-             options: bytes = b"") -> bytes:
+             options: bytes = b"", sport: int = 40000, dport: int | None = None) -> bytes:
     """A frame from src to dst carrying kind (udp, tcp, icmp) with size payload bytes."""
     v6 = ipaddress.ip_address(src).version == 6
     payload = bytes(size)
     if kind == "udp":
-        l4, proto = udp(payload), IPPROTO_UDP
+        l4, proto = udp(payload, sport, 5353 if dport is None else dport), IPPROTO_UDP
     elif kind == "tcp":
-        l4, proto = tcp(payload), IPPROTO_TCP
+        l4, proto = tcp(payload, sport, 80 if dport is None else dport), IPPROTO_TCP
     elif kind == "icmp":
         l4, proto = icmp_echo(payload, v6), IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP
     else:
