@@ -13,15 +13,8 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/ipv6.h>
 
+#include "byteorder.h"
 #include "ncebpf_kern_user.h"
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define ncebpf_be16(x) __builtin_bswap16(x)
-#define ncebpf_be32(x) __builtin_bswap32(x)
-#else
-#define ncebpf_be16(x) (x)
-#define ncebpf_be32(x) (x)
-#endif
 
 #define NCEBPF_MAX_VLAN_TAGS 2
 

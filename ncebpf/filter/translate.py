@@ -6,7 +6,8 @@ The output is one header defining
                                                __u32 wire_len)
 
 which returns what libpcap's bpf_filter() would: 0 for no match, otherwise
-the program's return value. Guarantees, instruction by instruction:
+the program's return value. It needs bpf/byteorder.h and the __u8.. types.
+Guarantees, instruction by instruction:
 
 - A, X and the scratch words M[0..15] start at zero, as in libpcap.
 - Every packet load is checked against data_end first; a load past the end
@@ -128,7 +129,8 @@ def _pull_len(insns: tuple[Insn, ...]) -> int:
     return min(furthest, MAX_PACKET_OFFSET)
 
 
-def _statement(pc: int, insn: Insn) -> str:
+def _statement(pc: int, insn: Insn) -> str | list[str]:
+    """C for one instruction: a statement, or lines of one."""
     code, jt, jf, k = insn
     c, m = cbpf.cls(code), cbpf.mode(code)
     width = cbpf.SIZE_BYTES.get(cbpf.size(code))
@@ -146,16 +148,19 @@ def _statement(pc: int, insn: Insn) -> str:
             _check_load(pc, insn)
             if k + 1 > MAX_PACKET_OFFSET:
                 return "return 0;"
-            return f"p = data + {k}; if (p + 1 > data_end) return 0; X = (p[0] & 0xf) << 2;"
+            return ["p = data + " + str(k) + ";", "if (p + 1 > data_end)", "\treturn 0;",
+                    "X = (p[0] & 0xf) << 2;"]
         if m in (cbpf.ABS, cbpf.IND) and c == cbpf.LD and width is not None:
             _check_load(pc, insn)
             load = _LOAD_C[width]
             if m == cbpf.ABS:
                 if k + width > MAX_PACKET_OFFSET:
                     return "return 0; /* beyond any packet */"
-                return f"p = data + {k}; if (p + {width} > data_end) return 0; A = {load};"
-            return (f"off = (__u64)X + {k}u; if (off > {MAX_INDIRECT_OFFSET}) return 0; "
-                    f"p = data + off; if (p + {width} > data_end) return 0; A = {load};")
+                return [f"p = data + {k};", f"if (p + {width} > data_end)", "\treturn 0;",
+                        f"A = {load};"]
+            return [f"off = (__u64)X + {k}u;", f"if (off > {MAX_INDIRECT_OFFSET})", "\treturn 0;",
+                    "p = data + off;", f"if (p + {width} > data_end)", "\treturn 0;",
+                    f"A = {load};"]
     elif c in (cbpf.ST, cbpf.STX):
         if k >= cbpf.MEMWORDS:
             raise UnsupportedFilter(f"instruction {pc} writes scratch word {k}")
@@ -167,7 +172,7 @@ def _statement(pc: int, insn: Insn) -> str:
         symbol = _ALU_C.get(operation)
         if symbol is not None and cbpf.src(code) == cbpf.X:
             if operation in (cbpf.DIV, cbpf.MOD):
-                return f"if (X == 0) return 0; A {symbol}= X;"
+                return ["if (X == 0)", "\treturn 0;", f"A {symbol}= X;"]
             if operation in (cbpf.LSH, cbpf.RSH):
                 return f"A = X < 32 ? A {symbol} X : 0;"
             return f"A {symbol}= X;"
@@ -186,16 +191,20 @@ def _statement(pc: int, insn: Insn) -> str:
             condition = template.format("X" if cbpf.src(code) == cbpf.X else f"{k}u")
             taken, fallen = pc + 1 + jt, pc + 1 + jf
             if fallen == pc + 1:
-                return f"if ({condition}) goto L{taken};"
+                return [f"if ({condition})", f"\tgoto L{taken};"]
             if taken == pc + 1:
-                return f"if (!({condition})) goto L{fallen};"
-            return f"if ({condition}) goto L{taken}; goto L{fallen};"
+                return [f"if (!({condition}))", f"\tgoto L{fallen};"]
+            return [f"if ({condition})", f"\tgoto L{taken};", f"goto L{fallen};"]
     elif c == cbpf.RET:
         rval = code & 0x18
         return {cbpf.RVAL_A: "return A;", cbpf.RVAL_X: "return X;"}.get(rval, f"return {k}u;")
-    elif c == cbpf.MISC:
-        return "X = A;" if code & 0xF8 == cbpf.TAX else "A = X;"
+    elif c == cbpf.MISC and code in (cbpf.MISC | cbpf.TAX, cbpf.MISC | cbpf.TXA):
+        return "X = A;" if code == cbpf.MISC | cbpf.TAX else "A = X;"
     raise UnsupportedFilter(f"instruction {pc} has an unknown opcode {code:#x}")
+
+
+def _lines(statement: str | list[str]) -> list[str]:
+    return [statement] if isinstance(statement, str) else statement
 
 
 def translate(insns: tuple[Insn, ...], function: str = "ncebpf_filter") -> Translation:
@@ -205,12 +214,13 @@ def translate(insns: tuple[Insn, ...], function: str = "ncebpf_filter") -> Trans
         raise UnsupportedFilter("the filter program is empty")
     successors = _targets(insns)
     jump_targets = {t for pc, ts in successors.items() for t in ts if t != pc + 1}
-    statements = [_statement(pc, insn) for pc, insn in enumerate(insns)]
-    uses = " ".join(statements)
+    statements = [_lines(_statement(pc, insn)) for pc, insn in enumerate(insns)]
+    uses = " ".join(line for lines in statements for line in lines)
     body = []
-    for pc, statement in enumerate(statements):
-        label = f"L{pc}: " if pc in jump_targets else ""
-        body.append(f"\t{label}{statement}")
+    for pc, lines in enumerate(statements):
+        if pc in jump_targets:
+            body.append(f"L{pc}:")
+        body += [f"\t{line}" for line in lines]
     locals_ = ["__u32 A = 0, X = 0;"]
     if "M[" in uses:
         locals_.append(f"__u32 M[{cbpf.MEMWORDS}] = {{}};")
@@ -228,7 +238,7 @@ def translate(insns: tuple[Insn, ...], function: str = "ncebpf_filter") -> Trans
         "{",
         *(f"\t{line}" for line in locals_),
         "",
-        "\t(void)A; (void)X; (void)wire_len;",
+        "\t(void)A; (void)X; (void)data; (void)data_end; (void)wire_len;",
         *body,
         "}",
         "",
