@@ -53,6 +53,13 @@ def quiet_pair(privileged: None) -> Iterator[NetnsPair]:
         yield made
 
 
+@pytest.fixture
+def silent_pair(privileged: None) -> Iterator[NetnsPair]:
+    """No IPv6 on either side: neither stack sends anything on its own (no MLD)."""
+    with NetnsPair(remote_ipv6=False, local_ipv6=False) as made:
+        yield made
+
+
 def _ncebpf_programs() -> list[str]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:

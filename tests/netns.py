@@ -31,11 +31,12 @@ class NetnsPair:
     local_v4, remote_v4 = "10.77.0.1", "10.77.0.2"
     local_v6, remote_v6 = "fd77::1", "fd77::2"
 
-    def __init__(self, remote_ipv6: bool = True) -> None:
+    def __init__(self, remote_ipv6: bool = True, local_ipv6: bool = True) -> None:
         tag = PREFIX + secrets.token_hex(3)
         self.local, self.remote = f"{tag}l", f"{tag}r"
         self.local_if, self.remote_if = f"{tag}a", f"{tag}b"
         self.remote_ipv6 = remote_ipv6
+        self.local_ipv6 = local_ipv6
 
     def __enter__(self) -> NetnsPair:
         try:
@@ -51,7 +52,7 @@ class NetnsPair:
         run("ip", "link", "add", "name", self.local_if, "netns", self.local, "type", "veth",
             "peer", "name", self.remote_if, "netns", self.remote)
         for ns, ifname, v4, v6, ipv6 in (
-            (self.local, self.local_if, self.local_v4, self.local_v6, True),
+            (self.local, self.local_if, self.local_v4, self.local_v6, self.local_ipv6),
             (self.remote, self.remote_if, self.remote_v4, self.remote_v6, self.remote_ipv6),
         ):
             # No link-local address, no DAD: the stacks stay quiet, so every
@@ -68,7 +69,7 @@ class NetnsPair:
                 self.remote_mac.hex(":"), "dev", self.local_if, "nud", "permanent")
         self.ns(self.remote, "ip", "neigh", "add", self.local_v4, "lladdr",
                 self.local_mac.hex(":"), "dev", self.remote_if, "nud", "permanent")
-        if self.remote_ipv6:
+        if self.remote_ipv6 and self.local_ipv6:
             self.ns(self.local, "ip", "neigh", "add", self.remote_v6, "lladdr",
                     self.remote_mac.hex(":"), "dev", self.local_if, "nud", "permanent")
             self.ns(self.remote, "ip", "neigh", "add", self.local_v6, "lladdr",
