@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ncebpf.filter.pcap import compile_filter
 from ncebpf.filter.translate import Translation
 from ncebpf.kernel.check import check_filter
 from tests.netns import NCEBPF, TESTS, DaemonProcess, NetnsPair, run
-from tests.test_kernel_counts import assert_peers, expected_counts
+from tests.test_kernel_counts import TCP_SINK, TCP_SOURCE, assert_peers, expected_counts
 
 pytestmark = pytest.mark.privileged
 
@@ -49,7 +50,9 @@ def live_mix(pair: NetnsPair) -> tuple[list[bytes], list[bytes]]:
     return ingress, egress
 
 
-def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workdir: Path) -> None:
+@pytest.mark.parametrize("expression", [LIVE_FILTER, "udp port 53 and dst host 10.77.0.1"])
+def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workdir: Path,
+                                                   expression: str) -> None:
     pair = silent_pair
     capture = workdir / "all.pcap"
     # -s 0 would make each ring slot 256 KiB: a 2 MiB ring then holds 8 frames
@@ -60,7 +63,7 @@ def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workd
     try:
         assert tcpdump.stderr is not None
         assert "listening on" in tcpdump.stderr.readline()
-        daemon = DaemonProcess(pair, workdir, LIVE_FILTER)
+        daemon = DaemonProcess(pair, workdir, expression)
         try:
             ingress, egress = live_mix(pair)
             pair.inject_ingress(ingress, workdir)
@@ -73,7 +76,7 @@ def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workd
         tcpdump.terminate()
         _, tcpdump_said = tcpdump.communicate(timeout=10)
     filtered = workdir / "filtered.pcap"
-    run("tcpdump", "-r", str(capture), "-w", str(filtered), LIVE_FILTER)
+    run("tcpdump", "-r", str(capture), "-w", str(filtered), expression)
     seen = read_pcap(capture)
     matched = read_pcap(filtered)
     # No IPv6 address is local here: IPv6 frames count under their source.
@@ -81,7 +84,7 @@ def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workd
     assert "\n0 packets dropped by kernel" in tcpdump_said, tcpdump_said
     assert_peers(dump, expected)
     assert {p for p in dump["peers"]} == set(expected)
-    assert dump["filter"] == LIVE_FILTER
+    assert dump["filter"] == expression
     assert unparsed == 0 and dump["totals"]["unparsed"] == 0  # ARP does not pass this filter
     assert seen == ingress + egress  # silent stacks: the test's frames and nothing else
     assert dump["totals"]["filtered_out"] == len(seen) - len(matched)
@@ -125,3 +128,24 @@ def test_filter_syntax_error_exits_2(workdir: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == ("Error: bad filter 'udp prt 53': "
                                   "can't parse filter expression: syntax error")
+
+
+def test_payload_filter_sees_fragments_at_tc_egress(pair: NetnsPair, workdir: Path) -> None:
+    """TSO puts TCP payload in page fragments beyond the linear data: the program
+    must pull it in before the filter reads it. Every data segment (and only
+    those) starts with a zero byte, and the sender reports how many it sent."""
+    first_payload_byte_zero = "tcp and tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0"
+    daemon = DaemonProcess(pair, workdir, "--direction", "egress", first_payload_byte_zero)
+    try:
+        with pair.popen(pair.remote, sys.executable, "-c", TCP_SINK, pair.remote_v4) as server:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            out = pair.ns(pair.local, sys.executable, "-c", TCP_SOURCE, pair.remote_v4,
+                          pair.local_v4, pair.local_if).stdout
+            segs_out, _, super_packets, data_segs_out = (int(x) for x in out.split())
+            server.wait(timeout=10)
+        dump = daemon.dump()
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+    assert super_packets < segs_out  # GSO happened, so fragments were in play
+    assert dump["peers"][pair.remote_v4]["packets"] == data_segs_out
+    assert dump["totals"]["filtered_out"] >= segs_out - data_segs_out

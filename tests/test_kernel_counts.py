@@ -243,7 +243,7 @@ def test_gso_counts_wire_segments(pair: NetnsPair, workdir: Path) -> None:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             out = pair.ns(pair.local, sys.executable, "-c", TCP_SOURCE, pair.remote_v4,
                           pair.local_v4, pair.local_if).stdout
-            segs_out, bytes_sent, super_packets = (int(x) for x in out.split())
+            segs_out, bytes_sent, super_packets, _ = (int(x) for x in out.split())
             server.wait(timeout=10)
         dump = daemon.dump()
     finally:
@@ -275,10 +275,12 @@ s.sendall(bytes(4 << 20))
 s.shutdown(socket.SHUT_WR)
 s.recv(1)  # returns b'' once the peer has closed: our last ACK is out
 info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-# struct tcp_info: tcpi_segs_out at offset 136, tcpi_bytes_sent at 200 (Linux >= 4.19)
+# struct tcp_info: tcpi_segs_out at offset 136, tcpi_data_segs_out at 156,
+# tcpi_bytes_sent at 200 (Linux >= 4.19)
 segs_out = struct.unpack_from('I', info, 136)[0]
+data_segs_out = struct.unpack_from('I', info, 156)[0]
 bytes_sent = struct.unpack_from('Q', info, 200)[0]
 skbs = int(open(stats).read()) - skbs_before  # veth counts a GSO packet once
-print(segs_out, bytes_sent, skbs)
+print(segs_out, bytes_sent, skbs, data_segs_out)
 """
 
