@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from ncebpf.filter.pcap import compile_filter
 from ncebpf.filter.translate import Translation
 from ncebpf.kernel.check import check_filter
 from tests.netns import NCEBPF, TESTS, DaemonProcess, NetnsPair, run
-from tests.test_kernel_counts import TCP_SINK, TCP_SOURCE, assert_peers, expected_counts
+from tests.tcp_stream import tcp_stream
+from tests.test_kernel_counts import assert_peers, expected_counts
 
 pytestmark = pytest.mark.privileged
 
@@ -137,15 +137,10 @@ def test_payload_filter_sees_fragments_at_tc_egress(pair: NetnsPair, workdir: Pa
     first_payload_byte_zero = "tcp and tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0"
     daemon = DaemonProcess(pair, workdir, "--direction", "egress", first_payload_byte_zero)
     try:
-        with pair.popen(pair.remote, sys.executable, "-c", TCP_SINK, pair.remote_v4) as server:
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-            out = pair.ns(pair.local, sys.executable, "-c", TCP_SOURCE, pair.remote_v4,
-                          pair.local_v4, pair.local_if).stdout
-            segs_out, _, super_packets, data_segs_out = (int(x) for x in out.split())
-            server.wait(timeout=10)
+        stats = tcp_stream(pair)
         dump = daemon.dump()
     finally:
         assert daemon.stop() == 0, daemon.stderr
-    assert super_packets < segs_out  # GSO happened, so fragments were in play
-    assert dump["peers"][pair.remote_v4]["packets"] == data_segs_out
-    assert dump["totals"]["filtered_out"] >= segs_out - data_segs_out
+    assert stats.skbs < stats.segs_out  # GSO happened, so fragments were in play
+    assert dump["peers"][pair.remote_v4]["packets"] == stats.data_segs_out
+    assert dump["totals"]["filtered_out"] >= stats.segs_out - stats.data_segs_out

@@ -18,6 +18,7 @@ from ncebpf.filter.frames import (
     ip_frame,
 )
 from tests.netns import DaemonProcess, NetnsPair
+from tests.tcp_stream import tcp_stream
 
 pytestmark = pytest.mark.privileged
 
@@ -239,48 +240,13 @@ def test_gso_counts_wire_segments(pair: NetnsPair, workdir: Path) -> None:
     assert "tcp-segmentation-offload: on" in offloads
     daemon = DaemonProcess(pair, workdir, "--direction", "egress")
     try:
-        with pair.popen(pair.remote, sys.executable, "-c", TCP_SINK, pair.remote_v4) as server:
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-            out = pair.ns(pair.local, sys.executable, "-c", TCP_SOURCE, pair.remote_v4,
-                          pair.local_v4, pair.local_if).stdout
-            segs_out, bytes_sent, super_packets, _ = (int(x) for x in out.split())
-            server.wait(timeout=10)
+        stats = tcp_stream(pair)
         dump = daemon.dump()
     finally:
         assert daemon.stop() == 0, daemon.stderr
     peer = dump["peers"][pair.remote_v4]
-    assert peer["packets"] == segs_out
+    assert peer["packets"] == stats.segs_out
     # SYN: 14 + 20 + 40 bytes of TCP header with options; every other segment
     # carries the timestamp option: 14 + 20 + 32.
-    assert peer["bytes"] == bytes_sent + 74 + (segs_out - 1) * 66
-    assert super_packets < segs_out, "the stack sent no GSO packets: the test proves nothing"
-
-
-TCP_SINK = """
-import socket, sys
-srv = socket.socket(); srv.bind((sys.argv[1], 7008)); srv.listen(1)
-print('ready', flush=True)
-conn, _ = srv.accept()
-while conn.recv(1 << 16):
-    pass
-conn.close()
-"""
-
-TCP_SOURCE = """
-import socket, struct, sys
-stats = '/sys/class/net/%s/statistics/tx_packets' % sys.argv[3]
-skbs_before = int(open(stats).read())
-s = socket.socket(); s.bind((sys.argv[2], 0)); s.connect((sys.argv[1], 7008))
-s.sendall(bytes(4 << 20))
-s.shutdown(socket.SHUT_WR)
-s.recv(1)  # returns b'' once the peer has closed: our last ACK is out
-info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-# struct tcp_info: tcpi_segs_out at offset 136, tcpi_data_segs_out at 156,
-# tcpi_bytes_sent at 200 (Linux >= 4.19)
-segs_out = struct.unpack_from('I', info, 136)[0]
-data_segs_out = struct.unpack_from('I', info, 156)[0]
-bytes_sent = struct.unpack_from('Q', info, 200)[0]
-skbs = int(open(stats).read()) - skbs_before  # veth counts a GSO packet once
-print(segs_out, bytes_sent, skbs, data_segs_out)
-"""
-
+    assert peer["bytes"] == stats.bytes_sent + 74 + (stats.segs_out - 1) * 66
+    assert stats.skbs < stats.segs_out, "the stack sent no GSO packets: the test proves nothing"
