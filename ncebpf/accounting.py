@@ -1,7 +1,14 @@
-"""The in-memory peer table that every source (kernel maps, pcap) feeds. Pure: no I/O.
+"""The peer table every source (kernel maps, pcap) feeds, with the upstream rate math. Pure.
 
-Peers are keyed by their 16-byte address (IPv4 as ::ffff:a.b.c.d), the same
-key the kernel uses, so the hot path of a drain never formats addresses.
+Peers are keyed by their 16-byte address (IPv4 as ::ffff:a.b.c.d), the key
+the kernel uses, so a drain never formats addresses.
+
+Rates follow Net::Connection::Sniffer (spec §7) exactly when fed packet by
+packet. ncebpf feeds them per drain instead: the packets a peer sent since
+the previous drain arrive as one batch at the time of the last of them, so
+an interval boundary falls on a drain boundary, up to --interval seconds
+from where the upstream daemon would have put it. Times are whole epoch
+seconds, as upstream.
 """
 
 from __future__ import annotations
@@ -10,6 +17,11 @@ import ipaddress
 from dataclasses import dataclass, field
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+PEER_INTERVAL_S = 300  # a peer's rates update at most this often
+GLOBAL_FIRST_INTERVAL_S = 300
+GLOBAL_INTERVAL_S = 60
+HOUR_S = 3600
+PURGE_AGE_S = 86400  # a record whose E is more than a day old is dropped
 
 
 def peer_key(address: str) -> bytes:
@@ -28,19 +40,73 @@ def peer_text(key: bytes) -> str:
 
 
 class PeerRecord:
-    """What the table knows of one peer. Times are epoch seconds."""
+    """One peer: the upstream fields (spec §7.2) and exact counts since creation."""
 
-    __slots__ = ("packets", "bytes", "first_seen", "last_seen")
+    __slots__ = ("B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes")
 
-    def __init__(self, packets: int, nbytes: int, first_seen: float, last_seen: float) -> None:
+    def __init__(self, packets: int, nbytes: int, now: int, start: int) -> None:
+        self.B: float = nbytes  # bytes in the current interval
+        self.C = packets  # packets ("hits") in the current interval
+        self.E = now  # last rate update, or creation
+        self.N: list[str] = []  # reverse-DNS names
+        self.R = 0.0  # hits per hour
+        self.S = start  # the collection start when the record was made
+        self.T = 0  # when to ask DNS again; 0 = never asked
+        self.W = 0.0  # bytes per hour
         self.packets = packets
         self.bytes = nbytes
-        self.first_seen = first_seen
-        self.last_seen = last_seen
+
+    def add(self, packets: int, nbytes: int, now: int) -> None:
+        self.packets += packets
+        self.bytes += nbytes
+        if now < self.E + PEER_INTERVAL_S or (self.E == self.S and self.C < 5):
+            self.B += nbytes
+            self.C += packets
+            return
+        elapsed = now - self.S if self.S == self.E else HOUR_S + (now - self.E)
+        self.R = (self.R + self.C) * HOUR_S / elapsed
+        self.W = (self.W + self.B) * HOUR_S / elapsed
+        self.E, self.B, self.C = now, nbytes, packets
 
     def __repr__(self) -> str:
-        return (f"PeerRecord(packets={self.packets}, bytes={self.bytes}, "
-                f"first_seen={self.first_seen}, last_seen={self.last_seen})")
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"PeerRecord({fields})"
+
+
+@dataclass
+class GlobalRates:
+    """Hits and bytes per hour over all peers (spec §7.1)."""
+
+    start: int
+    rate: float = 0.0  # hits per hour
+    bw: float = 0.0  # bytes per hour
+    pending_hits: int = 0
+    pending_bytes: int = 0
+    last_update: int = 0
+    next_update: int = 0
+
+    def __post_init__(self) -> None:
+        self.last_update = self.start
+        self.next_update = self.start + GLOBAL_FIRST_INTERVAL_S
+
+    def add(self, packets: int, nbytes: int, now: int) -> None:
+        if now < self.next_update or (self.rate < 1 and self.pending_hits < 5):
+            self.pending_hits += packets
+            self.pending_bytes += nbytes
+            return
+        elapsed = max(1, now - self.start) if self.rate < 1 else HOUR_S + (now - self.last_update)
+        self.rate = (self.rate + self.pending_hits) * HOUR_S / elapsed
+        self.bw = (self.bw + self.pending_bytes) * HOUR_S / elapsed
+        self.pending_hits, self.pending_bytes = packets, nbytes
+        self.last_update, self.next_update = now, now + GLOBAL_INTERVAL_S
+
+    @property
+    def hits_per_minute(self) -> float:
+        return self.rate / 60
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bw / HOUR_S
 
 
 @dataclass
@@ -57,22 +123,53 @@ class Totals:
     def frames(self) -> int:
         return self.packets + self.filtered_out + self.unparsed + self.overflow
 
+    def since(self, base: Totals) -> Totals:
+        return Totals(self.packets - base.packets, self.bytes - base.bytes,
+                      self.filtered_out - base.filtered_out, self.unparsed - base.unparsed,
+                      self.overflow - base.overflow)
+
 
 @dataclass
 class PeerTable:
-    start: float  # epoch seconds when collection started
+    start: int  # epoch seconds when collection (or the last reset) started
     peers: dict[bytes, PeerRecord] = field(default_factory=dict)
-    totals: Totals = field(default_factory=Totals)
+    rates: GlobalRates = field(init=False)
+    _source_totals: Totals = field(default_factory=Totals)  # cumulative, as the source says
+    _totals_base: Totals = field(default_factory=Totals)  # the source's totals at the reset
+
+    def __post_init__(self) -> None:
+        self.rates = GlobalRates(self.start)
 
     def add(self, key: bytes, packets: int, nbytes: int, first_seen: float,
             last_seen: float) -> None:
+        """Count packets a source saw for a peer between first_seen and last_seen."""
+        now = int(last_seen)
+        self.rates.add(packets, nbytes, now)
         record = self.peers.get(key)
         if record is None:
-            self.peers[key] = PeerRecord(packets, nbytes, first_seen, last_seen)
-            return
-        record.packets += packets
-        record.bytes += nbytes
-        if first_seen < record.first_seen:
-            record.first_seen = first_seen
-        if last_seen > record.last_seen:
-            record.last_seen = last_seen
+            self.peers[key] = PeerRecord(packets, nbytes, int(first_seen), self.start)
+        else:
+            record.add(packets, nbytes, now)
+
+    @property
+    def totals(self) -> Totals:
+        """Since the start or the last reset, like the peers."""
+        return self._source_totals.since(self._totals_base)
+
+    @totals.setter
+    def totals(self, cumulative: Totals) -> None:
+        self._source_totals = cumulative
+
+    def purge(self, now: int) -> int:
+        """Drop records whose E is more than a day old; return how many went."""
+        stale = [key for key, record in self.peers.items() if record.E + PURGE_AGE_S < now]
+        for key in stale:
+            del self.peers[key]
+        return len(stale)
+
+    def reset(self, now: int) -> None:
+        """Start over (HUP): no peers, rates from zero, totals counted from here."""
+        self.peers.clear()
+        self.start = now
+        self.rates = GlobalRates(now)
+        self._totals_base = self._source_totals

@@ -9,20 +9,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ncebpf import __version__
 from ncebpf.config import (
-    DEFAULT_INTERVAL_S,
-    DEFAULT_MAX_PEERS,
     DEFAULT_NAME,
     DEFAULT_PIDDIR,
     DEFAULT_STATEDIR,
     Instance,
     RunConfig,
+    default_config_path,
+    read_file,
 )
 from ncebpf.errors import NcebpfError
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_NOT_RUNNING = 3  # LSB: program is not running
 
 
 class _ExitError(click.ClickException):
@@ -51,29 +53,105 @@ class _Group(click.Group):
             raise _ExitError(error) from exc
 
 
-def instance_options(command: F) -> F:
-    """--name, --statedir and --piddir: the same on every command."""
-    for option in reversed([
-        click.option("--name", default=DEFAULT_NAME, show_default=True,
-                     help="Instance name; several instances run side by side."),
-        click.option("--statedir", type=click.Path(path_type=Path), default=DEFAULT_STATEDIR,
-                     show_default=True, help="Directory for dumps (<name>.json)."),
-        click.option("--piddir", type=click.Path(path_type=Path), default=DEFAULT_PIDDIR,
-                     show_default=True,
-                     help="Directory for <name>.pid and the control socket <name>.sock."),
-    ]):
-        command = option(command)
-    return command
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
 
 
-def _instance(name: str, statedir: Path, piddir: Path) -> Instance:
-    return Instance(name=name, statedir=statedir, piddir=piddir)
+instance_options = _options(
+    click.option("--name", default=DEFAULT_NAME, show_default=True,
+                 help="Instance name; several instances run side by side."),
+    click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                 help="TOML configuration [default: /etc/ncebpf/<name>.toml if it exists]."),
+    click.option("--statedir", type=click.Path(path_type=Path), default=None,
+                 help=f"Directory for dumps <name>.stats and <name>.json "
+                      f"[default: {DEFAULT_STATEDIR}]."),
+    click.option("--piddir", type=click.Path(path_type=Path), default=None,
+                 help=f"Directory for <name>.pid and the control socket [default: "
+                      f"{DEFAULT_PIDDIR}]."),
+)
+
+run_options = _options(
+    click.option("--iface", "-i", default=None,
+                 help="Interface to count on [default: the one that has, or neighbours, "
+                      "the filter's first host]."),
+    click.option("--filter", "filter_option", metavar="EXPR", default=None,
+                 help="tcpdump filter expression; or give it as trailing arguments."),
+    click.option("--direction", type=click.Choice(["both", "ingress", "egress"]), default=None,
+                 help="Ingress is counted by XDP, egress by TC [default: both]."),
+    click.option("--interval", type=click.FloatRange(min=0.05), default=None,
+                 help="Seconds between drains of the kernel counters [default: 5]."),
+    click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default=None,
+                 help="auto: native (driver) XDP where supported, else generic."),
+    click.option("--max-peers", type=click.IntRange(min=1, max=1 << 26), default=None,
+                 help="Peer map capacity; frames of further new peers count as overflow "
+                      "[default: 1048576]."),
+    click.option("--force", is_flag=True, default=None,
+                 help="Displace another XDP program on the interface for this run."),
+    click.option("--match", default=None, metavar="TEXT",
+                 help="Count only frames whose payload window contains TEXT (any case)."),
+    click.option("--nomatch", default=None, metavar="TEXT",
+                 help="Count only frames whose payload window does not contain TEXT."),
+    click.option("--payload", type=int, default=None,
+                 help="Start of the payload window, in bytes from the frame's start."),
+    click.option("--snaplen", type=int, default=None,
+                 help="End of the payload window [default: 38]."),
+    click.option("--port", default=None, help="UDP port for `dump` requests [default: off]."),
+    click.option("--listen", default=None,
+                 help="Address the dump listener binds [default: 127.0.0.1]."),
+    click.option("--allow", multiple=True,
+                 help="Host allowed to request dumps; repeatable [default: this host]."),
+    click.argument("expression", nargs=-1),
+    instance_options,
+)
+
+# click parameter -> configuration setting
+_SETTINGS = {"iface": "iface", "direction": "direction", "interval": "interval_s",
+             "xdp_mode": "xdp_mode", "max_peers": "max_peers", "force": "force",
+             "match": "match", "nomatch": "nomatch", "payload": "payload",
+             "snaplen": "snaplen", "port": "port", "listen": "listen", "statedir": "statedir",
+             "piddir": "piddir"}
 
 
-def _filter_expression(option: str, words: tuple[str, ...]) -> str:
-    if option and words:
+def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
+    if config_file is not None:
+        return read_file(config_file)
+    default = default_config_path(name)
+    return read_file(default) if default.is_file() else {}
+
+
+def _instance(name: str, config_file: Path | None, statedir: Path | None,
+              piddir: Path | None) -> Instance:
+    """Where an instance keeps its files, without validating the rest of its configuration."""
+    settings = _file_settings(name, config_file)
+    return Instance(name,
+                    Path(statedir or settings.get("statedir") or DEFAULT_STATEDIR).absolute(),
+                    Path(piddir or settings.get("piddir") or DEFAULT_PIDDIR).absolute())
+
+
+def _run_config(ctx: click.Context) -> RunConfig:
+    """Defaults, then the TOML file, then the flags given on the command line."""
+    from ncebpf.config import build
+    from ncebpf.filter.host import resolve
+    from ncebpf.kernel.netif import all_addresses
+
+    params = ctx.params
+    settings = _file_settings(params["name"], params["config_file"])
+    for param, setting in _SETTINGS.items():
+        if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            settings[setting] = params[param]
+    if params["allow"]:
+        settings["allow"] = params["allow"]
+    words = " ".join(params["expression"])
+    if params["filter_option"] is not None and words:
         raise click.UsageError("give the filter once: with --filter or as trailing arguments")
-    return option or " ".join(words)
+    if params["filter_option"] is not None or words:
+        settings["filter"] = params["filter_option"] if params["filter_option"] is not None \
+            else words
+    return build(settings, params["name"], all_addresses(), resolve)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,81 +162,131 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Count network traffic per remote IP address, inside the kernel.
 
     An XDP program (ingress) and a TC program (egress) add every IPv4 and IPv6
-    frame to a counter for its peer, the address on the far side. A peer's
-    packets and bytes are exact: nothing is sampled, nothing is lost.
+    frame that passes a tcpdump filter to a counter for its peer, the address
+    on the far side. Counts are exact: nothing is sampled, nothing is lost.
 
     \b
     Typical use, as root:
-      ncebpf attach --iface eth0            # runs in the foreground
-      ncebpf dump --format json             # from another shell
+      ncebpf attach --iface eth0 'udp port 53'   # in the foreground
+      ncebpf start --iface eth0                  # or as a daemon
+      ncebpf dump --format json                  # a fresh dump, once written
     """
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="ncebpf: %(message)s", stream=sys.stderr)
 
 
-@main.command()
-@click.option("--iface", "-i", required=True, help="Interface to count on, e.g. eth0.")
-@click.option("--direction", type=click.Choice(["both", "ingress", "egress"]), default="both",
-              show_default=True, help="Ingress is counted by XDP, egress by TC.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=DEFAULT_INTERVAL_S,
-              show_default=True, help="Seconds between drains of the kernel counters.")
-@click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default="auto",
-              show_default=True,
-              help="auto: native (driver) XDP where supported, else generic.")
-@click.option("--max-peers", type=click.IntRange(min=1, max=1 << 26), default=DEFAULT_MAX_PEERS,
-              show_default=True,
-              help="Peer map capacity; frames of further new peers count as overflow.")
-@click.option("--force", is_flag=True,
-              help="Displace another XDP program on the interface for this run.")
-@click.option("--filter", "filter_option", metavar="EXPR", default="",
-              help="tcpdump filter expression; or give it as trailing arguments.")
-@click.argument("expression", nargs=-1)
-@instance_options
-def attach(iface: str, direction: str, interval: float, xdp_mode: str, max_peers: int,
-           force: bool, filter_option: str, expression: tuple[str, ...], name: str,
-           statedir: Path, piddir: Path) -> None:
-    """Attach to IFACE and count until SIGTERM or Ctrl-C.
+@main.command(context_settings={"ignore_unknown_options": False})
+@run_options
+@click.pass_context
+def attach(ctx: click.Context, /, **_: Any) -> None:
+    """Count in the foreground until SIGTERM or Ctrl-C.
 
     Only frames that match EXPRESSION, a tcpdump filter (pcap-filter(7)), are
     counted; it runs inside the kernel. Its first `host` joins the interface's
-    addresses on the local side of the peer rule. Example:
+    addresses on the local side of the peer rule, and chooses the interface
+    when --iface is not given. Example:
 
     \b
       ncebpf attach --iface eth0 'udp port 53 and dst host 10.1.2.3'
 
     On exit ncebpf writes a final dump and removes exactly what it attached.
     A program that a killed run left behind is replaced; another tool's XDP
-    program is left alone unless --force is given.
+    program is left alone unless --force is given. Signals: TERM/INT = final
+    dump and exit, HUP = dump and start over, USR1 = dump.
     """
     from ncebpf.daemon import Daemon
+    from ncebpf.kernel.privileges import require_bpf_privileges
 
-    config = RunConfig(iface=iface, instance=_instance(name, statedir, piddir),
-                       filter=_filter_expression(filter_option, expression),
-                       direction=direction,  # type: ignore[arg-type]
-                       interval_s=interval, xdp_mode=xdp_mode,  # type: ignore[arg-type]
-                       force=force, max_peers=max_peers)
-    Daemon(config).run()
+    require_bpf_privileges("ncebpf attach")
+    Daemon(_run_config(ctx)).run()
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True,
-              help="Dump format.")
+@run_options
+@click.pass_context
+def start(ctx: click.Context, /, **_: Any) -> None:
+    """Like attach, in the background; returns once the daemon is counting."""
+    from ncebpf import lifecycle
+    from ncebpf.kernel.privileges import require_bpf_privileges
+
+    require_bpf_privileges("ncebpf start")
+    config = _run_config(ctx)
+    pid = lifecycle.start(config)
+    click.echo(f"{config.instance.name} started, pid {pid}")
+
+
+@main.command()
+@instance_options
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Seconds to wait before SIGKILL.")
+def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Path | None,
+         timeout: float) -> None:
+    """Stop a background instance: SIGTERM, then SIGKILL after --timeout."""
+    from ncebpf import lifecycle
+
+    click.echo(lifecycle.stop(_instance(name, config_file, statedir, piddir), timeout))
+
+
+@main.command()
+@run_options
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Seconds to wait for the old daemon before SIGKILL.")
+@click.pass_context
+def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
+    """Stop, wait until gone, start: never two daemons at once."""
+    from ncebpf import lifecycle
+    from ncebpf.kernel.privileges import require_bpf_privileges
+
+    require_bpf_privileges("ncebpf restart")
+    config = _run_config(ctx)
+    click.echo(lifecycle.stop(config.instance, timeout))
+    click.echo(f"{config.instance.name} started, pid {lifecycle.start(config)}")
+
+
+@main.command()
+@instance_options
+def status(name: str, config_file: Path | None, statedir: Path | None,
+           piddir: Path | None) -> None:
+    """Say whether the instance runs: exit 0 running, 3 not running."""
+    from ncebpf.lifecycle import running_pid
+
+    pid = running_pid(_instance(name, config_file, statedir, piddir))
+    if pid is None:
+        click.echo(f"{name} not running")
+        raise click.exceptions.Exit(EXIT_NOT_RUNNING)
+    click.echo(f"{name} running, pid {pid}")
+
+
+@main.command()
+@run_options
+@click.pass_context
+def config(ctx: click.Context, /, **_: Any) -> None:
+    """Validate the options as attach would, and print the effective configuration as TOML."""
+    from ncebpf.config import to_toml
+
+    click.echo(to_toml(_run_config(ctx)), nl=False)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "perl"]), default="json",
+              show_default=True, help="json, or the upstream Perl layout (.stats).")
 @click.option("--output", "-o", default="-", show_default=True,
               help="Write the dump to this file instead of standard output.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds to wait for the instance to write the dump.")
 @instance_options
-def dump(fmt: str, output: str, timeout: float, name: str, statedir: Path, piddir: Path) -> None:
+def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | None,
+         statedir: Path | None, piddir: Path | None) -> None:
     """Ask the running instance for a fresh dump and print it.
 
     Returns only once the instance has drained its counters and written
-    <statedir>/<name>.json.
+    <statedir>/<name>.json and <name>.stats.
     """
     from ncebpf.control import request_dump
     from ncebpf.dump import write_atomically
 
-    path = request_dump(_instance(name, statedir, piddir), fmt, timeout)
+    path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
     text = path.read_text()
     if output == "-":
         click.echo(text, nl=False)
@@ -169,7 +297,8 @@ def dump(fmt: str, output: str, timeout: float, name: str, statedir: Path, piddi
 @main.command()
 @click.option("--iface", "-i", required=True, help="Interface to clean up.")
 @instance_options
-def detach(iface: str, name: str, statedir: Path, piddir: Path) -> None:
+def detach(iface: str, name: str, config_file: Path | None, statedir: Path | None,
+           piddir: Path | None) -> None:
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's
@@ -181,7 +310,7 @@ def detach(iface: str, name: str, statedir: Path, piddir: Path) -> None:
 
     require_bpf_privileges("ncebpf detach")
     # A running instance detaches itself on SIGTERM; never pull programs from under it.
-    ensure_not_running(_instance(name, statedir, piddir))
+    ensure_not_running(_instance(name, config_file, statedir, piddir))
     removed = detach_leftovers(iface)
     click.echo(f"removed from {iface}: {', '.join(removed)}" if removed
                else f"nothing of ncebpf's on {iface}")
@@ -222,7 +351,6 @@ def explain(expression: tuple[str, ...], iface: str | None) -> None:
         raise click.exceptions.Exit(2) from exc
     click.echo("\ngenerated C (ncebpf_filter.h):")
     click.echo(translation.c_source.rstrip())
-    from ncebpf.errors import NcebpfError
     from ncebpf.kernel.privileges import require_bpf_privileges
 
     try:

@@ -1,4 +1,10 @@
-"""The attach loop: load, attach, drain every interval, answer dump requests, undo on exit."""
+"""The counting loop: load, attach, drain, dump on request, purge, undo on exit.
+
+Signals, as upstream (spec §4.1) but without its races: TERM, INT and QUIT
+end the run with a final dump, written and renamed into place after the
+programs are detached; HUP writes a dump and starts over; USR1 writes a
+dump. A TERM that arrives together with a HUP wins (§15.13).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -18,26 +24,36 @@ from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
 from ncebpf.control import ControlServer, ensure_not_running
-from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
+from ncebpf.dump import FORMATS, DumpContext, render, write_atomically
 from ncebpf.errors import InterfaceNotFound, NcebpfError
 from ncebpf.filter import prepare
 from ncebpf.kernel.attach import TcEgressAttachment, XdpAttachment, refuse_foreign_xdp
 from ncebpf.kernel.build import BuildOptions, import_bcc, loaded_programs
 from ncebpf.kernel.maps import KernelCounterSource
-from ncebpf.kernel.netif import ifindex_of, interface_addresses, ipv4_netmask
+from ncebpf.kernel.netif import (
+    all_addresses,
+    ifindex_of,
+    interface_addresses,
+    ipv4_netmask,
+    promiscuous,
+)
 from ncebpf.kernel.privileges import require_bpf_privileges
+from ncebpf.listener import LOOPBACK, DumpListener
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+PURGE_EVERY_S = 60.0
+DUMP_SHARING_S = 1.0  # UDP requests this close to a dump share it
 
 
 @contextmanager
-def stop_signals() -> Iterator[socket.socket]:
-    """A socket that becomes readable when SIGTERM or SIGINT arrives.
+def signal_socket() -> Iterator[socket.socket]:
+    """A socket that receives the number of each handled signal.
 
-    The handlers only record the signal; the loop acts on it at a point where
-    stopping is safe, so a dump is never cut off halfway.
+    The handlers only record the signal; the loop acts on it where acting
+    is safe, so a dump is never cut off halfway.
     """
     reader, writer = socket.socketpair()
     reader.setblocking(False)
@@ -46,7 +62,7 @@ def stop_signals() -> Iterator[socket.socket]:
     def note(signum: int, frame: FrameType | None) -> None:
         pass  # the wakeup fd carries the signal number
 
-    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, note) for sig in HANDLED_SIGNALS}
     previous_fd = signal.set_wakeup_fd(writer.fileno())
     try:
         yield reader
@@ -59,21 +75,24 @@ def stop_signals() -> Iterator[socket.socket]:
 
 
 @contextmanager
-def pid_file(path: Path) -> Iterator[None]:
-    write_atomically(path, f"{os.getpid()}\n")
+def state_file(path: Path, text: str) -> Iterator[None]:
+    """A small file that exists while the block runs and names this process's state."""
+    write_atomically(path, text)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
-            if path.read_text().strip() == str(os.getpid()):
+            if path.read_text() == text:
                 path.unlink()
 
 
 class Daemon:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
         self.instance: Instance = config.instance
+        self._on_ready = on_ready
         self._filter_hosts: tuple[str, ...] = ()
+        self._last_dump = 0.0
 
     def run(self) -> None:
         config = self.config
@@ -82,9 +101,6 @@ class Daemon:
         if config.ingress and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         import_bcc()
-        for directory in (self.instance.statedir, self.instance.piddir):
-            directory.mkdir(parents=True, exist_ok=True)
-
         ensure_not_running(self.instance)
         prepared = prepare(config.filter, ipv4_netmask(config.iface)) if config.filter else None
         self._filter_hosts = prepared.local_hosts if prepared else ()
@@ -93,8 +109,9 @@ class Daemon:
                      prepared.translation.cbpf_insns,
                      f"; local side also {', '.join(self._filter_hosts)}"
                      if self._filter_hosts else "")
+
         with ExitStack() as stack:
-            stack.enter_context(pid_file(self.instance.pid_path))
+            stack.enter_context(state_file(self.instance.pid_path, f"{os.getpid()}\n"))
             options = BuildOptions(max_peers=config.max_peers,
                                    filter=prepared.translation if prepared else None)
             programs = stack.enter_context(loaded_programs(options))
@@ -105,9 +122,9 @@ class Daemon:
             log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
                      source.capacity, source.memory_bytes / (1 << 20))
             source.set_local_addresses(self._local_addresses())
-            table = PeerTable(start=time.time())
+            table = PeerTable(start=int(time.time()))
             collector = Collector(source, table)
-            signals = stack.enter_context(stop_signals())
+            signals = stack.enter_context(signal_socket())
             with ExitStack() as attached:
                 if config.ingress:
                     attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
@@ -115,33 +132,60 @@ class Daemon:
                 if config.egress:
                     attached.enter_context(TcEgressAttachment(config.iface, programs.tc.fd,
                                                               programs.tc.name.decode()))
+                if config.promiscuous:
+                    attached.enter_context(promiscuous(config.iface))
+                    log.info("%s is promiscuous for this run: the filter's host is a "
+                             "neighbour", config.iface)
+                listener = attached.enter_context(self._listener()) if config.port else None
+                attached.enter_context(state_file(self.instance.iface_path, config.iface))
                 # Listening on the control socket is the sign that we are counting.
                 control = attached.enter_context(ControlServer(self.instance))
-                vanished = self._loop(control, signals, collector, source, table)
+                if self._on_ready:
+                    self._on_ready()
+                vanished = self._loop(control, signals, listener, collector, source, table)
             # Detached: the counters no longer move, so this last drain is complete.
-            collector.drain()
-            path = self._write_dump(table)
+            path = self._dump(collector, table)
             if vanished:
                 raise NcebpfError(f"{config.iface} disappeared; the final dump is in {path}")
             log.info("detached from %s; final dump in %s", config.iface, path)
 
-    def _loop(self, control: ControlServer, signals: socket.socket, collector: Collector,
+    def _listener(self) -> DumpListener:
+        allowed = self.config.allow or (
+            *LOOPBACK, *(address for _, address, _ in all_addresses()))
+        return DumpListener(self.config.listen, self.config.port, allowed)
+
+    def _loop(self, control: ControlServer, signals: socket.socket,
+              listener: DumpListener | None, collector: Collector,
               source: KernelCounterSource, table: PeerTable) -> bool:
         """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
+        next_purge = time.monotonic() + PURGE_EVERY_S
+        watched = [control.fileno(), signals.fileno()]
+        if listener:
+            watched.append(listener.fileno())
         while True:
             timeout = max(0.0, next_drain - time.monotonic())
-            ready, _, _ = select.select([control.fileno(), signals.fileno()], [], [], timeout)
+            ready, _, _ = select.select(watched, [], [], timeout)
             if signals.fileno() in ready:
+                received = set()
                 with contextlib.suppress(BlockingIOError):
-                    received = signals.recv(64)
-                    if any(sig in received for sig in STOP_SIGNALS):
-                        log.info("stopping on signal")
-                        return False
+                    received = set(signals.recv(64))
+                if received & set(STOP_SIGNALS):
+                    log.info("stopping on signal")
+                    return False
+                if signal.SIGHUP in received:
+                    log.info("HUP: dump, then start over")
+                    self._dump(collector, table)
+                    table.reset(int(time.time()))
+                elif signal.SIGUSR1 in received:
+                    self._dump(collector, table)
             if control.fileno() in ready:
                 self._serve(control, collector, table)
-            if time.monotonic() >= next_drain:
+            if listener and listener.fileno() in ready:
+                self._answer(listener, collector, table)
+            now = time.monotonic()
+            if now >= next_drain:
                 report = collector.drain()
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
@@ -150,6 +194,11 @@ class Daemon:
                 except InterfaceNotFound:
                     return True
                 next_drain = max(next_drain + interval, time.monotonic())
+            if now >= next_purge:
+                purged = table.purge(int(time.time()))
+                if purged:
+                    log.info("purged %d peers idle for more than a day", purged)
+                next_purge = now + PURGE_EVERY_S
 
     def _local_addresses(self) -> list[str]:
         """The peer rule's local side: the interface's addresses and the filter's host."""
@@ -161,17 +210,38 @@ class Daemon:
             return
         conn, line = request
         with conn:
-            if line != "dump json":
+            verb, _, fmt = line.partition(" ")
+            if verb != "dump" or fmt not in FORMATS:
                 reply = f"error unknown request {line[:40]!r}"
             else:
-                collector.drain()
-                reply = f"ok {self._write_dump(table)}"
+                self._dump(collector, table)
+                reply = f"ok {self.instance.dump_path(fmt)}"
             with contextlib.suppress(OSError):
                 conn.sendall(reply.encode() + b"\n")
 
-    def _write_dump(self, table: PeerTable) -> Path:
-        context = DumpContext(name=self.instance.name, device=self.config.iface, mode="xdp",
-                              filter=self.config.filter)
-        path = self.instance.json_path
-        write_atomically(path, render_json(json_document(table, context, time.time())))
-        return path
+    def _answer(self, listener: DumpListener, collector: Collector, table: PeerTable) -> None:
+        request = listener.receive(time.time())
+        if request is None:
+            return
+        wants_dump, sender = request
+        if not wants_dump:
+            listener.reply(sender, "??")
+            return
+        if time.time() - self._last_dump >= DUMP_SHARING_S:
+            self._dump(collector, table)
+        # After the write, not before (upstream answered first): OK means "it is there".
+        listener.reply(sender, f"OK {int(self._last_dump)}")
+
+    def _dump(self, collector: Collector, table: PeerTable) -> Path:
+        """Drain, then write both dump files; return the JSON one."""
+        collector.drain()
+        now = time.time()
+        config = self.config
+        context = DumpContext(name=self.instance.name, device=config.iface, mode="xdp",
+                              filter=config.filter, promiscuous=config.promiscuous,
+                              match=config.match, nomatch=config.nomatch,
+                              payload=config.payload, snaplen=config.snaplen)
+        for fmt in FORMATS:
+            write_atomically(self.instance.dump_path(fmt), render(fmt, table, context, now))
+        self._last_dump = now
+        return self.instance.json_path

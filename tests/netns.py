@@ -134,6 +134,8 @@ class DaemonProcess:
 
     def __init__(self, pair: NetnsPair, workdir: Path, *args: str, name: str = "t") -> None:
         self.pair = pair
+        for directory in ("state", "run"):
+            (workdir / directory).mkdir(exist_ok=True)
         self.args = ["--name", name, "--statedir", str(workdir / "state"),
                      "--piddir", str(workdir / "run")]
         self.proc = pair.popen(pair.local, *NCEBPF, "attach", "--iface", pair.local_if,

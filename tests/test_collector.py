@@ -59,7 +59,7 @@ class Clock:
 
 
 def make(capacity: int = 100, **policy: float) -> tuple[DictSource, PeerTable, Collector, Clock]:
-    source, table, clock = DictSource(capacity), PeerTable(start=0.0), Clock()
+    source, table, clock = DictSource(capacity), PeerTable(start=0), Clock()
     return source, table, Collector(source, table, EvictionPolicy(**policy), clock), clock
 
 
@@ -82,7 +82,7 @@ def test_times_convert_from_monotonic_to_epoch() -> None:
     source.count("fd77::2", 1, 90, clock.mono_s - 2)
     collector.drain()
     record = table.peers[peer_key("fd77::2")]
-    assert record.first_seen == clock.mono_s - 2 + clock.offset
+    assert record.E == int(clock.mono_s - 2 + clock.offset)
 
 
 def test_idle_entries_are_evicted_with_their_last_increments() -> None:

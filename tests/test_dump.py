@@ -1,42 +1,165 @@
+"""JSON and Perl dumps; the Perl one read back by real perl."""
+
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from ncebpf.accounting import PeerTable, Totals, peer_key
-from ncebpf.dump import DumpContext, json_document, render_json, write_atomically
+from ncebpf.dump import (
+    DumpContext,
+    ctime,
+    escape_match,
+    json_document,
+    render_json,
+    render_perl,
+    write_atomically,
+)
 
 TOP_LEVEL = ["version", "name", "start", "current", "hits_per_minute", "bytes_per_second",
              "users", "device", "promiscuous", "filter", "mode", "match", "nomatch", "payload",
              "snaplen", "totals", "peers"]
+CONTEXT = DumpContext("n", "eth1", "xdp", filter="dst host 10.77.0.1")
+HOSTILE = ["it's", "back\\slash\\", "@{[ system('touch /tmp/ncebpf-pwned') ]}",
+           "two\nlines", "'; system('touch /tmp/ncebpf-pwned'); '", "${\\ `id`}"]
 
 
 def sample_table() -> PeerTable:
-    table = PeerTable(start=1000.7)
-    table.add(peer_key("fd77::2"), 3, 330, 1001.2, 1010.0)
-    table.add(peer_key("10.77.0.10"), 2, 200, 1002.0, 1003.0)
-    table.add(peer_key("10.77.0.9"), 1, 60, 1004.0, 1004.0)
-    table.totals = Totals(packets=6, bytes=590, unparsed=4)
+    table = PeerTable(start=1000)
+    table.add(peer_key("fd77::2"), 3, 330, 1001, 1010)
+    table.add(peer_key("10.77.0.10"), 2, 200, 1002, 1003)
+    table.add(peer_key("192.168.100.200"), 1, 60, 1004, 1004)
+    table.add(peer_key("10.77.0.9"), 1, 60, 1004, 1004)
+    table.add(peer_key("10.77.0.9"), 5, 500, 1400, 1400)  # an update: R and W are fractions
+    table.peers[peer_key("10.77.0.10")].N = ["host.example.com", "alias.example.com"]
+    table.totals = Totals(packets=12, bytes=1150, unparsed=4)
     return table
 
 
-def test_document_follows_schema_version_1() -> None:
-    doc = json_document(sample_table(), DumpContext("n", "eth1", "xdp"), now=2000.9)
+def test_json_document_follows_schema_version_1() -> None:
+    doc = json_document(sample_table(), CONTEXT, now=2000.9)
     assert list(doc) == TOP_LEVEL
     assert doc["version"] == 1 and doc["start"] == 1000 and doc["current"] == 2000
-    assert doc["users"] == 3
-    assert doc["totals"] == {"packets": 6, "bytes": 590, "filtered_out": 0, "unparsed": 4,
+    assert doc["users"] == 4
+    assert doc["totals"] == {"packets": 12, "bytes": 1150, "filtered_out": 0, "unparsed": 4,
                              "overflow": 0}
-    assert list(doc["peers"]) == ["10.77.0.9", "10.77.0.10", "fd77::2"]
+    assert list(doc["peers"]) == ["10.77.0.9", "10.77.0.10", "192.168.100.200", "fd77::2"]
     peer = doc["peers"]["fd77::2"]
     assert list(peer) == ["B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes"]
     assert (peer["packets"], peer["bytes"], peer["E"], peer["S"]) == (3, 330, 1001, 1000)
+    assert doc["peers"]["10.77.0.9"]["R"] > 0
 
 
 def test_integers_stay_integers() -> None:
-    text = render_json(json_document(sample_table(), DumpContext("n", "eth1", "xdp"), 2000.0))
+    text = render_json(json_document(sample_table(), CONTEXT, 2000.0))
     for peer in json.loads(text)["peers"].values():
-        assert all(isinstance(peer[k], int) for k in ("B", "C", "E", "packets", "bytes"))
+        assert all(isinstance(peer[k], int) for k in ("C", "E", "S", "T", "packets", "bytes"))
+
+
+def test_perl_layout_is_upstreams_byte_for_byte() -> None:
+    table = PeerTable(start=1145757331)
+    table.add(peer_key("69.3.95.131"), 4, 240, 1145760699, 1145760699)
+    record = table.peers[peer_key("69.3.95.131")]
+    record.N, record.T, record.R, record.W = ["host.example.com"], 1145790478, 722.6, 43359.4
+    text = render_perl(table, DumpContext("x", "eth0", "xdp", filter="dst host my.host.com"),
+                       1145923334)
+    assert text.split("\n")[8:] == [
+        "# bpf:\t\tdst host my.host.com",
+        "{",
+        "  my $dump = {",
+        "\t'69.3.95.131'\t=> {",
+        "\t\tB\t=> 240,",
+        "\t\tC\t=> 4,",
+        "\t\tE\t=> 1145760699,",
+        "\t\tN\t=> ['host.example.com',],",
+        "\t\tR\t=> 723,",
+        "\t\tS\t=> 1145757331,",
+        "\t\tT\t=> 1145790478,",
+        "\t\tW\t=> 43359,",
+        "\t},",
+        "  };",
+        "}",
+        "",
+    ]
+    assert text.split("\n")[:8] == [
+        "",
+        "# Net::Connection::Sniffer version 0.36",
+        f"# start:\t1145757331,\t{ctime(1145757331)}",
+        f"# current:\t1145923334,\t{ctime(1145923334)}",
+        "# hits:\t\t0 per minute",
+        "# bytes:\t0 per second",
+        "# users:\t1",
+        "# device:\teth0\tnon-promiscuous",
+    ]
+
+
+def test_perl_separator_rule_and_match_header() -> None:
+    context = DumpContext("x", "eth0", "xdp", match="\nSomeDomain\x03com", nomatch="x\x7fy",
+                          payload=54, snaplen=90, promiscuous=True)
+    text = render_perl(sample_table(), context, 2000)
+    assert "\t'192.168.100.200' => {" in text  # longer than 13 characters: one space
+    assert "\t'10.77.0.10'\t=> {" in text
+    assert "# device:\teth0\tpromiscuous\n" in text
+    assert "# fragment:\t54 - 90\n# contains:\t\\x{a}somedomain\\x{3}com\n" \
+           "# excludes:\tx\\x{7f}y\n" in text
+
+
+def test_escape_match_follows_upstream() -> None:
+    assert escape_match("\x01a\x7f\xa7\xa8\xfe\xff") == "\\x{1}a\\x{7f}\\x{a7}\xa8\xfe\\x{ff}"
+
+
+def test_ctime_pads_the_day_with_a_space() -> None:
+    assert len(ctime(1145923212)) == 24
+
+
+def perl_read(path: Path) -> dict[str, object]:
+    """What an upstream reader gets: `do` the file, as JSON."""
+    perl = shutil.which("perl")
+    assert perl, "perl is part of the test set-up"
+    script = "use JSON::PP; my $h = do $ARGV[0]; die \"eval: $@\" if $@; die 'undef' unless $h;" \
+             " print JSON::PP->new->canonical->encode($h);"
+    out = subprocess.run([perl, "-e", script, str(path)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_perl_reads_back_every_value_of_the_json_dump(tmp_path: Path) -> None:
+    table = sample_table()
+    table.peers[peer_key("fd77::2")].N = HOSTILE
+    stats = tmp_path / "n.stats"
+    stats.write_text(render_perl(table, CONTEXT, 2000))
+    from_perl = perl_read(stats)
+    from_json = json_document(table, CONTEXT, 2000)["peers"]
+    assert set(from_perl) == set(from_json)
+    for address, fields in from_json.items():
+        got = from_perl[address]
+        assert isinstance(got, dict)
+        for name in ("C", "E", "N", "S", "T"):
+            assert got[name] == fields[name], (address, name)
+        for name in ("B", "R", "W"):
+            assert int(got[name]) == int(f"{fields[name]:.0f}"), (address, name)
+    assert not Path("/tmp/ncebpf-pwned").exists()
+
+
+@pytest.mark.parametrize("filter_text", ["host 1.2.3.4\nsystem('touch /tmp/ncebpf-pwned');",
+                                         "x\r}; system('id'); {"])
+def test_a_hostile_filter_string_stays_in_its_comment(tmp_path: Path, filter_text: str) -> None:
+    stats = tmp_path / "n.stats"
+    stats.write_text(render_perl(sample_table(), DumpContext("n", "eth1", "xdp",
+                                                             filter=filter_text), 2000))
+    assert len(perl_read(stats)) == 4
+    assert not Path("/tmp/ncebpf-pwned").exists()
+
+
+def test_an_empty_table_is_a_readable_empty_dump(tmp_path: Path) -> None:
+    """Upstream wrote a 0-byte file for an empty table (§15.17)."""
+    stats = tmp_path / "n.stats"
+    stats.write_text(render_perl(PeerTable(start=1000), CONTEXT, 2000))
+    assert perl_read(stats) == {}
 
 
 def test_atomic_write_replaces_and_leaves_no_scratch(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
@@ -37,3 +40,35 @@ def ipv4_netmask(ifname: str) -> int:
         if ipaddress.ip_address(address).version == 4:
             return int(ipaddress.IPv4Network(f"0.0.0.0/{prefixlen}").netmask)
     return PCAP_NETMASK_UNKNOWN
+
+
+def all_addresses() -> list[tuple[str, str, int]]:
+    """(interface, address, prefix length) for every address of this host, in kernel order."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        return [(msg.get_attr("IFA_LABEL") or names.get(msg["index"], ""),
+                 msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"), msg["prefixlen"])
+                for msg in ipr.get_addr()]
+
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+
+
+@contextmanager
+def promiscuous(ifname: str) -> Iterator[None]:
+    """Promiscuous mode for as long as the block runs.
+
+    A packet-socket membership rather than the interface flag: the kernel
+    counts memberships and drops ours when the socket closes, however the
+    process ends, so a crash cannot leave the interface promiscuous and
+    another tool's promiscuity is left as it was.
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+    try:
+        request = struct.pack("iHH8s", ifindex_of(ifname), PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, request)
+        yield
+    finally:
+        sock.close()

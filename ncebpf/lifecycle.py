@@ -1,0 +1,170 @@
+"""start, stop, restart and status of a background instance, with its pid file.
+
+Fixes upstream §15.20: `start` returns only once the daemon counts (or
+with its error), in its own session, with absolute paths; `stop` waits and
+escalates to SIGKILL, then removes what the killed process left attached;
+`status` exits 3 when not running, as init scripts expect; a pid is only
+believed while it is alive and an ncebpf process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ncebpf.config import Instance, RunConfig
+from ncebpf.errors import InstanceRunning, NcebpfError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_ncebpf_process(pid: int) -> bool:
+    """Alive (not a zombie) and running ncebpf: a reused pid is not ours."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"ncebpf" in cmdline
+
+
+def running_pid(instance: Instance) -> int | None:
+    pid = read_pid(instance.pid_path)
+    return pid if pid is not None and is_ncebpf_process(pid) else None
+
+
+def _report(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_report(fd: int, timeout_s: float) -> str:
+    """What the daemon wrote before closing its end of the pipe."""
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _become_daemon(log_path: Path) -> None:
+    """Second half of the double fork: own session, no terminal, stdio to the log."""
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o022)
+    null = os.open(os.devnull, os.O_RDONLY)
+    logfile = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(null, 0)
+    os.dup2(logfile, 1)
+    os.dup2(logfile, 2)
+    os.close(null)
+    os.close(logfile)
+
+
+def start(config: RunConfig) -> int:
+    """Run the instance in the background; return its pid once it is counting."""
+    from ncebpf.daemon import Daemon
+
+    instance = config.instance
+    pid = running_pid(instance)
+    if pid is not None:
+        raise InstanceRunning(f"{instance.name}: {pid}, already running")
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(writer)
+        report = _read_report(reader, START_TIMEOUT_S)
+        os.waitpid(child, 0)
+        status, _, detail = report.partition(" ")
+        if status == "ok" and detail.isdigit():
+            return int(detail)
+        raise NcebpfError(detail if status == "error" and detail else
+                          f"the daemon did not start; see {instance.log_path}")
+    os.close(reader)
+    code = 1
+    try:
+        _become_daemon(instance.log_path)
+        Daemon(config, on_ready=lambda: _report(writer, f"ok {os.getpid()}")).run()
+        code = 0
+    except NcebpfError as exc:
+        print(f"ncebpf: {exc}", file=sys.stderr)
+        _report(writer, f"error {exc}")
+        code = exc.exit_code
+    except BaseException as exc:  # the parent must hear of it, whatever it was
+        traceback.print_exc()
+        _report(writer, f"error {type(exc).__name__}: {exc}")
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """Stop the instance; what happened, in words."""
+    pid = running_pid(instance)
+    if pid is None:
+        return f"{instance.name} not running"
+    os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pid, timeout_s):
+        return f"{instance.name} stopped (pid {pid})"
+    log.warning("pid %d did not stop within %g s: SIGKILL", pid, timeout_s)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid, 10.0)
+    removed = _clean_up_after_kill(instance)
+    return f"{instance.name} killed (pid {pid}){'; removed ' + removed if removed else ''}"
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_ncebpf_process(pid):
+            return True
+        time.sleep(0.05)
+    return not is_ncebpf_process(pid)
+
+
+def _clean_up_after_kill(instance: Instance) -> str:
+    """A killed daemon could not detach: remove its programs and its files."""
+    from ncebpf.kernel.attach import detach_leftovers
+
+    removed: list[str] = []
+    try:
+        iface = instance.iface_path.read_text().strip()
+    except OSError:
+        iface = ""
+    if iface:
+        try:
+            removed = detach_leftovers(iface)
+        except NcebpfError as exc:
+            log.warning("could not clean %s: %s", iface, exc)
+    for path in (instance.pid_path, instance.control_path, instance.iface_path):
+        path.unlink(missing_ok=True)
+    return ", ".join(f"{what} on {iface}" for what in removed)
