@@ -1,0 +1,156 @@
+"""Configuration: upstream's check_config.t cases (spec §14), interface choice, TOML."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ncebpf.cli import main
+from ncebpf.config import (
+    ConfigError,
+    RunConfig,
+    build,
+    choose_interface,
+    read_file,
+    to_toml,
+)
+
+ADDRESSES = [("lo", "127.0.0.1", 8), ("eth0", "192.0.2.10", 24), ("eth0:1", "198.51.100.5", 24),
+             ("eth1", "10.77.0.1", 16), ("eth1", "fd77::1", 64)]
+NAMES = {"dns.example": ["192.0.2.53"], "localhost": ["127.0.0.1"]}
+
+
+def fake_resolve(host: str) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return NAMES.get(host, [])
+
+
+def config(tmp_path: Path, **settings: Any) -> RunConfig:
+    settings.setdefault("statedir", str(tmp_path))
+    settings.setdefault("piddir", str(tmp_path))
+    return build(settings, "test", ADDRESSES, fake_resolve)
+
+
+def refused(tmp_path: Path, **settings: Any) -> str:
+    with pytest.raises(ConfigError) as error:
+        config(tmp_path, **settings)
+    assert error.value.exit_code == 2
+    return str(error.value)
+
+
+def test_upstream_check_config_messages(tmp_path: Path) -> None:
+    assert refused(tmp_path).startswith("config: missing hostname in bpf string")
+    assert refused(tmp_path, filter="host 1.2.3.4.5") == \
+        "config: bad hostname '1.2.3.4.5' in bpf filter string"
+    assert refused(tmp_path, filter="host 255.255.255.254") == \
+        "config: could not find interface for '255.255.255.254' in bpf string"
+    assert config(tmp_path, filter="host 127.0.0.1").iface == "lo"
+    assert refused(tmp_path, filter="host 127.0.0.1", statedir="./tmp-missing") == \
+        "config: sniffer directory './tmp-missing' missing or not writable"
+    assert refused(tmp_path, filter="host 127.0.0.1", port="bad characters 123") == \
+        "config: invalid port number 'bad characters 123'"
+    assert refused(tmp_path, filter="host 127.0.0.1", port=65432, listen="1.2.3.4.5") == \
+        "config: bad dump host '1.2.3.4.5'"
+    for host, bound in (("INADDR_LOOPBACK", "127.0.0.1"), ("INADDR_ANY", "0.0.0.0"),
+                        ("", "127.0.0.1")):
+        assert config(tmp_path, filter="host 127.0.0.1", port=65432, listen=host).listen == bound
+    assert refused(tmp_path, filter="host 127.0.0.1", port=65432, allow=["1.2.3.4.5"]) == \
+        "config: invalid 'allowed' host or IP '1.2.3.4.5'"
+    assert config(tmp_path, filter="host 127.0.0.1", port=65432,
+                  allow=["192.168.0.1", "172.16.0.1"]).allow == ("192.168.0.1", "172.16.0.1")
+    for bad in ({"match": "x"}, {"nomatch": "x"}, {"match": "x", "payload": 38}):
+        assert refused(tmp_path, filter="host 127.0.0.1", **bad) == "config: invalid payload length"
+    assert config(tmp_path, filter="host 127.0.0.1", match="x", payload=37).payload == 37
+
+
+def test_port_range_is_checked(tmp_path: Path) -> None:
+    """Upstream let ports above 65535 wrap when bound."""
+    assert refused(tmp_path, iface="eth1", port=70000) == "config: invalid port number '70000'"
+
+
+def test_snaplen_defaults_and_clamps(tmp_path: Path) -> None:
+    assert config(tmp_path, iface="eth1").snaplen == 38
+    assert config(tmp_path, iface="eth1", snaplen=0).snaplen == 38
+    assert config(tmp_path, iface="eth1", snaplen=100000).snaplen == 65535
+
+
+@pytest.mark.parametrize(("targets", "expected"), [
+    (["192.0.2.10"], ("eth0", False)),  # our own address
+    (["192.0.2.99"], ("eth0", True)),  # a neighbour: a mirror port
+    (["198.51.100.77"], ("eth0", True)),  # via the alias, named without it
+    (["fd77::99"], ("eth1", True)),
+    (["203.0.113.1"], None),
+    (["10.77.0.1"], ("eth1", False)),
+])
+def test_choose_interface(targets: list[str], expected: tuple[str, bool] | None) -> None:
+    assert choose_interface(targets, ADDRESSES) == expected
+
+
+def test_an_exact_match_is_never_promiscuous() -> None:
+    """Upstream counted subnets seen before the exact match (spec §2.3 quirk)."""
+    addresses = [("eth0", "10.0.0.1", 8), ("eth1", "10.1.2.3", 24)]
+    assert choose_interface(["10.1.2.3"], addresses) == ("eth1", False)
+
+
+def test_filter_host_chooses_the_interface_and_promiscuity(tmp_path: Path) -> None:
+    neighbour = config(tmp_path, filter="dst host 10.77.9.9 and udp port 53")
+    assert (neighbour.iface, neighbour.promiscuous) == ("eth1", True)
+    named = config(tmp_path, filter="host dns.example")
+    assert (named.iface, named.promiscuous) == ("eth0", True)
+    explicit = config(tmp_path, iface="eth1", filter="host 10.77.0.1")
+    assert not explicit.promiscuous
+
+
+def test_file_uses_upstream_keys(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text('bpf = "host 127.0.0.1"\nsniffer = "/x"\nhost = "INADDR_ANY"\n'
+                    'allowed = ["10.77.0.1"]\nport = 9999\niface = "eth1"\n')
+    assert read_file(path) == {"filter": "host 127.0.0.1", "statedir": "/x",
+                               "listen": "INADDR_ANY", "allow": ["10.77.0.1"],
+                               "port": 9999, "iface": "eth1"}
+
+
+def test_unknown_keys_and_bad_toml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text('bfp = "host 1.2.3.4"\n')
+    with pytest.raises(ConfigError, match="unknown key 'bfp'"):
+        read_file(path)
+    path.write_text('bpf = "unterminated\n')
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_file(path)
+    with pytest.raises(ConfigError, match="no configuration file"):
+        read_file(tmp_path / "missing.toml")
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    original = config(tmp_path, iface="eth1", filter='udp port 53 and "quoted" \\ text',
+                      port=9999, allow=["10.77.0.1"], match="a\tb", payload=20, snaplen=90)
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(original))
+    again = build(read_file(path), "test", ADDRESSES, fake_resolve)
+    assert again == original
+
+
+def test_config_command_prints_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text(f'iface = "lo"\ninterval = 9.0\nsniffer = "{tmp_path}"\n'
+                    f'piddir = "{tmp_path}"\nbpf = "udp"\n')
+    result = CliRunner().invoke(main, ["config", "--config", str(path), "--interval", "2",
+                                       "tcp", "port", "80"])
+    assert result.exit_code == 0, result.output
+    assert 'iface = "lo"' in result.output
+    assert "interval = 2.0" in result.output  # the flag beats the file
+    assert 'bpf = "tcp port 80"' in result.output
+
+
+def test_config_command_reports_errors_like_upstream(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["config", "--statedir", str(tmp_path), "--piddir",
+                                       str(tmp_path), "host", "1.2.3.4.5"])
+    assert result.exit_code == 2
+    assert "config: bad hostname '1.2.3.4.5' in bpf filter string" in result.output
