@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def nothing_left_behind() -> Iterator[None]:
     left = [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
     assert not left, f"test namespaces left behind: {left}"
     if shutil.which("bpftool"):
+        deadline = time.monotonic() + 15  # namespaces are torn down asynchronously
+        while _ncebpf_programs() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert not _ncebpf_programs(), "ncebpf programs still loaded after the suite"
 
 

@@ -63,6 +63,7 @@ class NetnsPair:
             if ipv6:
                 self.ns(ns, "ip", "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
             self.ns(ns, "ip", "link", "set", ifname, "up")
+            self.ns(ns, "ip", "link", "set", "lo", "up")  # for traffic to our own address
         self.local_mac = mac(self.link_mac(self.local, self.local_if))
         self.remote_mac = mac(self.link_mac(self.remote, self.remote_if))
         self.ns(self.local, "ip", "neigh", "add", self.remote_v4, "lladdr",
@@ -114,6 +115,9 @@ class NetnsPair:
         return self.ns(self.local, "tc", "qdisc", "show", "dev", self.local_if).stdout
 
     def close(self) -> None:
+        # Deleting the link unregisters it (and frees its programs) now; a
+        # namespace's own teardown happens later, in a kernel work queue.
+        run("ip", "netns", "exec", self.local, "ip", "link", "del", self.local_if, check=False)
         for ns in (self.local, self.remote):
             # Kill anything still running in the namespace, then remove it.
             pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
@@ -132,14 +136,15 @@ class NetnsPair:
 class DaemonProcess:
     """`ncebpf attach` running in the local namespace of a pair."""
 
-    def __init__(self, pair: NetnsPair, workdir: Path, *args: str, name: str = "t") -> None:
+    def __init__(self, pair: NetnsPair, workdir: Path, *args: str, name: str = "t",
+                 with_iface: bool = True) -> None:
         self.pair = pair
         for directory in ("state", "run"):
             (workdir / directory).mkdir(exist_ok=True)
         self.args = ["--name", name, "--statedir", str(workdir / "state"),
                      "--piddir", str(workdir / "run")]
-        self.proc = pair.popen(pair.local, *NCEBPF, "attach", "--iface", pair.local_if,
-                               *self.args, *args)
+        iface = ["--iface", pair.local_if] if with_iface else []
+        self.proc = pair.popen(pair.local, *NCEBPF, "attach", *iface, *self.args, *args)
         self.stderr = ""
         self._wait_ready()
 
