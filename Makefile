@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SYSTEM_DEPS := $(VENV)/.system-deps
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench install clean
+.PHONY: run test lint typecheck unit bench install install-systemd clean
 
 install: $(INSTALLED)
 
@@ -42,6 +42,12 @@ test: lint typecheck
 
 bench: install
 	$(PY) bench/run.py
+
+# ncebpf@NAME.service, running this checkout's ncebpf; configure /etc/ncebpf/NAME.toml.
+install-systemd: install
+	sed 's|@NCEBPF@|$(abspath $(VENV))/bin/ncebpf|' packaging/systemd/ncebpf@.service \
+		> /etc/systemd/system/ncebpf@.service
+	systemctl daemon-reload 2>/dev/null || true
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

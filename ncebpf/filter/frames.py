@@ -41,11 +41,13 @@ def ethernet(payload: bytes, ethertype: int, vlans: tuple[int, ...] = (),
     return header + struct.pack("!H", ethertype) + payload
 
 
-def ipv4(src: str, dst: str, proto: int, payload: bytes, options: bytes = b"") -> bytes:
+def ipv4(src: str, dst: str, proto: int, payload: bytes, options: bytes = b"",
+         fragment: int = 0) -> bytes:
+    """fragment: the flags and offset field (0x2000 = more fragments; low 13 bits = offset)."""
     assert len(options) % 4 == 0
     ihl = 5 + len(options) // 4
     total = ihl * 4 + len(payload)
-    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 1, 0, 64, proto, 0,
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 1, fragment, 64, proto, 0,
                          ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
     return header + options + payload
 
