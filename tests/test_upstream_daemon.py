@@ -166,6 +166,9 @@ def test_start_status_restart_stop(pair: NetnsPair, workdir: Path) -> None:
     pair.inject_ingress(frames_from(pair, "10.77.3.7", 6), workdir)
     dumped = json.loads(ncebpf(pair, workdir, "dump", check=True).stdout)
     assert dumped["peers"]["10.77.3.7"]["packets"] == 6
+    perl = ncebpf(pair, workdir, "dump", "--format", "perl", check=True).stdout
+    assert perl.startswith("\n# Net::Connection::Sniffer version 0.36\n")
+    assert "\t'10.77.3.7'\t=> {\n\t\tB\t=> " in perl
 
     restarted = ncebpf(pair, workdir, "restart", "--iface", pair.local_if)
     assert restarted.returncode == 0, restarted.stderr
