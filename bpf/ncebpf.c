@@ -13,6 +13,10 @@
 #include "ncebpf_kern_user.h"
 #include "parsing.h"
 
+#ifdef NCEBPF_PAYLOAD
+#include "payload.h"
+#endif
+
 #ifdef NCEBPF_FILTER
 /* Generated from the user's tcpdump expression by ncebpf/filter/translate.py:
  * __u32 ncebpf_filter(data, data_end, wire_len), nonzero = match, and
@@ -93,6 +97,58 @@ static __always_inline void count_peer(struct l3_info *l3, __u64 packets, __u64 
 	count_total(TOTALS_MATCHED, packets, bytes);
 }
 
+#ifdef NCEBPF_PAYLOAD
+/* Key: NCEBPF_NEEDLE_MATCH or _NOMATCH. Value: the needle. Written by user space only. */
+BPF_ARRAY(payload_needles, struct payload_needle, 2);
+
+/* Key: 0. Value: this CPU's copy of the current window. */
+BPF_PERCPU_ARRAY(payload_scratch, struct payload_scratch, 1);
+
+/* Whether the window in s (wlen bytes, maybe 0) passes match and nomatch. */
+static __always_inline int payload_accepts(struct payload_scratch *s, __u32 wlen)
+{
+	__u32 slot;
+
+	fold_window(s);
+#ifdef NCEBPF_MATCH
+	slot = NCEBPF_NEEDLE_MATCH;
+	if (!window_contains(s, wlen, payload_needles.lookup(&slot)))
+		return 0;
+#endif
+#ifdef NCEBPF_NOMATCH
+	slot = NCEBPF_NEEDLE_NOMATCH;
+	if (window_contains(s, wlen, payload_needles.lookup(&slot)))
+		return 0;
+#endif
+	(void)slot;
+	return 1;
+}
+
+static __always_inline int xdp_payload_accepts(struct xdp_md *ctx, __u64 len)
+{
+	__u32 zero = 0, wlen = window_len(len);
+	struct payload_scratch *s = payload_scratch.lookup(&zero);
+
+	if (!s)
+		return 0;
+	if (wlen && bpf_xdp_load_bytes(ctx, NCEBPF_PAYLOAD_OFF, s->words, load_len(wlen)) < 0)
+		wlen = 0;
+	return payload_accepts(s, wlen);
+}
+
+static __always_inline int tc_payload_accepts(struct __sk_buff *skb)
+{
+	__u32 zero = 0, wlen = window_len(skb->len);
+	struct payload_scratch *s = payload_scratch.lookup(&zero);
+
+	if (!s)
+		return 0;
+	if (wlen && bpf_skb_load_bytes(skb, NCEBPF_PAYLOAD_OFF, s->words, load_len(wlen)) < 0)
+		wlen = 0;
+	return payload_accepts(s, wlen);
+}
+#endif
+
 int ncebpf_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -103,6 +159,12 @@ int ncebpf_xdp(struct xdp_md *ctx)
 
 #ifdef NCEBPF_FILTER
 	if (!ncebpf_filter(data, data_end, len)) {
+		count_total(TOTALS_FILTERED_OUT, 1, len);
+		return XDP_PASS;
+	}
+#endif
+#ifdef NCEBPF_PAYLOAD
+	if (!xdp_payload_accepts(ctx, len)) {
 		count_total(TOTALS_FILTERED_OUT, 1, len);
 		return XDP_PASS;
 	}
@@ -129,14 +191,23 @@ static __always_inline __u32 l4_header_len(struct __sk_buff *skb, struct l3_info
 	return (doff >> 4) * 4;
 }
 
+static __always_inline __u64 wire_segments(struct __sk_buff *skb)
+{
+	return skb->gso_segs > 1 ? skb->gso_segs : 1;
+}
+
+/* Rejected by the filter or the payload match: count it, let it pass. */
+static __always_inline int tc_filtered_out(struct __sk_buff *skb)
+{
+	count_total(TOTALS_FILTERED_OUT, wire_segments(skb), skb->len);
+	return TC_ACT_UNSPEC;
+}
+
 int ncebpf_tc(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	/* A GSO super-packet leaves the host as gso_segs frames, each with its
-	 * own copy of the L2-L4 headers. */
-	__u64 packets = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	__u64 bytes = skb->len;
+	__u64 packets, bytes;
 	struct l3_info l3;
 
 #ifdef NCEBPF_FILTER
@@ -148,15 +219,22 @@ int ncebpf_tc(struct __sk_buff *skb)
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	if (!ncebpf_filter(data, data_end, skb->len)) {
-		count_total(TOTALS_FILTERED_OUT, packets, bytes);
-		return TC_ACT_UNSPEC;
-	}
+	if (!ncebpf_filter(data, data_end, skb->len))
+		return tc_filtered_out(skb);
 #endif
+#ifdef NCEBPF_PAYLOAD
+	/* Before anything that forks the verifier's state: the search is costly to verify. */
+	if (!tc_payload_accepts(skb))
+		return tc_filtered_out(skb);
+#endif
+	packets = wire_segments(skb);
+	bytes = skb->len;
 	if (parse_l3(data, data_end, &l3) < 0) {
 		count_total(TOTALS_UNPARSED, packets, bytes);
 		return TC_ACT_UNSPEC;
 	}
+	/* A GSO super-packet leaves the host as gso_segs frames, each with its
+	 * own copy of the L2-L4 headers. */
 	if (packets > 1)
 		bytes += (packets - 1) * (l3.l4_off + l4_header_len(skb, &l3));
 	count_peer(&l3, packets, bytes);
@@ -186,5 +264,14 @@ int ncebpf_filter_verdict(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 
 	return ncebpf_filter(data, data_end, data_end - data) ? XDP_PASS : XDP_DROP;
+}
+#endif
+
+#ifdef NCEBPF_PAYLOAD
+/* Never attached: test-run by the tests and bench for the payload search's
+ * verdict alone. XDP_PASS = the frame counts, XDP_DROP = it does not. */
+int ncebpf_payload_verdict(struct xdp_md *ctx)
+{
+	return xdp_payload_accepts(ctx, ctx->data_end - ctx->data) ? XDP_PASS : XDP_DROP;
 }
 #endif

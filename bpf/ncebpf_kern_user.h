@@ -70,4 +70,24 @@ struct total_counters {
 	__u64 bytes;
 };
 
+/*
+ * Payload match/nomatch needles, ASCII-lower-cased by user space. Slot 0 of
+ * payload_needles is match, slot 1 nomatch; len 0 = not set. The needle's
+ * bytes are packed into 64-bit words as a little-endian load would read
+ * them, with a mask word that keeps only the needle's own bytes, so the
+ * kernel compares eight bytes at a time without branches.
+ */
+#define NCEBPF_NEEDLE_MAX 32
+#define NCEBPF_NEEDLE_WORDS (NCEBPF_NEEDLE_MAX / 8)
+#define NCEBPF_WINDOW_MAX 256
+#define NCEBPF_NEEDLE_MATCH 0
+#define NCEBPF_NEEDLE_NOMATCH 1
+
+struct payload_needle {
+	__u32 len;
+	__u32 first; /* the first byte, for the cheap check at each position */
+	__u64 words[NCEBPF_NEEDLE_WORDS];
+	__u64 masks[NCEBPF_NEEDLE_WORDS];
+};
+
 #endif /* NCEBPF_KERN_USER_H */

@@ -7,6 +7,7 @@ tests without it.
 
 from __future__ import annotations
 
+import ctypes as ct
 import importlib.resources
 import tempfile
 import time
@@ -19,11 +20,13 @@ from typing import Any
 from ncebpf.errors import BccMissing, CompileError
 from ncebpf.filter.translate import Translation
 from ncebpf.kernel.headers import ensure_headers
+from ncebpf.payload import needle_words
 
 XDP_FUNCTION = "ncebpf_xdp"
 TC_FUNCTION = "ncebpf_tc"
 CLOCK_FUNCTION = "ncebpf_clock"  # never attached; test-run to sample the kernel clocks
 VERDICT_FUNCTION = "ncebpf_filter_verdict"  # never attached; test-run for filter verdicts
+PAYLOAD_VERDICT_FUNCTION = "ncebpf_payload_verdict"  # never attached; test-run
 GENERATED_FILTER_HEADER = "ncebpf_filter.h"
 PROGRAM_NAMES = (XDP_FUNCTION, TC_FUNCTION)  # how ncebpf recognises its own programs
 
@@ -48,16 +51,47 @@ def import_bcc() -> Any:
 
 
 @dataclass(frozen=True)
+class PayloadOptions:
+    """Payload match/nomatch for the kernel search; needles ASCII-lower-cased."""
+
+    match: bytes
+    nomatch: bytes
+    payload: int  # the window starts here ...
+    snaplen: int  # ... and ends here, or at the end of the frame
+
+    def cflags(self) -> list[str]:
+        flags = ["-DNCEBPF_PAYLOAD", f"-DNCEBPF_PAYLOAD_OFF={self.payload}",
+                 f"-DNCEBPF_SNAPLEN={self.snaplen}"]
+        return flags + ["-DNCEBPF_MATCH"] * bool(self.match) + \
+            ["-DNCEBPF_NOMATCH"] * bool(self.nomatch)
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     max_peers: int = 1 << 20  # capacity of the peer map; beyond it frames count as overflow
     filter: Translation | None = None  # the user's tcpdump filter, translated
+    payload: PayloadOptions | None = None
 
     def cflags(self, generated_dir: Path | None = None) -> list[str]:
         flags = [f"-I{bpf_source_dir()}", f"-DNCEBPF_MAX_PEERS={self.max_peers}"]
         if self.filter is not None:
             assert generated_dir is not None
             flags += [f"-I{generated_dir}", "-DNCEBPF_FILTER"]
+        if self.payload is not None:
+            flags += self.payload.cflags()
         return flags
+
+
+def _set_needles(module: Any, payload: PayloadOptions) -> None:
+    needles = module[b"payload_needles"]
+    for slot, needle in ((0, payload.match), (1, payload.nomatch)):
+        leaf = needles.Leaf()
+        leaf.len = len(needle)
+        leaf.first = needle[0] if needle else 0
+        words, masks = needle_words(needle)
+        for i, (word, mask) in enumerate(zip(words, masks, strict=True)):
+            leaf.words[i], leaf.masks[i] = word, mask
+        needles[ct.c_int(slot)] = leaf
 
 
 @contextmanager
@@ -81,6 +115,7 @@ class LoadedPrograms:
     tc: Any
     clock: Any
     verdict: Any  # the filter alone, for test runs; None without a filter
+    payload_verdict: Any  # the payload search alone, for test runs; None without one
     compile_seconds: float
 
     def table(self, name: str) -> Any:
@@ -110,8 +145,13 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
             clock = module.load_func(CLOCK_FUNCTION.encode(), bcc.BPF.XDP)
             verdict = None if options.filter is None else \
                 module.load_func(VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
+            payload_verdict = None if options.payload is None else \
+                module.load_func(PAYLOAD_VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
         except Exception as exc:
             raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc
-        yield LoadedPrograms(module, xdp, tc, clock, verdict, time.monotonic() - started)
+        if options.payload is not None:
+            _set_needles(module, options.payload)
+        yield LoadedPrograms(module, xdp, tc, clock, verdict, payload_verdict,
+                             time.monotonic() - started)
     finally:
         module.cleanup()
