@@ -118,6 +118,7 @@ class Totals:
     filtered_out: int = 0
     unparsed: int = 0
     overflow: int = 0  # the peer map was full; counted here, under no peer
+    dropped: int = 0  # lost before counting: capture buffer overruns (pcap mode)
 
     @property
     def frames(self) -> int:
@@ -126,7 +127,7 @@ class Totals:
     def since(self, base: Totals) -> Totals:
         return Totals(self.packets - base.packets, self.bytes - base.bytes,
                       self.filtered_out - base.filtered_out, self.unparsed - base.unparsed,
-                      self.overflow - base.overflow)
+                      self.overflow - base.overflow, self.dropped - base.dropped)
 
 
 @dataclass

@@ -80,6 +80,9 @@ run_options = _options(
                       "the filter's first host]."),
     click.option("--filter", "filter_option", metavar="EXPR", default=None,
                  help="tcpdump filter expression; or give it as trailing arguments."),
+    click.option("--mode", type=click.Choice(["auto", "xdp", "tc", "pcap"]), default=None,
+                 help="xdp: XDP ingress + TC egress; tc: TC on both hooks; pcap: libpcap "
+                      "capture; auto: the kernel unless it cannot [default: auto]."),
     click.option("--direction", type=click.Choice(["both", "ingress", "egress"]), default=None,
                  help="Ingress is counted by XDP, egress by TC [default: both]."),
     click.option("--interval", type=click.FloatRange(min=0.05), default=None,
@@ -109,7 +112,7 @@ run_options = _options(
 )
 
 # click parameter -> configuration setting
-_SETTINGS = {"iface": "iface", "direction": "direction", "interval": "interval_s",
+_SETTINGS = {"iface": "iface", "mode": "mode", "direction": "direction", "interval": "interval_s",
              "xdp_mode": "xdp_mode", "max_peers": "max_peers", "force": "force",
              "match": "match", "nomatch": "nomatch", "payload": "payload",
              "snaplen": "snaplen", "port": "port", "listen": "listen", "statedir": "statedir",
@@ -196,9 +199,9 @@ def attach(ctx: click.Context, /, **_: Any) -> None:
     dump and exit, HUP = dump and start over, USR1 = dump.
     """
     from ncebpf.daemon import Daemon
-    from ncebpf.kernel.privileges import require_bpf_privileges
+    from ncebpf.kernel.privileges import require_capture_privileges
 
-    require_bpf_privileges("ncebpf attach")
+    require_capture_privileges("ncebpf attach")
     Daemon(_run_config(ctx)).run()
 
 
@@ -208,9 +211,9 @@ def attach(ctx: click.Context, /, **_: Any) -> None:
 def start(ctx: click.Context, /, **_: Any) -> None:
     """Like attach, in the background; returns once the daemon is counting."""
     from ncebpf import lifecycle
-    from ncebpf.kernel.privileges import require_bpf_privileges
+    from ncebpf.kernel.privileges import require_capture_privileges
 
-    require_bpf_privileges("ncebpf start")
+    require_capture_privileges("ncebpf start")
     config = _run_config(ctx)
     pid = lifecycle.start(config)
     click.echo(f"{config.instance.name} started, pid {pid}")
@@ -236,9 +239,9 @@ def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Pat
 def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
     """Stop, wait until gone, start: never two daemons at once."""
     from ncebpf import lifecycle
-    from ncebpf.kernel.privileges import require_bpf_privileges
+    from ncebpf.kernel.privileges import require_capture_privileges
 
-    require_bpf_privileges("ncebpf restart")
+    require_capture_privileges("ncebpf restart")
     config = _run_config(ctx)
     click.echo(lifecycle.stop(config.instance, timeout))
     click.echo(f"{config.instance.name} started, pid {lifecycle.start(config)}")

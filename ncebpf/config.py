@@ -26,6 +26,7 @@ from ncebpf.errors import UsageError
 from ncebpf.filter.host import first_host
 
 Direction = Literal["both", "ingress", "egress"]
+Mode = Literal["auto", "xdp", "tc", "pcap"]
 XdpModeName = Literal["auto", "native", "generic"]
 
 DEFAULT_NAME = "ncebpf"
@@ -42,8 +43,8 @@ DEFAULT_LISTEN = "127.0.0.1"
 UPSTREAM_KEYS = {"bpf": "filter", "sniffer": "statedir", "host": "listen", "allowed": "allow",
                  "snaplen": "snaplen", "match": "match", "nomatch": "nomatch",
                  "payload": "payload", "port": "port", "piddir": "piddir"}
-OWN_KEYS = {"iface": "iface", "direction": "direction", "interval": "interval_s",
-            "xdp_mode": "xdp_mode", "max_peers": "max_peers"}
+OWN_KEYS = {"iface": "iface", "mode": "mode", "direction": "direction",
+            "interval": "interval_s", "xdp_mode": "xdp_mode", "max_peers": "max_peers"}
 FILE_KEYS = {**UPSTREAM_KEYS, **OWN_KEYS}
 SPECIAL_HOSTS = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0", "": "127.0.0.1"}
 
@@ -98,6 +99,7 @@ class RunConfig:
     iface: str
     instance: Instance = Instance()
     filter: str = ""  # tcpdump expression; empty counts every frame
+    mode: Mode = "auto"  # xdp: XDP in, TC out; tc: TC both ways; pcap: libpcap; auto: best
     direction: Direction = "both"
     interval_s: float = DEFAULT_INTERVAL_S  # seconds between drains of the kernel maps
     xdp_mode: XdpModeName = "auto"
@@ -246,7 +248,7 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
 
     return RunConfig(
         iface=str(iface), instance=instance, filter=expression,
-        direction=settings.get("direction") or "both",
+        mode=settings.get("mode") or "auto", direction=settings.get("direction") or "both",
         interval_s=float(settings.get("interval_s") or DEFAULT_INTERVAL_S),
         xdp_mode=settings.get("xdp_mode") or "auto", force=bool(settings.get("force")),
         max_peers=int(settings.get("max_peers") or DEFAULT_MAX_PEERS), snaplen=snaplen,
@@ -258,7 +260,8 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
 def to_toml(config: RunConfig) -> str:
     """The effective configuration in the file's own keys; `read_file` reads it back."""
     values: dict[str, Any] = {
-        "iface": config.iface, "bpf": config.filter, "direction": config.direction,
+        "iface": config.iface, "bpf": config.filter, "mode": config.mode,
+        "direction": config.direction,
         "interval": config.interval_s, "xdp_mode": config.xdp_mode,
         "max_peers": config.max_peers, "snaplen": config.snaplen, "match": config.match,
         "nomatch": config.nomatch, "payload": config.payload, "port": config.port,

@@ -25,10 +25,25 @@ from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
 from ncebpf.control import ControlServer, ensure_not_running
 from ncebpf.dump import FORMATS, DumpContext, render, write_atomically
-from ncebpf.errors import InterfaceNotFound, NcebpfError
-from ncebpf.filter import prepare
-from ncebpf.kernel.attach import TcEgressAttachment, XdpAttachment, refuse_foreign_xdp
-from ncebpf.kernel.build import BuildOptions, import_bcc, loaded_programs
+from ncebpf.errors import (
+    AttachError,
+    BccMissing,
+    InterfaceNotFound,
+    NcebpfError,
+    PrivilegeError,
+    UsageError,
+)
+from ncebpf.filter import PreparedFilter, prepare
+from ncebpf.filter.host import first_host, resolve
+from ncebpf.filter.translate import UnsupportedFilter
+from ncebpf.kernel.attach import TcAttachment, XdpAttachment, refuse_foreign_xdp
+from ncebpf.kernel.build import (
+    BuildOptions,
+    LoadedPrograms,
+    PayloadOptions,
+    import_bcc,
+    loaded_programs,
+)
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
     all_addresses,
@@ -39,6 +54,8 @@ from ncebpf.kernel.netif import (
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import LOOPBACK, DumpListener
+from ncebpf.payload import fold, kernel_limits, parse_needle
+from ncebpf.pcap import PcapSource
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +91,11 @@ def signal_socket() -> Iterator[socket.socket]:
         writer.close()
 
 
+def resolved_first_host(expression: str) -> tuple[str, ...]:
+    host = first_host(expression)
+    return tuple(resolve(host)) if host else ()
+
+
 @contextmanager
 def state_file(path: Path, text: str) -> Iterator[None]:
     """A small file that exists while the block runs and names this process's state."""
@@ -93,47 +115,90 @@ class Daemon:
         self._on_ready = on_ready
         self._filter_hosts: tuple[str, ...] = ()
         self._last_dump = 0.0
+        self._mode: str = config.mode
+        self._prepared: PreparedFilter | None = None
+        self._capture: PcapSource | None = None
+        self._match = fold(parse_needle(config.match))
+        self._nomatch = fold(parse_needle(config.nomatch))
 
     def run(self) -> None:
         config = self.config
-        require_bpf_privileges("ncebpf attach")
         ifindex_of(config.iface)
-        if config.ingress and not config.force:
-            refuse_foreign_xdp(config.iface)  # before the compile: fail fast
-        import_bcc()
         ensure_not_running(self.instance)
-        prepared = prepare(config.filter, ipv4_netmask(config.iface)) if config.filter else None
-        self._filter_hosts = prepared.local_hosts if prepared else ()
+        mode, reason = self._choose_mode()
+        if reason:
+            log.warning("counting with libpcap in user space, not in the kernel: %s", reason)
+        try:
+            self._run(mode)
+        except AttachError as exc:
+            if config.mode != "auto":
+                raise
+            log.warning("counting with libpcap in user space, not in the kernel: %s", exc)
+            self._run("pcap")
+
+    def _choose_mode(self) -> tuple[str, str]:
+        """The data path to use, and why it is pcap when auto had to settle for it."""
+        config = self.config
+        if config.mode == "pcap":
+            return "pcap", ""
+        kernel_mode = "tc" if config.mode == "tc" else "xdp"
+        limit = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
+        try:
+            if limit:
+                raise UsageError(limit)
+            require_bpf_privileges("the kernel path")
+            import_bcc()
+            self._prepared = prepare(config.filter, ipv4_netmask(config.iface)) \
+                if config.filter else None
+        except (PrivilegeError, BccMissing, UnsupportedFilter) as exc:
+            if config.mode != "auto":
+                raise
+            return "pcap", str(exc)
+        except UsageError as exc:
+            if config.mode != "auto" or not limit:
+                raise
+            return "pcap", str(exc)
+        if kernel_mode == "xdp" and config.ingress and not config.force:
+            refuse_foreign_xdp(config.iface)  # before the compile: fail fast
+        return kernel_mode, ""
+
+    def _run(self, mode: str) -> None:
+        config = self.config
+        self._mode = mode
+        prepared = self._prepared if mode != "pcap" else None
+        self._filter_hosts = resolved_first_host(config.filter)
         if prepared:
             log.info("filter %r: %d cBPF instructions%s", config.filter,
                      prepared.translation.cbpf_insns,
                      f"; local side also {', '.join(self._filter_hosts)}"
                      if self._filter_hosts else "")
-
         with ExitStack() as stack:
             stack.enter_context(state_file(self.instance.pid_path, f"{os.getpid()}\n"))
-            options = BuildOptions(max_peers=config.max_peers,
-                                   filter=prepared.translation if prepared else None)
-            programs = stack.enter_context(loaded_programs(options))
-            log.info("compiled and loaded in %.2f s", programs.compile_seconds)
-            source = KernelCounterSource(programs)
-            log.debug("kernel clock: HZ %g", source.clock.hz)
-            # Preallocated and per CPU: this grows with the CPU count, not with traffic.
-            log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
-                     source.capacity, source.memory_bytes / (1 << 20))
+            source: KernelCounterSource | PcapSource
+            if mode == "pcap":
+                source = stack.enter_context(PcapSource(
+                    config.iface, config.filter, ipv4_netmask(config.iface), config.promiscuous,
+                    self._match, self._nomatch, config.payload, config.snaplen,
+                    config.max_peers))
+                programs = None
+            else:
+                programs = stack.enter_context(loaded_programs(self._build_options(prepared)))
+                log.info("compiled and loaded in %.2f s", programs.compile_seconds)
+                source = KernelCounterSource(programs)
+                log.debug("kernel clock: HZ %g", source.clock.hz)
+                # Preallocated and per CPU: this grows with the CPU count, not with traffic.
+                log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
+                         source.capacity, source.memory_bytes / (1 << 20))
             source.set_local_addresses(self._local_addresses())
             table = PeerTable(start=int(time.time()))
             collector = Collector(source, table)
             signals = stack.enter_context(signal_socket())
             with ExitStack() as attached:
-                if config.ingress:
-                    attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
-                                                         config.xdp_mode, config.force))
-                if config.egress:
-                    attached.enter_context(TcEgressAttachment(config.iface, programs.tc.fd,
-                                                              programs.tc.name.decode()))
+                if programs is not None:
+                    self._attach(attached, programs)
+                    if config.promiscuous:  # libpcap does this itself in pcap mode
+                        attached.enter_context(promiscuous(config.iface))
                 if config.promiscuous:
-                    attached.enter_context(promiscuous(config.iface))
                     log.info("%s is promiscuous for this run: the filter's host is a "
                              "neighbour", config.iface)
                 listener = attached.enter_context(self._listener()) if config.port else None
@@ -142,12 +207,35 @@ class Daemon:
                 control = attached.enter_context(ControlServer(self.instance))
                 if self._on_ready:
                     self._on_ready()
-                vanished = self._loop(control, signals, listener, collector, source, table)
+                capture = self._capture = source if isinstance(source, PcapSource) else None
+                vanished = self._loop(control, signals, listener, capture, collector, source,
+                                      table)
             # Detached: the counters no longer move, so this last drain is complete.
             path = self._dump(collector, table)
             if vanished:
                 raise NcebpfError(f"{config.iface} disappeared; the final dump is in {path}")
             log.info("detached from %s; final dump in %s", config.iface, path)
+
+    def _build_options(self, prepared: PreparedFilter | None) -> BuildOptions:
+        config = self.config
+        payload = None
+        if self._match or self._nomatch:
+            payload = PayloadOptions(self._match, self._nomatch, config.payload, config.snaplen)
+        return BuildOptions(max_peers=config.max_peers,
+                            filter=prepared.translation if prepared else None, payload=payload)
+
+    def _attach(self, attached: ExitStack, programs: LoadedPrograms) -> None:
+        config = self.config
+        tc_name = programs.tc.name.decode()
+        if config.ingress and self._mode == "xdp":
+            attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
+                                                 config.xdp_mode, config.force))
+        elif config.ingress:
+            attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
+                                                "ingress"))
+        if config.egress:
+            attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
+                                                "egress"))
 
     def _listener(self) -> DumpListener:
         allowed = self.config.allow or (
@@ -155,8 +243,9 @@ class Daemon:
         return DumpListener(self.config.listen, self.config.port, allowed)
 
     def _loop(self, control: ControlServer, signals: socket.socket,
-              listener: DumpListener | None, collector: Collector,
-              source: KernelCounterSource, table: PeerTable) -> bool:
+              listener: DumpListener | None, capture: PcapSource | None,
+              collector: Collector, source: KernelCounterSource | PcapSource,
+              table: PeerTable) -> bool:
         """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
@@ -164,9 +253,13 @@ class Daemon:
         watched = [control.fileno(), signals.fileno()]
         if listener:
             watched.append(listener.fileno())
+        if capture:
+            watched.append(capture.fileno())
         while True:
             timeout = max(0.0, next_drain - time.monotonic())
             ready, _, _ = select.select(watched, [], [], timeout)
+            if capture and capture.fileno() in ready:
+                capture.service()
             if signals.fileno() in ready:
                 received = set()
                 with contextlib.suppress(BlockingIOError):
@@ -234,10 +327,12 @@ class Daemon:
 
     def _dump(self, collector: Collector, table: PeerTable) -> Path:
         """Drain, then write both dump files; return the JSON one."""
+        if self._capture is not None:
+            self._capture.service()
         collector.drain()
         now = time.time()
         config = self.config
-        context = DumpContext(name=self.instance.name, device=config.iface, mode="xdp",
+        context = DumpContext(name=self.instance.name, device=config.iface, mode=self._mode,
                               filter=config.filter, promiscuous=config.promiscuous,
                               match=config.match, nomatch=config.nomatch,
                               payload=config.payload, snaplen=config.snaplen)

@@ -73,6 +73,7 @@ def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[st
             "filtered_out": totals.filtered_out,
             "unparsed": totals.unparsed,
             "overflow": totals.overflow,
+            "dropped": totals.dropped,
         },
         "peers": peers,
     }

@@ -1,6 +1,6 @@
 """Attach ncebpf's programs to an interface, and undo exactly that.
 
-XdpAttachment and TcEgressAttachment are context managers: on exit they
+XdpAttachment and TcAttachment are context managers: on exit they
 remove only the program they attached (a program someone attached in the
 meantime stays), restore a foreign XDP program that --force displaced, and
 delete the clsact qdisc only if they created it and it is empty. A program
@@ -29,10 +29,9 @@ XdpMode = Literal["auto", "native", "generic"]
 
 _MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}
 
-TC_EGRESS_PARENT = 0xFFFFFFF3  # ffff:fff3, clsact egress
+TC_PARENTS = {"egress": 0xFFFFFFF3, "ingress": 0xFFFFFFF2}  # clsact ffff:fff3, ffff:fff2
 TC_PRIO = 1  # run before other classifiers; ours returns TC_ACT_UNSPEC so they still run
 TC_HANDLE = 0x4E43  # "NC"
-_TC_EGRESS_PARENT_TEXT = "ffff:fff3"
 
 
 def _is_ours(name: str) -> bool:
@@ -153,10 +152,10 @@ class XdpAttachment:
         self._restore_displaced()
 
 
-def _ncebpf_tc_filters(ipr: IPRoute, ifindex: int) -> list[tuple[int, int]]:
-    """(prio, handle) of every ncebpf filter on the interface's clsact egress hook."""
+def _ncebpf_tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]:
+    """(prio, handle) of every ncebpf filter on one of the interface's clsact hooks."""
     found = []
-    for msg in ipr.get_filters(index=ifindex, parent=TC_EGRESS_PARENT):
+    for msg in ipr.get_filters(index=ifindex, parent=parent):
         options = msg.get_attr("TCA_OPTIONS")
         if msg.get_attr("TCA_KIND") != "bpf" or not options:
             continue
@@ -165,33 +164,40 @@ def _ncebpf_tc_filters(ipr: IPRoute, ifindex: int) -> list[tuple[int, int]]:
     return found
 
 
-def _delete_tc_filter(ipr: IPRoute, ifindex: int, prio: int, handle: int) -> None:
-    ipr.tc("del-filter", "bpf", ifindex, handle, parent=_TC_EGRESS_PARENT_TEXT, prio=prio)
+def _handle_text(parent: int) -> str:
+    return f"{parent >> 16:x}:{parent & 0xFFFF:x}"
+
+
+def _delete_tc_filter(ipr: IPRoute, ifindex: int, parent: int, prio: int, handle: int) -> None:
+    ipr.tc("del-filter", "bpf", ifindex, handle, parent=_handle_text(parent), prio=prio)
 
 
 def _clsact_is_empty(ipr: IPRoute, ifindex: int) -> bool:
     return not any(ipr.get_filters(index=ifindex, parent=parent)
-                   for parent in (TC_EGRESS_PARENT, 0xFFFFFFF2))
+                   for parent in TC_PARENTS.values())
 
 
-class TcEgressAttachment:
-    """Attach the TC program at clsact egress, creating clsact only if it is absent."""
+class TcAttachment:
+    """Attach the TC program at a clsact hook, creating clsact only if it is absent."""
 
-    def __init__(self, ifname: str, prog_fd: int, prog_name: str) -> None:
+    def __init__(self, ifname: str, prog_fd: int, prog_name: str, hook: str = "egress") -> None:
         self.ifname = ifname
         self.ifindex = ifindex_of(ifname)
         self.prog_fd = prog_fd
         self.prog_name = prog_name
+        self.hook = hook
+        self.parent = TC_PARENTS[hook]
         self._created_clsact = False
         self._ipr: IPRoute | None = None
 
-    def __enter__(self) -> TcEgressAttachment:
+    def __enter__(self) -> TcAttachment:
         ipr = self._ipr = IPRoute()
         try:
-            leftovers = _ncebpf_tc_filters(ipr, self.ifindex)
+            leftovers = _ncebpf_tc_filters(ipr, self.ifindex, self.parent)
             for prio, handle in leftovers:
-                log.warning("removed ncebpf's TC filter left on %s by an earlier run", self.ifname)
-                _delete_tc_filter(ipr, self.ifindex, prio, handle)
+                log.warning("removed ncebpf's TC %s filter left on %s by an earlier run",
+                            self.hook, self.ifname)
+                _delete_tc_filter(ipr, self.ifindex, self.parent, prio, handle)
             if leftovers and _clsact_is_empty(ipr, self.ifindex):
                 # The earlier run most likely created this clsact: ours to remove on exit.
                 ipr.tc("del", "clsact", self.ifindex)
@@ -202,14 +208,15 @@ class TcEgressAttachment:
                 if exc.code != errno.EEXIST:
                     raise
             ipr.tc("add-filter", "bpf", self.ifindex, TC_HANDLE, fd=self.prog_fd,
-                   name=self.prog_name, parent=_TC_EGRESS_PARENT_TEXT, classid=1,
-                   direct_action=True, prio=TC_PRIO)
+                   name=self.prog_name, parent=_handle_text(self.parent), classid=1,
+                   direct_action=True,
+                   prio=TC_PRIO)
         except NetlinkError as exc:
             self._undo_clsact()
             ipr.close()
-            raise AttachError(f"cannot attach TC egress on {self.ifname}: "
+            raise AttachError(f"cannot attach TC {self.hook} on {self.ifname}: "
                               f"{os.strerror(exc.code)}") from exc
-        log.info("TC egress program attached to %s", self.ifname)
+        log.info("TC %s program attached to %s", self.hook, self.ifname)
         return self
 
     def _undo_clsact(self) -> None:
@@ -222,11 +229,12 @@ class TcEgressAttachment:
                  tb: TracebackType | None) -> None:
         assert self._ipr is not None
         try:
-            _delete_tc_filter(self._ipr, self.ifindex, TC_PRIO, TC_HANDLE)
+            _delete_tc_filter(self._ipr, self.ifindex, self.parent, TC_PRIO, TC_HANDLE)
             self._undo_clsact()
-            log.info("TC egress program detached from %s", self.ifname)
+            log.info("TC %s program detached from %s", self.hook, self.ifname)
         except NetlinkError as err:
-            log.warning("left TC egress on %s as it is: %s", self.ifname, os.strerror(err.code))
+            log.warning("left TC %s on %s as it is: %s", self.hook, self.ifname,
+                        os.strerror(err.code))
         finally:
             self._ipr.close()
 
@@ -251,11 +259,13 @@ def detach_leftovers(ifname: str) -> list[str]:
                 os.close(fd)
             removed.append(f"XDP program id {info.id} ({current.mode})")
     with IPRoute() as ipr:
-        filters = _ncebpf_tc_filters(ipr, ifindex)
-        for prio, handle in filters:
-            _delete_tc_filter(ipr, ifindex, prio, handle)
-            removed.append("TC egress filter")
-        if filters and _clsact_is_empty(ipr, ifindex):
+        found = False
+        for hook, parent in TC_PARENTS.items():
+            for prio, handle in _ncebpf_tc_filters(ipr, ifindex, parent):
+                _delete_tc_filter(ipr, ifindex, parent, prio, handle)
+                removed.append(f"TC {hook} filter")
+                found = True
+        if found and _clsact_is_empty(ipr, ifindex):
             ipr.tc("del", "clsact", ifindex)
             removed.append("clsact qdisc")
     return removed

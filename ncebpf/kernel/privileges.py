@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ncebpf.errors import PrivilegeError
 
+CAP_NET_RAW = 13
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
@@ -18,11 +19,24 @@ def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
     return 0
 
 
-def require_bpf_privileges(command: str) -> None:
+def has_bpf_privileges() -> bool:
     caps = effective_capabilities()
     has_bpf = caps & (1 << CAP_BPF) or caps & (1 << CAP_SYS_ADMIN)
-    if not (has_bpf and caps & (1 << CAP_NET_ADMIN)):
+    return bool(has_bpf and caps & (1 << CAP_NET_ADMIN))
+
+
+def require_bpf_privileges(command: str) -> None:
+    if not has_bpf_privileges():
         raise PrivilegeError(
             f"{command} needs CAP_BPF and CAP_NET_ADMIN to load and attach programs: "
             "run it as root (sudo)"
+        )
+
+
+def require_capture_privileges(command: str) -> None:
+    """Enough to count at all: the kernel path, or at least a libpcap capture."""
+    if not has_bpf_privileges() and not effective_capabilities() & (1 << CAP_NET_RAW):
+        raise PrivilegeError(
+            f"{command} needs CAP_BPF and CAP_NET_ADMIN for the kernel path, or CAP_NET_RAW "
+            "for a libpcap capture: run it as root (sudo)"
         )

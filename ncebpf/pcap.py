@@ -1,0 +1,168 @@
+"""The libpcap source: capture on the interface, count in user space.
+
+For what the kernel path cannot do: no BPF privileges or no XDP/TC, a filter
+the translator refuses, a needle or window beyond the kernel search's limits.
+libpcap runs the filter (in the kernel's socket filter, as tcpdump does),
+this module applies the payload match (ncebpf.payload) and the peer rule,
+and keeps cumulative per-peer counts that the collector drains exactly as it
+drains the kernel maps. Frames libpcap reports as dropped are counted in
+the totals: a capture can lose frames, and the dump says how many.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+
+from ncebpf.accounting import Totals, peer_key
+from ncebpf.collector import PeerBatch, PeerCounts
+from ncebpf.errors import NcebpfError
+from ncebpf.filter.pcap import FilterSyntaxError
+from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
+from ncebpf.packet import addresses
+from ncebpf.payload import accepts
+
+log = logging.getLogger(__name__)
+
+BUFFER_BYTES = 64 << 20
+HEADERS_SNAPLEN = 128  # enough for Ethernet, two VLAN tags and an IPv6 header
+
+
+class CaptureError(NcebpfError):
+    pass
+
+
+class PcapSource:
+    """A CounterSource fed by a live capture; use as a context manager."""
+
+    def __init__(self, iface: str, expression: str, netmask: int, promiscuous: bool,
+                 match: bytes, nomatch: bytes, payload: int, snaplen: int,
+                 capacity: int) -> None:
+        self.iface = iface
+        self.expression = expression
+        self.netmask = netmask
+        self.promiscuous = promiscuous
+        self.match, self.nomatch = match, nomatch
+        self.payload, self.snaplen = payload, snaplen
+        self._capacity = capacity
+        self._searching = bool(match or nomatch)
+        self._handle: int | None = None
+        self._local: set[bytes] = set()
+        # key -> [packets, bytes, first seen ns, last seen ns]; cumulative, like the kernel's.
+        self._peers: dict[bytes, list[int]] = {}
+        self._totals = Totals()
+        self._callback = Handler(self._frame)
+
+    def __enter__(self) -> PcapSource:
+        pcap = lib()
+        errbuf = ct.create_string_buffer(256)
+        handle = pcap.pcap_create(self.iface.encode(), errbuf)
+        if not handle:
+            raise CaptureError(f"cannot capture on {self.iface}: {errbuf.value.decode()}")
+        self._handle = handle
+        try:
+            pcap.pcap_set_snaplen(handle, max(self.snaplen, HEADERS_SNAPLEN))
+            pcap.pcap_set_promisc(handle, int(self.promiscuous))
+            pcap.pcap_set_immediate_mode(handle, 1)
+            pcap.pcap_set_buffer_size(handle, BUFFER_BYTES)
+            status = pcap.pcap_activate(handle)
+            if status < 0:
+                raise CaptureError(f"cannot capture on {self.iface}: "
+                                   f"{self._error(status)}")
+            self._set_filter()
+            pcap.pcap_setnonblock(handle, 1, errbuf)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        log.info("capturing on %s with libpcap", self.iface)
+        return self
+
+    def _error(self, status: int) -> str:
+        detail = lib().pcap_geterr(self._handle) or b""
+        return detail.decode(errors="replace") or \
+            (lib().pcap_statustostr(status) or b"").decode()
+
+    def _set_filter(self) -> None:
+        program = BpfProgram()
+        pcap = lib()
+        if pcap.pcap_compile(self._handle, ct.byref(program), self.expression.encode(), 1,
+                             self.netmask) != 0:
+            raise FilterSyntaxError(f"bad filter {self.expression!r}: {self._error(-1)}")
+        try:
+            if pcap.pcap_setfilter(self._handle, ct.byref(program)) != 0:
+                raise CaptureError(f"cannot set the filter: {self._error(-1)}")
+        finally:
+            pcap.pcap_freecode(ct.byref(program))
+
+    def fileno(self) -> int:
+        return int(lib().pcap_get_selectable_fd(self._handle))
+
+    def service(self) -> int:
+        """Count every frame waiting in the capture buffer; return how many."""
+        count = int(lib().pcap_dispatch(self._handle, -1, self._callback, None))
+        if count < 0:
+            raise CaptureError(f"capture on {self.iface} failed: {self._error(count)}")
+        return count
+
+    def _frame(self, _user: int | None, header: ct._Pointer[PktHdr],
+               data: ct._Pointer[ct.c_ubyte]) -> None:
+        caplen, length = header[0].caplen, header[0].len
+        frame = ct.string_at(data, caplen)
+        totals = self._totals
+        if self._searching and not accepts(frame, self.match, self.nomatch, self.payload,
+                                           self.snaplen):
+            totals.filtered_out += 1
+            return
+        found = addresses(frame)
+        if found is None:
+            totals.unparsed += 1
+            return
+        source, destination = found
+        peer = destination if source in self._local else source
+        now = time.monotonic_ns()
+        counts = self._peers.get(peer)
+        if counts is None:
+            if len(self._peers) >= self._capacity:
+                totals.overflow += 1
+                return
+            self._peers[peer] = [1, length, now, now]
+        else:
+            counts[0] += 1
+            counts[1] += length
+            counts[3] = now
+        totals.packets += 1
+        totals.bytes += length
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def read_peers(self) -> PeerBatch:
+        return PeerBatch.from_counts([PeerCounts(key, *counts)
+                                      for key, counts in self._peers.items()])
+
+    def read_totals(self) -> Totals:
+        stats = Stat()
+        dropped = 0
+        if lib().pcap_stats(self._handle, ct.byref(stats)) == 0:
+            dropped = stats.ps_drop + stats.ps_ifdrop
+        return Totals(self._totals.packets, self._totals.bytes, self._totals.filtered_out,
+                      self._totals.unparsed, self._totals.overflow, dropped)
+
+    def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
+        for key in keys:
+            counts = self._peers.pop(key, None)
+            if counts is not None:
+                yield PeerCounts(key, *counts)
+
+    def set_local_addresses(self, addresses: Iterable[str]) -> None:
+        self._local = {peer_key(a) for a in addresses}
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._handle is not None:
+            lib().pcap_close(self._handle)
+            self._handle = None
