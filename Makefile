@@ -42,6 +42,7 @@ test: lint typecheck
 
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/capture_cpu.py
 
 # ncebpf@NAME.service, running this checkout's ncebpf; configure /etc/ncebpf/NAME.toml.
 install-systemd: install
