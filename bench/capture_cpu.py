@@ -67,7 +67,8 @@ def measured(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[floa
 def ncebpf_observer(pair: NetnsPair, workdir: Path, mode: str) -> subprocess.Popen[str]:
     for d in ("state", "run"):
         (workdir / d).mkdir(exist_ok=True)
-    proc = pair.popen(pair.local, *NCEBPF, "attach", "--iface", pair.local_if, "--mode", mode,
+    proc = pair.popen(pair.local, *NCEBPF, "attach", "--no-resolve", "--iface", pair.local_if,
+                      "--mode", mode,
                       "--direction", "ingress", "--filter", FILTER, "--match", MATCH,
                       "--payload", PAYLOAD, "--snaplen", SNAPLEN, "--name", mode,
                       "--statedir", str(workdir / "state"), "--piddir", str(workdir / "run"))

@@ -135,6 +135,7 @@ class PeerTable:
     start: int  # epoch seconds when collection (or the last reset) started
     peers: dict[bytes, PeerRecord] = field(default_factory=dict)
     rates: GlobalRates = field(init=False)
+    created: list[bytes] = field(default_factory=list)  # new peers, for the name lookups
     _source_totals: Totals = field(default_factory=Totals)  # cumulative, as the source says
     _totals_base: Totals = field(default_factory=Totals)  # the source's totals at the reset
 
@@ -149,6 +150,7 @@ class PeerTable:
         record = self.peers.get(key)
         if record is None:
             self.peers[key] = PeerRecord(packets, nbytes, int(first_seen), self.start)
+            self.created.append(key)
         else:
             record.add(packets, nbytes, now)
 
@@ -161,6 +163,10 @@ class PeerTable:
     def totals(self, cumulative: Totals) -> None:
         self._source_totals = cumulative
 
+    def take_created(self) -> list[bytes]:
+        created, self.created = self.created, []
+        return created
+
     def purge(self, now: int) -> int:
         """Drop records whose E is more than a day old; return how many went."""
         stale = [key for key, record in self.peers.items() if record.E + PURGE_AGE_S < now]
@@ -171,6 +177,7 @@ class PeerTable:
     def reset(self, now: int) -> None:
         """Start over (HUP): no peers, rates from zero, totals counted from here."""
         self.peers.clear()
+        self.created.clear()
         self.start = now
         self.rates = GlobalRates(now)
         self._totals_base = self._source_totals

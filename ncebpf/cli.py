@@ -107,6 +107,13 @@ run_options = _options(
                  help="Address the dump listener binds [default: 127.0.0.1]."),
     click.option("--allow", multiple=True,
                  help="Host allowed to request dumps; repeatable [default: this host]."),
+    click.option("--resolver", multiple=True, metavar="ADDR[:PORT]",
+                 help="DNS server for peer names; repeatable, tried in turn "
+                      "[default: /etc/resolv.conf]."),
+    click.option("--no-resolve", "resolve", flag_value=False, default=None,
+                 help="Do not look up peer names."),
+    click.option("--dns-rate", type=click.FloatRange(min=0.1), default=None,
+                 help="At most this many name lookups per second [default: 20]."),
     click.argument("expression", nargs=-1),
     instance_options,
 )
@@ -116,7 +123,7 @@ _SETTINGS = {"iface": "iface", "mode": "mode", "direction": "direction", "interv
              "xdp_mode": "xdp_mode", "max_peers": "max_peers", "force": "force",
              "match": "match", "nomatch": "nomatch", "payload": "payload",
              "snaplen": "snaplen", "port": "port", "listen": "listen", "statedir": "statedir",
-             "piddir": "piddir"}
+             "piddir": "piddir", "resolve": "resolve", "dns_rate": "dns_rate"}
 
 
 def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
@@ -148,6 +155,8 @@ def _run_config(ctx: click.Context) -> RunConfig:
             settings[setting] = params[param]
     if params["allow"]:
         settings["allow"] = params["allow"]
+    if params["resolver"]:
+        settings["resolvers"] = params["resolver"]
     words = " ".join(params["expression"])
     if params["filter_option"] is not None and words:
         raise click.UsageError("give the filter once: with --filter or as trailing arguments")

@@ -44,7 +44,8 @@ UPSTREAM_KEYS = {"bpf": "filter", "sniffer": "statedir", "host": "listen", "allo
                  "snaplen": "snaplen", "match": "match", "nomatch": "nomatch",
                  "payload": "payload", "port": "port", "piddir": "piddir"}
 OWN_KEYS = {"iface": "iface", "mode": "mode", "direction": "direction",
-            "interval": "interval_s", "xdp_mode": "xdp_mode", "max_peers": "max_peers"}
+            "interval": "interval_s", "xdp_mode": "xdp_mode", "max_peers": "max_peers",
+            "resolve": "resolve", "resolver": "resolvers", "dns_rate": "dns_rate"}
 FILE_KEYS = {**UPSTREAM_KEYS, **OWN_KEYS}
 SPECIAL_HOSTS = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0", "": "127.0.0.1"}
 
@@ -113,6 +114,9 @@ class RunConfig:
     listen: str = DEFAULT_LISTEN  # address the listener binds
     allow: tuple[str, ...] = ()  # who may request dumps; empty = loopback and this host
     promiscuous: bool = False  # the filter's host is a neighbour, not us: a mirror port
+    resolve: bool = True  # reverse DNS for peer names (N, T)
+    resolvers: tuple[str, ...] = ()  # DNS servers, ADDR[:PORT]; empty = /etc/resolv.conf
+    dns_rate: float = 20.0  # PTR queries per second at most
 
     @property
     def ingress(self) -> bool:
@@ -253,8 +257,19 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         xdp_mode=settings.get("xdp_mode") or "auto", force=bool(settings.get("force")),
         max_peers=int(settings.get("max_peers") or DEFAULT_MAX_PEERS), snaplen=snaplen,
         match=match, nomatch=nomatch, payload=payload, port=port, listen=listen, allow=allow,
-        promiscuous=promiscuous,
+        promiscuous=promiscuous, resolve=bool(settings.get("resolve", True)),
+        resolvers=_resolvers(settings.get("resolvers")),
+        dns_rate=float(settings.get("dns_rate") or 20.0),
     )
+
+
+def _resolvers(value: Any) -> tuple[str, ...]:
+    from ncebpf.resolve import parse_server
+
+    servers = (value,) if isinstance(value, str) else tuple(value or ())
+    for server in servers:
+        parse_server(str(server))  # refuse a bad one now, not after the fork
+    return tuple(str(s) for s in servers)
 
 
 def to_toml(config: RunConfig) -> str:
@@ -267,6 +282,8 @@ def to_toml(config: RunConfig) -> str:
         "nomatch": config.nomatch, "payload": config.payload, "port": config.port,
         "host": config.listen, "allowed": list(config.allow),
         "sniffer": str(config.instance.statedir), "piddir": str(config.instance.piddir),
+        "resolve": config.resolve, "resolver": list(config.resolvers),
+        "dns_rate": config.dns_rate,
     }
     lines = [f"# ncebpf configuration of instance '{config.instance.name}'"
              + (" (promiscuous: the filter's host is a neighbour)" if config.promiscuous else "")]

@@ -56,6 +56,7 @@ from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import LOOPBACK, DumpListener
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
+from ncebpf.resolve import ReverseResolver, parse_server, system_servers
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Daemon:
         self._mode: str = config.mode
         self._prepared: PreparedFilter | None = None
         self._capture: PcapSource | None = None
+        self._resolver: ReverseResolver | None = None
         self._match = fold(parse_needle(config.match))
         self._nomatch = fold(parse_needle(config.nomatch))
 
@@ -192,6 +194,9 @@ class Daemon:
             source.set_local_addresses(self._local_addresses())
             table = PeerTable(start=int(time.time()))
             collector = Collector(source, table)
+            self._resolver = self._start_resolver()
+            if self._resolver is not None:
+                stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())
             with ExitStack() as attached:
                 if programs is not None:
@@ -237,6 +242,19 @@ class Daemon:
             attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
                                                 "egress"))
 
+    def _start_resolver(self) -> ReverseResolver | None:
+        config = self.config
+        if not config.resolve:
+            return None
+        servers = [parse_server(s) for s in config.resolvers] or system_servers()
+        if not servers:
+            log.warning("no DNS server in /etc/resolv.conf: peer names are off "
+                        "(give --resolver ADDR, or --no-resolve to say so)")
+            return None
+        log.info("peer names from %s, at most %g lookups a second",
+                 ", ".join(map(str, servers)), config.dns_rate)
+        return ReverseResolver(servers, rate=config.dns_rate)
+
     def _listener(self) -> DumpListener:
         allowed = self.config.allow or (
             *LOOPBACK, *(address for _, address, _ in all_addresses()))
@@ -255,11 +273,17 @@ class Daemon:
             watched.append(listener.fileno())
         if capture:
             watched.append(capture.fileno())
+        resolver = self._resolver
         while True:
             timeout = max(0.0, next_drain - time.monotonic())
-            ready, _, _ = select.select(watched, [], [], timeout)
+            lookups = resolver.fds() if resolver else []
+            if resolver and (deadline := resolver.next_deadline()) is not None:
+                timeout = min(timeout, max(0.0, deadline - time.time()))
+            ready, _, _ = select.select(watched + lookups, [], [], timeout)
             if capture and capture.fileno() in ready:
                 capture.service()
+            if resolver:
+                resolver.service(table)
             if signals.fileno() in ready:
                 received = set()
                 with contextlib.suppress(BlockingIOError):
@@ -280,6 +304,9 @@ class Daemon:
             now = time.monotonic()
             if now >= next_drain:
                 report = collector.drain()
+                if resolver:
+                    for key in table.take_created():
+                        resolver.want(key)
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
                 try:

@@ -137,14 +137,17 @@ class DaemonProcess:
     """`ncebpf attach` running in the local namespace of a pair."""
 
     def __init__(self, pair: NetnsPair, workdir: Path, *args: str, name: str = "t",
-                 with_iface: bool = True) -> None:
+                 with_iface: bool = True, resolve: bool = False) -> None:
         self.pair = pair
         for directory in ("state", "run"):
             (workdir / directory).mkdir(exist_ok=True)
         self.args = ["--name", name, "--statedir", str(workdir / "state"),
                      "--piddir", str(workdir / "run")]
         iface = ["--iface", pair.local_if] if with_iface else []
-        self.proc = pair.popen(pair.local, *NCEBPF, "attach", *iface, *self.args, *args)
+        # Tests never ask the machine's own DNS servers: only a test server, when asked to.
+        names = [] if resolve else ["--no-resolve"]
+        self.proc = pair.popen(pair.local, *NCEBPF, "attach", *iface, *names, *self.args,
+                               *args)
         self.stderr = ""
         self._wait_ready()
 

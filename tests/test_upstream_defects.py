@@ -80,7 +80,8 @@ def test_20_own_session_and_a_reused_pid_is_not_ours(pair: NetnsPair, workdir: P
     (workdir / "bg.pid").write_text("1\n")  # pid 1 lives, but it is not ncebpf
     status = pair.ns(pair.local, *NCEBPF, "status", *args, check=False)
     assert status.returncode == 3
-    started = pair.ns(pair.local, *NCEBPF, "start", "--iface", pair.local_if, *args)
+    started = pair.ns(pair.local, *NCEBPF, "start", "--iface", pair.local_if, "--no-resolve",
+                      *args)
     pid = read_pid(workdir / "bg.pid")
     assert pid is not None and is_ncebpf_process(pid), started.stderr
     sid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
