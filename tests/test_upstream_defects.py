@@ -4,7 +4,8 @@
  2 fixed Ethernet/IPv4 layout: test_kernel_counts (802.1Q, QinQ), the filter differential.
  3 IP options and non-first fragments dropped: test_kernel_counts (options); here.
  4 frames shorter than snaplen dropped: here.
- 5, 6 nomatch, NUL and offset payload bugs: with payload matching (a later issue).
+ 5, 6 nomatch and NUL payload bugs: test_payload, test_payload_kernel, test_payload_parity
+   (frame-start offsets and ASCII-only case folding are kept on purpose).
  7 one reference host, first address only: here; test_config (interface choice).
  8 "hits" are packets: the dumps name packets and bytes as such.
  9, 10 rate semantics and the meaning of E: kept on purpose, the upstream contract
@@ -17,7 +18,8 @@
  16 loose `dump` match, cancelled dumps: test_listener, test_upstream_daemon.
  17 512-byte overflow, half files, 0-byte dumps: here; test_dump.
  18 unescaped names can execute: test_dump (hostile names and filter strings).
- 19 DNS weaknesses: with reverse DNS (a later issue).
+ 19 DNS weaknesses: test_resolve (IDs, ports, arpa suffix, TTL 0, negative TTLs),
+   test_resolve_kernel (several servers, failover, a server that drops queries, rate cap).
  20 exit codes, stop, restart, setsid, relative paths, pid reuse: test_upstream_daemon; here.
  21 a typo in a usage message: click writes the usage errors now.
 """
