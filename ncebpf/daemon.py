@@ -144,22 +144,21 @@ class Daemon:
         if config.mode == "pcap":
             return "pcap", ""
         kernel_mode = "tc" if config.mode == "tc" else "xdp"
-        limit = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
-        try:
-            if limit:
-                raise UsageError(limit)
-            require_bpf_privileges("the kernel path")
-            import_bcc()
-            self._prepared = prepare(config.filter, ipv4_netmask(config.iface)) \
-                if config.filter else None
-        except (PrivilegeError, BccMissing, UnsupportedFilter) as exc:
+        reason = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
+        if reason is None:
+            try:
+                require_bpf_privileges("the kernel path")
+                import_bcc()
+                self._prepared = prepare(config.filter, ipv4_netmask(config.iface)) \
+                    if config.filter else None
+            except (PrivilegeError, BccMissing, UnsupportedFilter) as exc:
+                if config.mode != "auto":
+                    raise
+                reason = str(exc)
+        if reason is not None:
             if config.mode != "auto":
-                raise
-            return "pcap", str(exc)
-        except UsageError as exc:
-            if config.mode != "auto" or not limit:
-                raise
-            return "pcap", str(exc)
+                raise UsageError(reason)
+            return "pcap", reason
         if kernel_mode == "xdp" and config.ingress and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         return kernel_mode, ""
