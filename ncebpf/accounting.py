@@ -14,6 +14,7 @@ seconds, as upstream.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
@@ -48,7 +49,7 @@ class PeerRecord:
         self.B: float = nbytes  # bytes in the current interval
         self.C = packets  # packets ("hits") in the current interval
         self.E = now  # last rate update, or creation
-        self.N: list[str] = []  # reverse-DNS names
+        self.N: Sequence[str] = ()  # reverse-DNS names; a shared empty tuple until there are some
         self.R = 0.0  # hits per hour
         self.S = start  # the collection start when the record was made
         self.T = 0  # when to ask DNS again; 0 = never asked
@@ -145,8 +146,13 @@ class PeerTable:
     def add(self, key: bytes, packets: int, nbytes: int, first_seen: float,
             last_seen: float) -> None:
         """Count packets a source saw for a peer between first_seen and last_seen."""
+        self.rates.add(packets, nbytes, int(last_seen))
+        self.add_peer(key, packets, nbytes, first_seen, last_seen)
+
+    def add_peer(self, key: bytes, packets: int, nbytes: int, first_seen: float,
+                 last_seen: float) -> None:
+        """Like add, leaving the global rates to the caller (a drain feeds them once)."""
         now = int(last_seen)
-        self.rates.add(packets, nbytes, now)
         record = self.peers.get(key)
         if record is None:
             self.peers[key] = PeerRecord(packets, nbytes, int(first_seen), self.start)

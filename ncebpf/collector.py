@@ -141,6 +141,7 @@ class Collector:
         epoch, now_ns = self._clock()
         offset_s = epoch - now_ns / NS
         batch = self._source.read_peers()
+        totals_before = self._table.totals
         changed = self._absorb_batch(batch, offset_s)
         stale = self._eviction_candidates(batch, now_ns)
         evicted = 0
@@ -151,6 +152,10 @@ class Collector:
         for key in stale:
             self._seen.pop(key, None)
         self._table.totals = self._source.read_totals()
+        # The global rates take the drain as one batch, as the peers take theirs.
+        grown = self._table.totals
+        self._table.rates.add(grown.packets - totals_before.packets,
+                              grown.bytes - totals_before.bytes, int(epoch))
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
 
     def _absorb_batch(self, batch: PeerBatch, offset_s: float) -> int:
@@ -175,7 +180,7 @@ class Collector:
         else:
             packets_delta, bytes_delta = packets, nbytes
         self._seen[key] = (packets, nbytes)
-        self._table.add(key, packets_delta, bytes_delta, first_s, last_s)
+        self._table.add_peer(key, packets_delta, bytes_delta, first_s, last_s)
         return True
 
     def _eviction_candidates(self, batch: PeerBatch, now_ns: int) -> list[bytes]:

@@ -33,8 +33,8 @@ def test_ipv4_keys_sort_numerically() -> None:
 
 def test_record_creation_matches_upstream_init_t() -> None:
     record = PeerRecord(1, 234, now=9876, start=1098)
-    assert (record.B, record.C, record.E, record.N, record.R, record.S, record.T, record.W) == \
-        (234, 1, 9876, [], 0.0, 1098, 0, 0.0)
+    assert (record.B, record.C, record.E, list(record.N), record.R, record.S, record.T,
+            record.W) == (234, 1, 9876, [], 0.0, 1098, 0, 0.0)
 
 
 def test_global_rate_worked_example() -> None:
