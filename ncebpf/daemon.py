@@ -34,7 +34,7 @@ from ncebpf.errors import (
     UsageError,
 )
 from ncebpf.filter import PreparedFilter, prepare
-from ncebpf.filter.host import first_host, resolve
+from ncebpf.filter.host import local_hosts
 from ncebpf.filter.translate import UnsupportedFilter
 from ncebpf.kernel.attach import TcAttachment, XdpAttachment, refuse_foreign_xdp
 from ncebpf.kernel.build import (
@@ -90,11 +90,6 @@ def signal_socket() -> Iterator[socket.socket]:
             signal.signal(sig, handler)
         reader.close()
         writer.close()
-
-
-def resolved_first_host(expression: str) -> tuple[str, ...]:
-    host = first_host(expression)
-    return tuple(resolve(host)) if host else ()
 
 
 @contextmanager
@@ -167,7 +162,7 @@ class Daemon:
         config = self.config
         self._mode = mode
         prepared = self._prepared if mode != "pcap" else None
-        self._filter_hosts = resolved_first_host(config.filter)
+        self._filter_hosts = prepared.local_hosts if prepared else local_hosts(config.filter)
         if prepared:
             log.info("filter %r: %d cBPF instructions%s", config.filter,
                      prepared.translation.cbpf_insns,
@@ -211,9 +206,8 @@ class Daemon:
                 control = attached.enter_context(ControlServer(self.instance))
                 if self._on_ready:
                     self._on_ready()
-                capture = self._capture = source if isinstance(source, PcapSource) else None
-                vanished = self._loop(control, signals, listener, capture, collector, source,
-                                      table)
+                self._capture = source if isinstance(source, PcapSource) else None
+                vanished = self._loop(control, signals, listener, collector, source, table)
             # Detached: the counters no longer move, so this last drain is complete.
             path = self._dump(collector, table)
             if vanished:
@@ -260,19 +254,18 @@ class Daemon:
         return DumpListener(self.config.listen, self.config.port, allowed)
 
     def _loop(self, control: ControlServer, signals: socket.socket,
-              listener: DumpListener | None, capture: PcapSource | None,
-              collector: Collector, source: KernelCounterSource | PcapSource,
-              table: PeerTable) -> bool:
+              listener: DumpListener | None, collector: Collector,
+              source: KernelCounterSource | PcapSource, table: PeerTable) -> bool:
         """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
         next_purge = time.monotonic() + PURGE_EVERY_S
+        resolver, capture = self._resolver, self._capture
         watched = [control.fileno(), signals.fileno()]
         if listener:
             watched.append(listener.fileno())
         if capture:
             watched.append(capture.fileno())
-        resolver = self._resolver
         while True:
             timeout = max(0.0, next_drain - time.monotonic())
             lookups = resolver.fds() if resolver else []

@@ -20,8 +20,8 @@ from types import TracebackType
 from ncebpf.accounting import Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.errors import NcebpfError
-from ncebpf.filter.pcap import FilterSyntaxError
-from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
+from ncebpf.filter.pcap import compiled
+from ncebpf.libpcap import Handler, PktHdr, Stat, lib
 from ncebpf.packet import addresses
 from ncebpf.payload import accepts
 
@@ -86,16 +86,10 @@ class PcapSource:
             (lib().pcap_statustostr(status) or b"").decode()
 
     def _set_filter(self) -> None:
-        program = BpfProgram()
-        pcap = lib()
-        if pcap.pcap_compile(self._handle, ct.byref(program), self.expression.encode(), 1,
-                             self.netmask) != 0:
-            raise FilterSyntaxError(f"bad filter {self.expression!r}: {self._error(-1)}")
-        try:
-            if pcap.pcap_setfilter(self._handle, ct.byref(program)) != 0:
+        assert self._handle is not None
+        with compiled(self._handle, self.expression, self.netmask) as program:
+            if lib().pcap_setfilter(self._handle, ct.byref(program)) != 0:
                 raise CaptureError(f"cannot set the filter: {self._error(-1)}")
-        finally:
-            pcap.pcap_freecode(ct.byref(program))
 
     def fileno(self) -> int:
         return int(lib().pcap_get_selectable_fd(self._handle))

@@ -177,7 +177,6 @@ class ReverseResolver:
         self._pending: set[bytes] = set()  # waiting or in flight
         self._flying: dict[int, _Query] = {}  # by socket fd
         self._refresh: list[tuple[int, bytes]] = []  # (T, key) heap
-        self.sent = 0
 
     def want(self, key: bytes) -> None:
         if key not in self._pending:
@@ -231,7 +230,6 @@ class ReverseResolver:
             sock.send(message.to_wire())
         except OSError as exc:
             log.debug("could not ask %s: %s", target, exc)
-        self.sent += 1
         self._flying[sock.fileno()] = _Query(key, message, sock, server, tries,
                                              now + self.timeout_s)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ncebpf.filter.cbpf import Insn
-from ncebpf.filter.host import first_host, resolve
+from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import PCAP_NETMASK_UNKNOWN, compile_filter
 from ncebpf.filter.translate import Translation, translate
 
@@ -21,6 +21,4 @@ class PreparedFilter:
 def prepare(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN) -> PreparedFilter:
     """Compile and translate; raises FilterSyntaxError or UnsupportedFilter (exit 2)."""
     insns = compile_filter(expression, netmask)
-    host = first_host(expression)
-    return PreparedFilter(expression, insns, translate(insns),
-                          tuple(resolve(host)) if host else ())
+    return PreparedFilter(expression, insns, translate(insns), local_hosts(expression))

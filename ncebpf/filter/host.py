@@ -45,3 +45,9 @@ def resolve(host: str) -> list[str]:
         if text not in addresses:
             addresses.append(text)
     return addresses
+
+
+def local_hosts(expression: str) -> tuple[str, ...]:
+    """The addresses of the expression's first host: the local side of the peer rule."""
+    host = first_host(expression)
+    return tuple(resolve(host)) if host else ()

@@ -9,6 +9,8 @@ pcap_compile exactly as they do for tcpdump.
 from __future__ import annotations
 
 import ctypes as ct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ncebpf.errors import UsageError
 from ncebpf.filter.cbpf import Insn
@@ -23,23 +25,30 @@ class FilterSyntaxError(UsageError):
     """libpcap rejected the expression; the message is libpcap's own."""
 
 
+@contextmanager
+def compiled(handle: int, expression: str, netmask: int) -> Iterator[BpfProgram]:
+    """expression compiled on a libpcap handle (dead or live), freed afterwards."""
+    pcap = lib()
+    program = BpfProgram()
+    if pcap.pcap_compile(handle, ct.byref(program), expression.encode(), 1, netmask) != 0:
+        message = (pcap.pcap_geterr(handle) or b"").decode(errors="replace")
+        raise FilterSyntaxError(f"bad filter {expression!r}: {message}")
+    try:
+        yield program
+    finally:
+        pcap.pcap_freecode(ct.byref(program))
+
+
 def compile_filter(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN) -> tuple[Insn, ...]:
     """Classic BPF for expression, optimised as tcpdump does; netmask serves `ip broadcast`."""
-    pcap = lib()
-    handle = pcap.pcap_open_dead(DLT_EN10MB, SNAPLEN)
-    program = BpfProgram()
+    handle = lib().pcap_open_dead(DLT_EN10MB, SNAPLEN)
     try:
-        if pcap.pcap_compile(handle, ct.byref(program), expression.encode(), 1, netmask) != 0:
-            message = (pcap.pcap_geterr(handle) or b"").decode(errors="replace")
-            raise FilterSyntaxError(f"bad filter {expression!r}: {message}")
-        try:
+        with compiled(handle, expression, netmask) as program:
             return tuple(Insn(program.bf_insns[i].code, program.bf_insns[i].jt,
                               program.bf_insns[i].jf, program.bf_insns[i].k)
                          for i in range(program.bf_len))
-        finally:
-            pcap.pcap_freecode(ct.byref(program))
     finally:
-        pcap.pcap_close(handle)
+        lib().pcap_close(handle)
 
 
 def pcap_verdict(insns: tuple[Insn, ...], frame: bytes, wire_len: int | None = None) -> int:

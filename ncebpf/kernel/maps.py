@@ -126,13 +126,15 @@ class KernelCounterSource:
                          maybe_changed)
 
     def read_totals(self) -> Totals:
-        slots = [(sum(c.packets for c in self._totals[ct.c_int(slot)]),
-                  sum(c.bytes for c in self._totals[ct.c_int(slot)])) for slot in TotalsSlot]
-        matched = slots[TotalsSlot.MATCHED]
-        return Totals(packets=matched[0], bytes=matched[1],
-                      filtered_out=slots[TotalsSlot.FILTERED_OUT][0],
-                      unparsed=slots[TotalsSlot.UNPARSED][0],
-                      overflow=slots[TotalsSlot.OVERFLOW][0])
+        packets, nbytes = {}, {}
+        for slot in TotalsSlot:
+            cpus = self._totals[ct.c_int(slot)]  # one lookup: every CPU's copy
+            packets[slot] = sum(c.packets for c in cpus)
+            nbytes[slot] = sum(c.bytes for c in cpus)
+        return Totals(packets=packets[TotalsSlot.MATCHED], bytes=nbytes[TotalsSlot.MATCHED],
+                      filtered_out=packets[TotalsSlot.FILTERED_OUT],
+                      unparsed=packets[TotalsSlot.UNPARSED],
+                      overflow=packets[TotalsSlot.OVERFLOW])
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         value = self._one_value
