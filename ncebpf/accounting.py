@@ -14,7 +14,7 @@ seconds, as upstream.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
@@ -132,11 +132,23 @@ class Totals:
 
 
 @dataclass
+class Others:
+    """Peers no longer listed in the table, summed: evicted from the map to make room
+    for new peers, or purged after a day without traffic. With them the peers add up
+    to the totals: Σ peers' packets + others.packets = totals.packets."""
+
+    peers: int = 0
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class PeerTable:
     start: int  # epoch seconds when collection (or the last reset) started
     peers: dict[bytes, PeerRecord] = field(default_factory=dict)
     rates: GlobalRates = field(init=False)
     created: list[bytes] = field(default_factory=list)  # new peers, for the name lookups
+    others: Others = field(default_factory=Others)  # retired peers, since the start or reset
     _source_totals: Totals = field(default_factory=Totals)  # cumulative, as the source says
     _totals_base: Totals = field(default_factory=Totals)  # the source's totals at the reset
 
@@ -173,17 +185,32 @@ class PeerTable:
         created, self.created = self.created, []
         return created
 
+    def retire(self, keys: Iterable[bytes]) -> int:
+        """Fold these peers into `others` and drop them; return how many were listed.
+
+        The collector retires what it evicts from the map, so the table never holds
+        more peers than the map can (--max-peers bounds both).
+        """
+        others, retired = self.others, 0
+        for key in keys:
+            record = self.peers.pop(key, None)
+            if record is not None:
+                others.peers += 1
+                others.packets += record.packets
+                others.bytes += record.bytes
+                retired += 1
+        return retired
+
     def purge(self, now: int) -> int:
-        """Drop records whose E is more than a day old; return how many went."""
-        stale = [key for key, record in self.peers.items() if record.E + PURGE_AGE_S < now]
-        for key in stale:
-            del self.peers[key]
-        return len(stale)
+        """Retire records whose E is more than a day old (spec §9); return how many went."""
+        return self.retire([key for key, record in self.peers.items()
+                            if record.E + PURGE_AGE_S < now])
 
     def reset(self, now: int) -> None:
         """Start over (HUP): no peers, rates from zero, totals counted from here."""
         self.peers.clear()
         self.created.clear()
+        self.others = Others()
         self.start = now
         self.rates = GlobalRates(now)
         self._totals_base = self._source_totals
