@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +186,20 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="ncebpf: %(message)s", stream=sys.stderr)
+                        format=_log_format(), datefmt="%Y-%m-%dT%H:%M:%S%z", stream=sys.stderr)
+    # A log on a full disk must not end the run: drop the line, keep counting.
+    logging.raiseExceptions = False
+
+
+def _log_format() -> str:
+    """Time, level, message; the journal stamps lines itself (systemd.exec(5), JOURNAL_STREAM)."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        to_journal = os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+    except (OSError, ValueError):
+        to_journal = False
+    return "ncebpf %(levelname)s: %(message)s" if to_journal else \
+        "%(asctime)s ncebpf %(levelname)s: %(message)s"
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -231,10 +245,16 @@ def start(ctx: click.Context, /, **_: Any) -> None:
 @main.command()
 @instance_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="Seconds to wait before SIGKILL.")
+              help="SIGKILL after this many seconds in which the daemon wrote nothing; "
+                   "while it writes its final dump it is never killed.")
 def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Path | None,
          timeout: float) -> None:
-    """Stop a background instance: SIGTERM, then SIGKILL after --timeout."""
+    """Stop a background instance: SIGTERM, final dump, detach.
+
+    Waits for as long as the daemon writes its final dump; SIGKILL only after
+    --timeout seconds in which it wrote nothing. Exit 1 when the final dump
+    could not go where it belongs (the message says where it went).
+    """
     from ncebpf import lifecycle
 
     click.echo(lifecycle.stop(_instance(name, config_file, statedir, piddir), timeout))
@@ -243,7 +263,7 @@ def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Pat
 @main.command()
 @run_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="Seconds to wait for the old daemon before SIGKILL.")
+              help="SIGKILL the old daemon after this many seconds in which it wrote nothing.")
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
     """Stop, wait until gone, start: never two daemons at once."""
@@ -286,7 +306,8 @@ def config(ctx: click.Context, /, **_: Any) -> None:
 @click.option("--output", "-o", default="-", show_default=True,
               help="Write the dump to this file instead of standard output.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds to wait for the instance to write the dump.")
+              help="Give up after this many seconds without an answer or progress from the "
+                   "instance (a large table takes long to write, and says how far it got).")
 @instance_options
 def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | None,
          statedir: Path | None, piddir: Path | None) -> None:
@@ -299,11 +320,13 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
     from ncebpf.dump import write_atomically
 
     path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
-    text = path.read_text()
-    if output == "-":
-        click.echo(text, nl=False)
-    else:
-        write_atomically(Path(output), text)
+    with path.open() as dumped:  # a dump of a million peers is 170 MB: copy it in pieces
+        pieces = iter(lambda: dumped.read(1 << 20), "")
+        if output == "-":
+            for piece in pieces:
+                click.echo(piece, nl=False)
+        else:
+            write_atomically(Path(output), pieces)
 
 
 @main.command()

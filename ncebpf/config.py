@@ -91,6 +91,11 @@ class Instance:
         return self.piddir / f"{self.name}.iface"
 
     @property
+    def outcome_path(self) -> Path:
+        """How the last background run ended, for `stop`: `<exit status> <one line>`."""
+        return self.piddir / f"{self.name}.outcome"
+
+    @property
     def log_path(self) -> Path:
         return self.statedir / f"{self.name}.log"
 
@@ -117,6 +122,7 @@ class RunConfig:
     resolve: bool = True  # reverse DNS for peer names (N, T)
     resolvers: tuple[str, ...] = ()  # DNS servers, ADDR[:PORT]; empty = /etc/resolv.conf
     dns_rate: float = 20.0  # PTR queries per second at most
+    umask: int = 0o022  # for the files the daemon creates: dumps, log
 
     @property
     def ingress(self) -> bool:
