@@ -107,7 +107,7 @@ def end_to_end(peers: int, workdir: Path) -> None:
     with NetnsPair(remote_ipv6=True) as pair:
         daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 4096),
                                "--interval", "3600")
-        pid = int(pair.ns(pair.local, "pgrep", "-f", "ncebpf attach").stdout.split()[-1])
+        pid = daemon.proc.pid  # ip netns exec execs the daemon: the same process
         idle = rss(pid)
         sent = pair.inject_ingress(spoofed(pair, peers), workdir)
         first, first_peak = timed_dump(daemon, pid)
