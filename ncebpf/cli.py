@@ -137,8 +137,12 @@ def _instance(name: str, config_file: Path | None, statedir: str | None,
 
 
 def _run_config(ctx: click.Context) -> RunConfig:
-    """Defaults, then the TOML file, then the flags given on the command line."""
-    from ncebpf.config import build
+    """Defaults, then the TOML file, then the flags given on the command line.
+
+    Checked as attach needs it: every value by its setting, then the machine
+    (the interface exists, libpcap compiles the filter).
+    """
+    from ncebpf.config import build, check_environment
     from ncebpf.filter.host import resolve
     from ncebpf.kernel.netif import all_addresses
 
@@ -154,7 +158,9 @@ def _run_config(ctx: click.Context) -> RunConfig:
             raise click.UsageError("give the filter once: with --filter or as trailing "
                                    "arguments")
         settings["filter"] = words
-    return build(settings, params["name"], all_addresses(), resolve)
+    config = build(settings, params["name"], all_addresses(), resolve)
+    check_environment(config)
+    return config
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ncebpf.errors import UsageError
 from ncebpf.filter.host import first_host
-from ncebpf.payload import parse_needle
+from ncebpf.payload import fold, kernel_limits, parse_needle
 
 Direction = Literal["both", "ingress", "egress"]
 Mode = Literal["auto", "xdp", "tc", "pcap"]
@@ -497,6 +497,33 @@ def instance_of(settings: Mapping[str, Any], name: str) -> Instance:
     """Where an instance keeps its files, from checked settings; no directory is touched."""
     return Instance(name, Path(_value(settings, "statedir", "") or DEFAULT_STATEDIR).absolute(),
                     Path(_value(settings, "piddir", "") or DEFAULT_PIDDIR).absolute())
+
+
+def check_environment(config: RunConfig) -> None:
+    """Refuse, before anything starts, what attach would refuse about this machine.
+
+    The interface must exist (InterfaceNotFound), and libpcap must compile
+    the filter on a dead Ethernet handle with the interface's netmask, as
+    the daemon compiles it (FilterSyntaxError, libpcap's own message). The
+    filters only a capture runs (`inbound`, `outbound`, `ifindex N`: socket
+    metadata) compile there; auto mode counts them with libpcap, and only an
+    explicit kernel mode refuses them, as the daemon does. Exit 2; reads the
+    interface table, needs no root. build() stays pure: this is its impure half.
+    """
+    from ncebpf.filter.pcap import compile_filter
+    from ncebpf.filter.translate import translate
+    from ncebpf.kernel.netif import ifindex_of, ipv4_netmask
+
+    ifindex_of(config.iface)
+    insns = compile_filter(config.filter, ipv4_netmask(config.iface)) if config.filter else ()
+    if config.mode in ("xdp", "tc"):
+        if insns:
+            translate(insns)  # UnsupportedFilter
+        reason = kernel_limits(fold(parse_needle(config.match)),
+                               fold(parse_needle(config.nomatch)), config.payload,
+                               config.snaplen)
+        if reason is not None:
+            raise UsageError(reason)
 
 
 def _needle(settings: Mapping[str, Any], field: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +281,36 @@ def test_umask_default_and_flag(tmp_path: Path) -> None:
     assert 'umask = "027"' in result.output  # the flag beats the file
     result = CliRunner().invoke(main, ["attach", "--help"])
     assert "--umask" in result.output and "octal" in result.output
+
+
+def _ncebpf_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ncebpf", "config", "--statedir", str(tmp_path),
+                           "--piddir", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_config_refuses_a_missing_interface_like_attach(tmp_path: Path) -> None:
+    result = _ncebpf_config(tmp_path, "--iface", "nosuch0")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr == "Error: no network interface named 'nosuch0': see 'ip -br link' " \
+        "for the names\n"
+
+
+def test_config_refuses_a_filter_libpcap_cannot_compile(tmp_path: Path) -> None:
+    result = _ncebpf_config(tmp_path, "--iface", "lo", "udp porrt 53")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr == "Error: bad filter 'udp porrt 53': can't parse filter expression: " \
+        "syntax error\n"
+
+
+def test_config_accepts_filters_only_a_capture_runs(tmp_path: Path) -> None:
+    """`inbound` & co. need socket metadata: auto mode counts them with libpcap."""
+    for expression in ("inbound and udp", "outbound", "ifindex 1"):
+        result = _ncebpf_config(tmp_path, "--iface", "lo", expression)
+        assert result.returncode == 0, result.stderr
+    result = _ncebpf_config(tmp_path, "--iface", "lo", "--mode", "xdp", "inbound")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1 and "inbound" in result.stderr, result.stderr
 
 
 def test_commands_without_a_run_check_the_directories_too(tmp_path: Path) -> None:
