@@ -1,14 +1,19 @@
 """Typed run configuration: defaults, then a TOML file, then command-line flags.
 
 The file takes the upstream keys (bpf, snaplen, match, nomatch, payload, port,
-host, allowed, piddir, sniffer) and ncebpf's own (iface, direction, interval,
-xdp_mode, max_peers). Validation follows upstream's check_config (spec §2.2)
-in its order and with its messages — `config: <message>`, exit 2 — where
-upstream exits 1, and with the checks upstream skipped or got wrong done
-properly (port ranges, the allowed list, IPv6).
+host, allowed, piddir, sniffer) and ncebpf's own (iface, mode, direction,
+interval, xdp_mode, max_peers, resolve, resolver, dns_rate, umask). SETTINGS
+describes each once (key, flag, type, range, help); every value, from the
+file or a flag, goes through its Setting, so both are refused alike:
+`config: <key>: <what is wrong> (<what is allowed>; flag <flag>)`, exit 2.
+Validation follows upstream's check_config (spec §2.2) in its order and
+with its messages where upstream has one — exit 2 where upstream exits 1 —
+with the checks upstream skipped or got wrong done properly (types, port
+ranges, the allowed list, IPv6).
 
 Building a RunConfig is pure: the interface scan and the name resolver
 are passed in, so the rules are tested without root or network.
+check_environment() is the impure rest: the interface, the filter's compile.
 """
 
 from __future__ import annotations
