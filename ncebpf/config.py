@@ -401,8 +401,8 @@ def _value(settings: Mapping[str, Any], field: str, default: Any = None) -> Any:
 
 def _port(value: Any) -> int:
     """Upstream's message for a bad port, except for a quoted number (TOML strictness)."""
-    if value is None or value == "" or value == 0:  # upstream: unset, empty or 0 = off
-        return 0
+    if value is None or value == "" or (type(value) is int and value == 0):
+        return 0  # upstream: unset, empty or 0 = off (and false is no 0 here)
     setting = SETTING["port"]
     if isinstance(value, str) and value.isdigit():
         return int(setting.check(value))  # refuses it: a string where a number is needed

@@ -193,6 +193,7 @@ BAD_VALUES = [
     ("port = 70000", "port", ["--port=70000"]),
     ('port = "9999"', "port", None),
     ("port = true", "port", None),
+    ("port = false", "port", None),
     ("snaplen = -1", "snaplen", ["--snaplen=-1"]),
     ('snaplen = "90"', "snaplen", None),
     ("payload = -1", "payload", ["--payload=-1"]),
