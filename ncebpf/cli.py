@@ -15,11 +15,12 @@ from click.core import ParameterSource
 from ncebpf import __version__
 from ncebpf.config import (
     DEFAULT_NAME,
-    DEFAULT_PIDDIR,
-    DEFAULT_STATEDIR,
+    SETTING,
+    SETTINGS,
     Instance,
     RunConfig,
     default_config_path,
+    instance_of,
     read_file,
 )
 from ncebpf.errors import NcebpfError
@@ -62,69 +63,59 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+_METAVARS = {"integer": "N", "number": "NUMBER", "octal": "OCTAL", "text": "TEXT",
+             "strings": "TEXT"}
+
+
+def _setting_option(field: str, *names: str, **extra: Any) -> Callable[[F], F]:
+    """The flag of a configuration setting: its text goes to config.build() unconverted.
+
+    click does not check the value: the setting does, so a flag and the same
+    value in the file are refused with the same message.
+    """
+    setting = SETTING[field]
+    assert setting.flag is not None
+    if setting.kind == "boolean":
+        extra.setdefault("flag_value", setting.flag != "--no-" + setting.field)
+    else:
+        extra.setdefault("metavar", "[" + "|".join(setting.choices) + "]" if setting.choices
+                         else _METAVARS[setting.kind])
+    return click.option(setting.flag, *names, field, default=None, help=setting.help_text,
+                        **extra)
+
+
 instance_options = _options(
     click.option("--name", default=DEFAULT_NAME, show_default=True,
                  help="Instance name; several instances run side by side."),
     click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
                  help="TOML configuration [default: /etc/ncebpf/<name>.toml if it exists]."),
-    click.option("--statedir", type=click.Path(path_type=Path), default=None,
-                 help=f"Directory for dumps <name>.stats and <name>.json "
-                      f"[default: {DEFAULT_STATEDIR}]."),
-    click.option("--piddir", type=click.Path(path_type=Path), default=None,
-                 help=f"Directory for <name>.pid and the control socket [default: "
-                      f"{DEFAULT_PIDDIR}]."),
+    _setting_option("statedir", metavar="DIR"),
+    _setting_option("piddir", metavar="DIR"),
 )
 
 run_options = _options(
-    click.option("--iface", "-i", default=None,
-                 help="Interface to count on [default: the one that has, or neighbours, "
-                      "the filter's first host]."),
-    click.option("--filter", "filter_option", metavar="EXPR", default=None,
-                 help="tcpdump filter expression; or give it as trailing arguments."),
-    click.option("--mode", type=click.Choice(["auto", "xdp", "tc", "pcap"]), default=None,
-                 help="xdp: XDP ingress + TC egress; tc: TC on both hooks; pcap: libpcap "
-                      "capture; auto: the kernel unless it cannot [default: auto]."),
-    click.option("--direction", type=click.Choice(["both", "ingress", "egress"]), default=None,
-                 help="Ingress is counted by XDP, egress by TC [default: both]."),
-    click.option("--interval", type=click.FloatRange(min=0.05), default=None,
-                 help="Seconds between drains of the kernel counters [default: 5]."),
-    click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default=None,
-                 help="auto: native (driver) XDP where supported, else generic."),
-    click.option("--max-peers", type=click.IntRange(min=1, max=1 << 26), default=None,
-                 help="Peer map capacity; frames of further new peers count as overflow "
-                      "[default: 1048576]."),
-    click.option("--force", is_flag=True, default=None,
-                 help="Displace another XDP program on the interface for this run."),
-    click.option("--match", default=None, metavar="TEXT",
-                 help="Count only frames whose payload window contains TEXT (any case)."),
-    click.option("--nomatch", default=None, metavar="TEXT",
-                 help="Count only frames whose payload window does not contain TEXT."),
-    click.option("--payload", type=int, default=None,
-                 help="Start of the payload window, in bytes from the frame's start."),
-    click.option("--snaplen", type=int, default=None,
-                 help="End of the payload window [default: 38]."),
-    click.option("--port", default=None, help="UDP port for `dump` requests [default: off]."),
-    click.option("--listen", default=None,
-                 help="Address the dump listener binds [default: 127.0.0.1]."),
-    click.option("--allow", multiple=True,
-                 help="Host allowed to request dumps; repeatable [default: this host]."),
-    click.option("--resolver", multiple=True, metavar="ADDR[:PORT]",
-                 help="DNS server for peer names; repeatable, tried in turn "
-                      "[default: /etc/resolv.conf]."),
-    click.option("--no-resolve", "resolve", flag_value=False, default=None,
-                 help="Do not look up peer names."),
-    click.option("--dns-rate", type=click.FloatRange(min=0.1), default=None,
-                 help="At most this many name lookups per second [default: 20]."),
+    _setting_option("iface", "-i", metavar="IFACE"),
+    _setting_option("filter", metavar="EXPR"),
+    _setting_option("mode"),
+    _setting_option("direction"),
+    _setting_option("interval_s", metavar="SECONDS"),
+    _setting_option("xdp_mode"),
+    _setting_option("max_peers"),
+    _setting_option("force"),
+    _setting_option("match"),
+    _setting_option("nomatch"),
+    _setting_option("payload"),
+    _setting_option("snaplen"),
+    _setting_option("port"),
+    _setting_option("listen", metavar="ADDR"),
+    _setting_option("allow", multiple=True, metavar="ADDR"),
+    _setting_option("resolvers", multiple=True, metavar="ADDR[:PORT]"),
+    _setting_option("resolve"),
+    _setting_option("dns_rate"),
+    _setting_option("umask"),
     click.argument("expression", nargs=-1),
     instance_options,
 )
-
-# click parameter -> configuration setting
-_SETTINGS = {"iface": "iface", "mode": "mode", "direction": "direction", "interval": "interval_s",
-             "xdp_mode": "xdp_mode", "max_peers": "max_peers", "force": "force",
-             "match": "match", "nomatch": "nomatch", "payload": "payload",
-             "snaplen": "snaplen", "port": "port", "listen": "listen", "statedir": "statedir",
-             "piddir": "piddir", "resolve": "resolve", "dns_rate": "dns_rate"}
 
 
 def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
@@ -134,37 +125,42 @@ def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
     return read_file(default) if default.is_file() else {}
 
 
-def _instance(name: str, config_file: Path | None, statedir: Path | None,
-              piddir: Path | None) -> Instance:
+def _instance(name: str, config_file: Path | None, statedir: str | None,
+              piddir: str | None) -> Instance:
     """Where an instance keeps its files, without validating the rest of its configuration."""
     settings = _file_settings(name, config_file)
-    return Instance(name,
-                    Path(statedir or settings.get("statedir") or DEFAULT_STATEDIR).absolute(),
-                    Path(piddir or settings.get("piddir") or DEFAULT_PIDDIR).absolute())
+    if statedir is not None:
+        settings["statedir"] = statedir
+    if piddir is not None:
+        settings["piddir"] = piddir
+    return instance_of(settings, name)
 
 
 def _run_config(ctx: click.Context) -> RunConfig:
-    """Defaults, then the TOML file, then the flags given on the command line."""
-    from ncebpf.config import build
+    """Defaults, then the TOML file, then the flags given on the command line.
+
+    Checked as attach needs it: every value by its setting, then the machine
+    (the interface exists, libpcap compiles the filter).
+    """
+    from ncebpf.config import build, check_environment
     from ncebpf.filter.host import resolve
     from ncebpf.kernel.netif import all_addresses
 
     params = ctx.params
     settings = _file_settings(params["name"], params["config_file"])
-    for param, setting in _SETTINGS.items():
-        if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
-            settings[setting] = params[param]
-    if params["allow"]:
-        settings["allow"] = params["allow"]
-    if params["resolver"]:
-        settings["resolvers"] = params["resolver"]
+    for setting in SETTINGS:
+        if setting.flag and ctx.get_parameter_source(setting.field) == \
+                ParameterSource.COMMANDLINE:
+            settings[setting.field] = setting.from_flag(params[setting.field])
     words = " ".join(params["expression"])
-    if params["filter_option"] is not None and words:
-        raise click.UsageError("give the filter once: with --filter or as trailing arguments")
-    if params["filter_option"] is not None or words:
-        settings["filter"] = params["filter_option"] if params["filter_option"] is not None \
-            else words
-    return build(settings, params["name"], all_addresses(), resolve)
+    if words:
+        if ctx.get_parameter_source("filter") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("give the filter once: with --filter or as trailing "
+                                   "arguments")
+        settings["filter"] = words
+    config = build(settings, params["name"], all_addresses(), resolve)
+    check_environment(config)
+    return config
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -247,7 +243,7 @@ def start(ctx: click.Context, /, **_: Any) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
               help="SIGKILL after this many seconds in which the daemon wrote nothing; "
                    "while it writes its final dump it is never killed.")
-def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Path | None,
+def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
          timeout: float) -> None:
     """Stop a background instance: SIGTERM, final dump, detach.
 
@@ -278,8 +274,8 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 
 @main.command()
 @instance_options
-def status(name: str, config_file: Path | None, statedir: Path | None,
-           piddir: Path | None) -> None:
+def status(name: str, config_file: Path | None, statedir: str | None,
+           piddir: str | None) -> None:
     """Say whether the instance runs: exit 0 running, 3 not running."""
     from ncebpf.lifecycle import running_pid
 
@@ -310,7 +306,7 @@ def config(ctx: click.Context, /, **_: Any) -> None:
                    "instance (a large table takes long to write, and says how far it got).")
 @instance_options
 def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | None,
-         statedir: Path | None, piddir: Path | None) -> None:
+         statedir: str | None, piddir: str | None) -> None:
     """Ask the running instance for a fresh dump and print it.
 
     Returns only once the instance has drained its counters and written
@@ -332,8 +328,8 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
 @main.command()
 @click.option("--iface", "-i", required=True, help="Interface to clean up.")
 @instance_options
-def detach(iface: str, name: str, config_file: Path | None, statedir: Path | None,
-           piddir: Path | None) -> None:
+def detach(iface: str, name: str, config_file: Path | None, statedir: str | None,
+           piddir: str | None) -> None:
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's
