@@ -224,10 +224,11 @@ def test_a_shared_state_directory_is_warned_about(pair: NetnsPair, workdir: Path
     state = workdir / "state"
     state.mkdir()
     os.chmod(state, 0o777)
-    daemon = DaemonProcess(pair, workdir)
+    daemon = DaemonProcess(pair, workdir, "--umask", "027")
     assert daemon.stop() == 0
     assert "writable by every user" in daemon.stderr
-    assert (state / "t.json").stat().st_mode & 0o777 == 0o644
+    assert (state / "t.json").stat().st_mode & 0o777 == 0o640
+    assert (state / "t.stats").stat().st_mode & 0o777 == 0o640
 
 
 def test_the_table_is_bounded_by_max_peers_through_waves_of_new_sources(
