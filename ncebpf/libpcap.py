@@ -59,6 +59,8 @@ def lib() -> ct.CDLL:
         "pcap_statustostr": ([ct.c_int], ct.c_char_p),
         "pcap_freecode": ([ct.POINTER(BpfProgram)], None),
         "pcap_close": ([ct.c_void_p], None),
+        "pcap_offline_filter": ([ct.POINTER(BpfProgram), ct.POINTER(PktHdr),
+                                 ct.POINTER(ct.c_ubyte)], ct.c_int),
         "bpf_filter": ([ct.POINTER(BpfInsn), ct.c_char_p, ct.c_uint, ct.c_uint], ct.c_uint),
     }
     for function, (argtypes, restype) in signatures.items():
