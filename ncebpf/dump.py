@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncebpf.accounting import PeerTable, peer_text
+from ncebpf.accounting import PeerTable, Totals, peer_text
 
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
@@ -67,16 +67,25 @@ def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[st
         "nomatch": context.nomatch or None,
         "payload": context.payload or None,
         "snaplen": context.snaplen,
-        "totals": {
-            "packets": totals.packets,
-            "bytes": totals.bytes,
-            "filtered_out": totals.filtered_out,
-            "unparsed": totals.unparsed,
-            "overflow": totals.overflow,
-            "dropped": totals.dropped,
-        },
+        "totals": totals_document(totals),
         "peers": peers,
     }
+
+
+def totals_document(totals: Totals) -> dict[str, Any]:
+    """The dump's totals: a count the source cannot know is null, and `unknown` says why."""
+    document: dict[str, Any] = {
+        "packets": totals.packets,
+        "bytes": totals.bytes,
+        "filtered_out": totals.filtered_out,
+        "unparsed": totals.unparsed,
+        "overflow": totals.overflow,
+        "dropped": totals.dropped,
+    }
+    if totals.unknown:
+        document.update(dict.fromkeys(totals.unknown))
+        document["unknown"] = dict(totals.unknown)
+    return document
 
 
 def render_json(document: dict[str, Any]) -> str:
