@@ -70,16 +70,20 @@ class PcapSource:
         self._callback = Handler(self._frame)
         insns = compile_filter(expression, netmask) if expression.strip() else ()
         metadata = socket_metadata(insns)
-        # The filter run on each frame here; None: every frame passes, or the socket filters.
-        self._program: ct._Pointer[BpfProgram] | None = None
+        # The filter run on each frame here, kept alive for its address, which the frame
+        # handler passes; none (address 0): every frame passes, or the socket filters.
+        self._program: BpfProgram | None = None
+        self._program_address = 0
         self._socket_filter = metadata is not None
+        self._offline_filter = lib().pcap_offline_filter  # looked up once: it runs per frame
         self._capture_len = max(snaplen, HEADERS_SNAPLEN)
         if metadata is not None:
             self._totals.unknown["filtered_out"] = (
                 f"the filter reads {metadata}, so it runs in the capture socket, "
                 "which does not count the frames it rejects")
         elif insns:
-            self._program = ct.pointer(bpf_program(insns))
+            self._program = bpf_program(insns)
+            self._program_address = ct.addressof(self._program)
             # A load beyond the captured bytes rejects the frame: capture all the filter reads.
             self._capture_len = max(self._capture_len, pull_len(insns))
 
@@ -132,14 +136,14 @@ class PcapSource:
             raise CaptureError(f"capture on {self.iface} failed: {self._error(count)}")
         return count
 
-    def _frame(self, _user: int | None, header: ct._Pointer[PktHdr],
-               data: ct._Pointer[ct.c_ubyte]) -> None:
+    def _frame(self, _user: int | None, header: int, data: int) -> None:
         totals = self._totals
-        if self._program is not None and not lib().pcap_offline_filter(self._program, header,
-                                                                       data):
+        if self._program_address and not self._offline_filter(self._program_address, header,
+                                                              data):
             totals.filtered_out += 1
             return
-        caplen, length = header[0].caplen, header[0].len
+        stamp = PktHdr.from_address(header)
+        caplen, length = stamp.caplen, stamp.len
         frame = ct.string_at(data, caplen)
         if self._searching and not accepts(frame, self.match, self.nomatch, self.payload,
                                            self.snaplen):
