@@ -53,6 +53,8 @@ def lib() -> ct.CDLL:
         "pcap_activate": ([ct.c_void_p], ct.c_int),
         "pcap_compile": ([ct.c_void_p, ct.POINTER(BpfProgram), ct.c_char_p, ct.c_int,
                           ct.c_uint32], ct.c_int),
+        "pcap_datalink": ([ct.c_void_p], ct.c_int),
+        "pcap_datalink_val_to_name": ([ct.c_int], ct.c_char_p),
         "pcap_setfilter": ([ct.c_void_p, ct.POINTER(BpfProgram)], ct.c_int),
         "pcap_setnonblock": ([ct.c_void_p, ct.c_int, ct.c_char_p], ct.c_int),
         "pcap_get_selectable_fd": ([ct.c_void_p], ct.c_int),

@@ -32,7 +32,7 @@ from ncebpf.accounting import Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.errors import NcebpfError
 from ncebpf.filter.cbpf import socket_metadata
-from ncebpf.filter.pcap import bpf_program, compile_filter, compiled
+from ncebpf.filter.pcap import DLT_EN10MB, bpf_program, compile_filter, compiled
 from ncebpf.filter.translate import pull_len
 from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
 from ncebpf.packet import addresses
@@ -103,6 +103,7 @@ class PcapSource:
             if status < 0:
                 raise CaptureError(f"cannot capture on {self.iface}: "
                                    f"{self._error(status)}")
+            self._require_ethernet()
             if self._socket_filter:
                 self._set_filter()
             pcap.pcap_setnonblock(handle, 1, errbuf)
@@ -118,6 +119,14 @@ class PcapSource:
         detail = lib().pcap_geterr(self._handle) or b""
         return detail.decode(errors="replace") or \
             (lib().pcap_statustostr(status) or b"").decode()
+
+    def _require_ethernet(self) -> None:
+        """The filter is compiled for Ethernet, and frames are parsed as Ethernet."""
+        link = lib().pcap_datalink(self._handle)
+        if link != DLT_EN10MB:
+            name = (lib().pcap_datalink_val_to_name(link) or str(link).encode()).decode()
+            raise CaptureError(f"{self.iface} is not an Ethernet interface (libpcap link type "
+                               f"{name}): ncebpf counts Ethernet interfaces only")
 
     def _set_filter(self) -> None:
         """The filter as the capture socket's, compiled for the live handle (socket metadata)."""
