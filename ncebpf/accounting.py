@@ -120,15 +120,20 @@ class Totals:
     unparsed: int = 0
     overflow: int = 0  # the peer map was full; counted here, under no peer
     dropped: int = 0  # lost before counting: capture buffer overruns (pcap mode)
+    # Counts the source cannot know, by field name, each with the reason; such a
+    # field's number means nothing and the JSON dump writes it as null.
+    unknown: dict[str, str] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
+        """Frames seen, when no field it adds up is unknown."""
         return self.packets + self.filtered_out + self.unparsed + self.overflow
 
     def since(self, base: Totals) -> Totals:
         return Totals(self.packets - base.packets, self.bytes - base.bytes,
                       self.filtered_out - base.filtered_out, self.unparsed - base.unparsed,
-                      self.overflow - base.overflow, self.dropped - base.dropped)
+                      self.overflow - base.overflow, self.dropped - base.dropped,
+                      self.unknown)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncebpf.accounting import PeerRecord, PeerTable, peer_text
+from ncebpf.accounting import PeerRecord, PeerTable, Totals, peer_text
 
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
@@ -70,16 +70,25 @@ def _json_header(table: PeerTable, context: DumpContext, now: float) -> dict[str
         "nomatch": context.nomatch or None,
         "payload": context.payload or None,
         "snaplen": context.snaplen,
-        "totals": {
-            "packets": totals.packets,
-            "bytes": totals.bytes,
-            "filtered_out": totals.filtered_out,
-            "unparsed": totals.unparsed,
-            "overflow": totals.overflow,
-            "dropped": totals.dropped,
-        },
+        "totals": totals_document(totals),
         "others": {"peers": others.peers, "packets": others.packets, "bytes": others.bytes},
     }
+
+
+def totals_document(totals: Totals) -> dict[str, Any]:
+    """The dump's totals: a count the source cannot know is null, and `unknown` says why."""
+    document: dict[str, Any] = {
+        "packets": totals.packets,
+        "bytes": totals.bytes,
+        "filtered_out": totals.filtered_out,
+        "unparsed": totals.unparsed,
+        "overflow": totals.overflow,
+        "dropped": totals.dropped,
+    }
+    if totals.unknown:
+        document.update(dict.fromkeys(totals.unknown))
+        document["unknown"] = dict(totals.unknown)
+    return document
 
 
 def _json_peer(record: PeerRecord) -> str:
