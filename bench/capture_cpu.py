@@ -124,7 +124,8 @@ def report(baselines: list[float], per_packet: dict[str, list[float]], notes: di
     for label, rounds in per_packet.items():
         cost = show_difference(rounds, baselines, "ns/packet", more="above the baseline",
                                less="below the baseline", scale=1e9, resolution=resolution)
-        print(f"  {label:<40} {cost}   {notes[label]}")
+        print(f"  {label:<40} {Figure.of(rounds).show('ns/packet', scale=1e9):>22}; "
+              f"cost: {cost}   {notes[label]}")
 
     def measurable(label: str) -> bool:
         return stands_out(per_packet[label], baselines, resolution) and \
