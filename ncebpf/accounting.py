@@ -14,10 +14,12 @@ seconds, as upstream.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+ZERO_80 = bytes(10)
 PEER_INTERVAL_S = 300  # a peer's rates update at most this often
 GLOBAL_FIRST_INTERVAL_S = 300
 GLOBAL_INTERVAL_S = 60
@@ -34,10 +36,17 @@ def peer_key(address: str) -> bytes:
 
 
 def peer_text(key: bytes) -> str:
-    """Address text of a key: IPv4 dotted-quad, IPv6 in RFC 5952 form."""
+    """Address text of a key: IPv4 dotted-quad, IPv6 in RFC 5952 form.
+
+    inet_ntop(3) writes what the ipaddress module writes, five times faster
+    (a dump formats a million of these), except for addresses in ::/80,
+    where glibc prefers a dotted tail (::1.2.3.4): those go the slow way.
+    """
     if key[:12] == IPV4_MAPPED_PREFIX:
-        return str(ipaddress.IPv4Address(key[12:]))
-    return str(ipaddress.IPv6Address(key))
+        return socket.inet_ntop(socket.AF_INET, key[12:])
+    if key[:10] == ZERO_80:
+        return str(ipaddress.IPv6Address(key))
+    return socket.inet_ntop(socket.AF_INET6, key)
 
 
 class PeerRecord:
