@@ -24,6 +24,7 @@ from ncebpf.config import (
 from ncebpf.errors import NcebpfError
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
 
 
@@ -260,14 +261,31 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 @instance_options
 def status(name: str, config_file: Path | None, statedir: Path | None,
            piddir: Path | None) -> None:
-    """Say whether the instance runs: exit 0 running, 3 not running."""
-    from ncebpf.lifecycle import running_pid
+    """Say whether the instance runs: exit 0 running, 3 not running, 1 dead.
 
-    pid = running_pid(_instance(name, config_file, statedir, piddir))
-    if pid is None:
-        click.echo(f"{name} not running")
-        raise click.exceptions.Exit(EXIT_NOT_RUNNING)
-    click.echo(f"{name} running, pid {pid}")
+    Dead: it was killed (kill -9, the OOM killer) and left its programs on
+    the interface; 'ncebpf stop' removes them.
+    """
+    from ncebpf.lifecycle import running_pid
+    from ncebpf.remains import find
+
+    instance = _instance(name, config_file, statedir, piddir)
+    pid = running_pid(instance)
+    if pid is not None:
+        click.echo(f"{name} running, pid {pid}")
+        return
+    remains = find(instance)
+    stop = f"run 'ncebpf stop --name {name}'"
+    if remains is not None and remains.programs:
+        click.echo(f"{name} is dead ({remains.who}) and left ncebpf programs on "
+                   f"{remains.iface}: {stop} to remove them")
+        raise click.exceptions.Exit(EXIT_DEAD)
+    if remains is not None and remains.unchecked:
+        click.echo(f"{name} is dead ({remains.who}) and may have left ncebpf programs on "
+                   f"{remains.iface}; {remains.unchecked}")
+        raise click.exceptions.Exit(EXIT_DEAD)
+    click.echo(f"{name} not running")
+    raise click.exceptions.Exit(EXIT_NOT_RUNNING)
 
 
 @main.command()
@@ -314,16 +332,24 @@ def detach(iface: str, name: str, config_file: Path | None, statedir: Path | Non
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's
-    programs are never touched.
+    programs are never touched, and neither are those of a live instance
+    counting on IFACE ('ncebpf stop' detaches those).
     """
-    from ncebpf.control import ensure_not_running
+    from ncebpf.errors import UsageError
     from ncebpf.kernel.attach import detach_leftovers
     from ncebpf.kernel.privileges import require_bpf_privileges
+    from ncebpf.locks import InterfaceBusy, InterfaceLock, describe, stop_command
 
     require_bpf_privileges("ncebpf detach")
-    # A running instance detaches itself on SIGTERM; never pull programs from under it.
-    ensure_not_running(_instance(name, config_file, statedir, piddir))
-    removed = detach_leftovers(iface)
+    try:
+        with InterfaceLock(iface, name, counting=False) as held:
+            removed = detach_leftovers(held)
+    except InterfaceBusy as busy:
+        if busy.owner is not None and not busy.owner.counting:
+            raise  # another clean-up, for a moment
+        raise UsageError(f"{iface} is counted by {describe(busy.owner)}: its programs are not "
+                         f"leftovers; {stop_command(busy.owner)} stops it and removes its "
+                         "programs") from None
     click.echo(f"removed from {iface}: {', '.join(removed)}" if removed
                else f"nothing of ncebpf's on {iface}")
 
