@@ -133,6 +133,7 @@ class Owner:
     pid: int
     name: str  # its instance name; '' when it did not say
     counting: bool  # False: a `stop` or `detach` that is cleaning up for a moment
+    ncebpf: bool = True  # False: an abstract address carries no permissions, anyone may bind it
 
     def describe(self) -> str:
         who = f"ncebpf instance {self.name!r}" if self.name else "an ncebpf instance"
@@ -145,7 +146,11 @@ class InterfaceBusy(UsageError):
     def __init__(self, ifname: str, owner: Owner | None) -> None:
         self.ifname = ifname
         self.owner = owner
-        if owner is not None and not owner.counting:
+        if owner is not None and not owner.ncebpf:
+            text = (f"pid {owner.pid}, which is not ncebpf, holds ncebpf's lock on {ifname} "
+                    "(an abstract Unix socket, see 'ss -xlp | grep ncebpf/iface'): "
+                    "stop that process")
+        elif owner is not None and not owner.counting:
             text = (f"{ifname} is being cleaned up by ncebpf (pid {owner.pid}): "
                     "try again in a moment")
         else:
@@ -187,7 +192,15 @@ def interface_owner(ifindex: int) -> Owner | None:
                     break
                 line += chunk
     role, _, name = line.decode(errors="replace").strip().partition(" ")
-    return Owner(pid, name, role != "cleaning")
+    return Owner(pid, name, role != "cleaning",
+                 ncebpf=role in ("counting", "cleaning") and _runs_ncebpf(pid))
+
+
+def _runs_ncebpf(pid: int) -> bool:
+    try:
+        return b"ncebpf" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 class InterfaceLock:

@@ -135,7 +135,7 @@ def test_the_interface_lock_names_its_holder_and_dies_with_it(pair: NetnsPair) -
                 pair.local_if, "a") as proc:
         # More questions than the listen backlog: the holder's thread keeps answering.
         out = pair.ns(pair.local, *ask, "40").stdout.splitlines()
-        assert out == [f"{{Owner(pid={proc.pid}, name='a', counting=True)}}",
+        assert out == [f"{{Owner(pid={proc.pid}, name='a', counting=True, ncebpf=True)}}",
                        f"{pair.local_if} is already counted by ncebpf instance 'a' "
                        f"(pid {proc.pid}): stop it first ('ncebpf stop --name a'), or count "
                        "with --mode pcap, which attaches nothing"]
@@ -149,3 +149,23 @@ def test_the_interface_lock_names_its_holder_and_dies_with_it(pair: NetnsPair) -
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert pair.ns(pair.local, *ask, "1").stdout.splitlines() == ["{None}", "acquired"]
+
+
+SQUAT = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\\0ncebpf/iface/" + sys.argv[1])
+s.listen(1)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.privileged
+def test_a_process_squatting_the_interface_lock_is_named_not_trusted(pair: NetnsPair) -> None:
+    index = pair.ns(pair.local, "cat", f"/sys/class/net/{pair.local_if}/ifindex").stdout.strip()
+    with holder("ip", "netns", "exec", pair.local, sys.executable, "-c", SQUAT, index) as proc:
+        out = pair.ns(pair.local, sys.executable, "-c", ASK, pair.local_if, "1").stdout
+        assert out.splitlines()[1] == (
+            f"pid {proc.pid}, which is not ncebpf, holds ncebpf's lock on {pair.local_if} (an "
+            "abstract Unix socket, see 'ss -xlp | grep ncebpf/iface'): stop that process")
