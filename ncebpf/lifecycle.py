@@ -180,4 +180,4 @@ def _clean_up_after_kill(instance: Instance) -> str:
     """A killed daemon could not detach: remove its programs and its files."""
     from ncebpf.remains import remove
 
-    return remove(instance).programs_text()
+    return remove(instance, wait_s=10.0).programs_text()
