@@ -142,10 +142,12 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
         return _remove_remains(instance)
     _signal(instance, pid, signal.SIGTERM)
     if _wait_gone(pid, timeout_s):
+        _wait_released(instance)
         return f"{instance.name} stopped (pid {pid})"
     log.warning("pid %d did not stop within %g s: SIGKILL", pid, timeout_s)
     _signal(instance, pid, signal.SIGKILL)
     _wait_gone(pid, 10.0)
+    _wait_released(instance)
     removed = _clean_up_after_kill(instance)
     return f"{instance.name} killed (pid {pid}){'; removed ' + removed if removed else ''}"
 
@@ -158,6 +160,17 @@ def _signal(instance: Instance, pid: int, sig: int) -> None:
                              "or the user who started it") from None
     except ProcessLookupError:
         pass  # it ended meanwhile: waiting finds it gone
+
+
+def _wait_released(instance: Instance, timeout_s: float = 10.0) -> None:
+    """Until the instance lock is free: a process's main thread shows as a zombie
+    before its other threads have exited, and its descriptors (and locks) go with
+    the last one. Then a restart cannot find the old run still holding the name."""
+    from ncebpf.locks import instance_holder
+
+    deadline = time.monotonic() + timeout_s
+    while instance_holder(instance) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _remove_remains(instance: Instance) -> str:
@@ -180,4 +193,4 @@ def _clean_up_after_kill(instance: Instance) -> str:
     """A killed daemon could not detach: remove its programs and its files."""
     from ncebpf.remains import remove
 
-    return remove(instance, wait_s=10.0).programs_text()
+    return remove(instance).programs_text()

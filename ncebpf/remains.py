@@ -11,22 +11,13 @@ of a live instance that took the interface over since are that instance's.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ncebpf.config import Instance
-from ncebpf.errors import (
-    InstanceRunning,
-    InterfaceNotFound,
-    KernelError,
-    NcebpfError,
-    PrivilegeError,
-)
+from ncebpf.errors import InterfaceNotFound, KernelError, NcebpfError, PrivilegeError
 from ncebpf.lifecycle import read_pid
 from ncebpf.locks import (
     InstanceLock,
@@ -95,23 +86,6 @@ def find(instance: Instance) -> Remains | None:
     return _look(instance)
 
 
-@contextmanager
-def _instance_lock(instance: Instance, wait_s: float) -> Iterator[None]:
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            lock = InstanceLock(instance).__enter__()
-            break
-        except InstanceRunning:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
 @dataclass(frozen=True)
 class Removed:
     """What remove() took away, and what it left for its owner."""
@@ -145,17 +119,15 @@ class Removed:
         return text
 
 
-def remove(instance: Instance, wait_s: float = 0.0) -> Removed:
+def remove(instance: Instance) -> Removed:
     """Remove what the dead instance left: its programs (if no live instance holds the
     interface) and its files. Holds the instance lock meanwhile, so a concurrent
     start of the same name is refused rather than raced.
 
-    wait_s: how long a just-killed holder may take to let go of the lock (its
-    main thread shows as a zombie before its other threads have exited).
     Raises InstanceRunning if the instance is alive after all, PrivilegeError
     when its programs need root to remove.
     """
-    with _instance_lock(instance, wait_s):
+    with InstanceLock(instance):
         remains = _look(instance)
         if remains is None:
             return Removed(None, "", (), (), None)
