@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from figures import Figure, show_difference, show_ratio, stands_out  # noqa: E402
+
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
 from ncebpf.kernel.build import BuildOptions, PayloadOptions, loaded_programs  # noqa: E402
@@ -31,7 +33,7 @@ from tests.sendframes import write_frames  # noqa: E402
 FILTER = "udp"
 MATCH, PAYLOAD, SNAPLEN = "x-evil", "42", "298"
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal
-ROUNDS = 3
+ROUNDS = 5
 
 
 def busy_jiffies() -> int:
@@ -96,7 +98,8 @@ def observer_note(label: str, said: str, workdir: Path) -> str:
 
 
 def search_cost() -> None:
-    print("in-kernel payload search, BPF_PROG_TEST_RUN (XDP, median of 5 x 1e6)")
+    print(f"in-kernel payload search, BPF_PROG_TEST_RUN (XDP, median (min–max) of {ROUNDS} "
+          "rounds of 1,000,000 repeats)")
     options = PayloadOptions(fold(b"x-evil"), b"", 42, 298)
     with loaded_programs(BuildOptions(max_peers=64, payload=options)) as programs:
         head = bytes(42)
@@ -105,9 +108,39 @@ def search_cost() -> None:
                  ("full window of near misses ('x-evi' repeated)", head + b"x-evi" * 51 + b"z"),
                  ("frame shorter than the window start", bytes(40))]
         for label, frame in cases:
-            ns = statistics.median(libbpf.prog_test_run(programs.payload_verdict.fd, frame,
-                                                        1_000_000).duration_ns for _ in range(5))
-            print(f"  {label:<52} {ns:8.0f} ns")
+            ns = Figure.of([libbpf.prog_test_run(programs.payload_verdict.fd, frame,
+                                                 1_000_000).duration_ns for _ in range(ROUNDS)])
+            print(f"  {label:<52} {ns.show('ns'):>16}")
+
+
+def report(baselines: list[float], per_packet: dict[str, list[float]], notes: dict[str, str],
+           hz: int, count: int) -> None:
+    """Cost of each observer = its run minus the baseline of the same round, in ns/packet;
+    a cost within the noise is said to be so, and ratios only between costs that stand out."""
+    resolution = 1 / hz / count  # one clock tick spread over the run's frames
+    print(f"  {'no observer (baseline)':<40} "
+          f"{Figure.of(baselines).show('ns/packet', scale=1e9):>22} of machine CPU; "
+          f"median (min–max) of {ROUNDS} interleaved rounds")
+    for label, rounds in per_packet.items():
+        cost = show_difference(rounds, baselines, "ns/packet", more="above the baseline",
+                               less="below the baseline", scale=1e9, resolution=resolution)
+        print(f"  {label:<40} {Figure.of(rounds).show('ns/packet', scale=1e9):>22}; "
+              f"cost: {cost}   {notes[label]}")
+
+    def measurable(label: str) -> bool:
+        return stands_out(per_packet[label], baselines, resolution) and \
+            statistics.median(per_packet[label]) > statistics.median(baselines)
+
+    for label in ("ncebpf, pcap mode", "tcpdump -w /dev/null"):
+        for kernel in ("ncebpf, kernel: XDP + search", "ncebpf, kernel: TC ingress + search"):
+            if measurable(label) and measurable(kernel):
+                extra = [a - b for a, b in zip(per_packet[label], baselines, strict=True)]
+                base = [a - b for a, b in zip(per_packet[kernel], baselines, strict=True)]
+                verdict = show_ratio(extra, base)
+            else:
+                quiet = kernel if not measurable(kernel) else label
+                verdict = f"no ratio: the cost of {quiet!r} is below the noise of this machine"
+            print(f"  {label} / {kernel}: {verdict}")
 
 
 def main() -> None:
@@ -146,15 +179,7 @@ def main() -> None:
                 said = stop(proc)
                 per_packet[label].append(cpu / sent)
                 notes[label] = observer_note(label, said, workdir)
-        base = statistics.median(baselines)
-        print(f"  {'no observer (baseline)':<40} {base * 1e9:7.0f} ns/packet of machine CPU")
-        extra = {label: (statistics.median(v) - base) * 1e9 for label, v in per_packet.items()}
-        for label, ns in extra.items():
-            print(f"  {label:<40} {ns:7.0f} ns/packet above baseline   {notes[label]}")
-        for label in ("ncebpf, pcap mode", "tcpdump -w /dev/null"):
-            for kernel in ("ncebpf, kernel: XDP + search", "ncebpf, kernel: TC ingress + search"):
-                ratio = extra[label] / extra[kernel] if extra[kernel] > 0 else float("inf")
-                print(f"  {label} / {kernel}: {ratio:.1f}x")
+        report(baselines, per_packet, notes, os.sysconf("SC_CLK_TCK"), count)
         print(f"pcap mode drops at each rate ({args.seconds:g} s runs, 64 MiB capture buffer)")
         for rate in (100_000, 200_000, 300_000, 400_000, 500_000):
             proc = ncebpf_observer(pair, workdir, "pcap")

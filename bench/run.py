@@ -14,7 +14,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from figures import Figure, show_difference, show_ratio
 
 from ncebpf.accounting import PeerTable, peer_key
 from ncebpf.collector import Collector
@@ -35,40 +38,64 @@ REPEAT = 1_000_000
 BENCH_FILTER = "udp port 53 and dst host 10.77.0.1"
 
 
+ROUNDS = 5  # interleaved: this VM's speed drifts between runs
+
+
 def row(figure: str, value: str, compare: str) -> None:
-    print(f"  {figure:<44} {value:>16}   {compare}")
+    print(f"  {figure:<44} {value:>20}   {compare}")
 
 
-def median_ns(prog_fd: int, frame: bytes, runs: int = 5) -> float:
-    return statistics.median(libbpf.prog_test_run(prog_fd, frame, REPEAT).duration_ns
-                             for _ in range(runs))
+def timed_ns(prog_fd: int, frame: bytes) -> float:
+    """Mean ns per run of one BPF_PROG_TEST_RUN over REPEAT repeats (the kernel's figure)."""
+    return float(libbpf.prog_test_run(prog_fd, frame, REPEAT).duration_ns)
 
 
-def bench_per_packet(programs, baseline_fd: int, floor_fd: int) -> float:  # type: ignore[no-untyped-def]
+def rounds_of(measure: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Each measurement ROUNDS times, interleaved, so that paired differences share a round."""
+    out: dict[str, list[float]] = {label: [] for label in measure}
+    for _ in range(ROUNDS):
+        for label, one in measure.items():
+            out[label].append(one())
+    return out
+
+
+def bench_per_packet(programs, baseline_fd: int, floor_fd: int) -> None:  # type: ignore[no-untyped-def]
     known = ip_frame("10.77.0.2", "10.77.0.1", "udp", 18)  # 60-byte frame
+    arp = ethernet(arp_request(), ETH_P_ARP)
     libbpf.prog_test_run(programs.xdp.fd, known)  # the peer now exists
     libbpf.prog_test_run(floor_fd, known)
-    harness = median_ns(baseline_fd, known)
-    floor = median_ns(floor_fd, known)
-    xdp_known = median_ns(programs.xdp.fd, known)
-    tc_known = median_ns(programs.tc.fd, known)
-    non_ip = median_ns(programs.xdp.fd, ethernet(arp_request(), ETH_P_ARP))
-    # A new peer each run: one test_run per frame, so the kernel's figure covers one packet.
-    news = [libbpf.prog_test_run(programs.xdp.fd,
-                                 ip_frame(f"fd77:{i >> 16:x}:{i & 0xffff:x}::9", "fd77::1",
-                                          "udp", 18)).duration_ns for i in range(20_000)]
-    singles = [libbpf.prog_test_run(programs.xdp.fd, known).duration_ns for _ in range(20_000)]
-    print("per packet, BPF_PROG_TEST_RUN (median of 5 x 1e6 repeats; 60-byte UDP/IPv4 frame)")
-    row("harness: empty XDP program", f"{harness:.0f} ns", "design §3: ~28 ns here")
-    row("floor: one per-CPU hash update, 16 B key", f"{floor:.0f} ns",
+    fresh = (ip_frame(f"fd77:{i >> 16:x}:{i & 0xffff:x}::9", "fd77::1", "udp", 18)
+             for i in range(1 << 30))
+
+    def singles(frames: Callable[[], bytes]) -> float:
+        # One test_run per frame, so the kernel's figure covers one packet.
+        return statistics.median(libbpf.prog_test_run(programs.xdp.fd, frames()).duration_ns
+                                 for _ in range(4000))
+
+    ns = rounds_of({
+        "harness": lambda: timed_ns(baseline_fd, known),
+        "floor": lambda: timed_ns(floor_fd, known),
+        "xdp": lambda: timed_ns(programs.xdp.fd, known),
+        "tc": lambda: timed_ns(programs.tc.fd, known),
+        "arp": lambda: timed_ns(programs.xdp.fd, arp),
+        "new": lambda: singles(lambda: next(fresh)),
+        "single": lambda: singles(lambda: known),
+    })
+    print(f"per packet, BPF_PROG_TEST_RUN: median (min–max) of {ROUNDS} interleaved rounds of "
+          f"{REPEAT:,} repeats; 60-byte UDP/IPv4 frame")
+    row("harness: empty XDP program", Figure.of(ns["harness"]).show("ns"),
+        "BPF_PROG_TEST_RUN's own cost")
+    row("floor: one per-CPU hash update, 16 B key", Figure.of(ns["floor"]).show("ns"),
         "the least any per-peer counter costs here")
-    row("XDP, matched packet of a known peer", f"{xdp_known:.0f} ns",
-        f"target <= 50 ns; {xdp_known - floor:.0f} ns above the floor")
-    row("TC, matched packet of a known peer", f"{tc_known:.0f} ns", "no target (egress)")
-    row("XDP, non-IP frame (ARP)", f"{non_ip:.0f} ns", "-> unparsed")
-    row("XDP, new peer (insert), single runs", f"{statistics.median(news):.0f} ns",
-        f"vs {statistics.median(singles):.0f} ns for a known peer, single runs")
-    return harness
+    row("XDP, matched packet of a known peer", Figure.of(ns["xdp"]).show("ns"),
+        f"{show_ratio(ns['xdp'], ns['floor'])} the floor (target <= 1.1x); "
+        + show_difference(ns["xdp"], ns["floor"], "ns", resolution=1))
+    row("TC, matched packet of a known peer", Figure.of(ns["tc"]).show("ns"),
+        "vs the floor: " + show_difference(ns["tc"], ns["floor"], "ns", resolution=1))
+    row("XDP, non-IP frame (ARP)", Figure.of(ns["arp"]).show("ns"), "-> unparsed")
+    row("XDP, new peer (insert), single runs", Figure.of(ns["new"]).show("ns"),
+        f"vs {Figure.of(ns['single']).show('ns')} for a known peer, single runs "
+        "(median of 4000 per round)")
 
 
 def _fill(source: KernelCounterSource, map_fd: int, count: int, value_size: int) -> None:
@@ -95,48 +122,61 @@ def rss_bytes() -> int:
 
 
 def bench_drain(peer_counts: list[int]) -> None:
-    print("drain: kernel map -> peer table, Python included (2 possible CPUs here)"
-          if os.cpu_count() == 2 else "drain: kernel map -> peer table, Python included")
+    print("drain: kernel map -> peer table, Python included; median (min–max) of 3 fresh maps"
+          + (" (2 possible CPUs here)" if os.cpu_count() == 2 else ""))
     for count in peer_counts:
-        with loaded_programs(BuildOptions(max_peers=max(count, 1024))) as programs:
-            source = KernelCounterSource(programs)
-            peers = programs.table("peers")
-            _fill(source, peers.map_fd, count, ct.sizeof(peers.Leaf))
-            # Preallocated: the map's memory is fixed at creation, so per peer = total / capacity.
-            kernel_per_peer = source.memory_bytes / source.capacity
-            gc.collect()
-            rss_before = rss_bytes()
-            table = PeerTable(start=time.time())
-            collector = Collector(source, table)
-            first = collector.drain()
-            rss_per_peer = (rss_bytes() - rss_before) / count
-            again = collector.drain()
-            assert len(table.peers) == count and first.changed == count
-            label = f"{count:,} peers"
-            row(f"first drain, {label}", f"{first.seconds:.3f} s",
-                "target <= 1 s for 1 M peers" if count >= 1_000_000 else "")
-            row(f"steady drain (nothing changed), {label}", f"{again.seconds:.3f} s", "")
-            row(f"kernel memory per peer, {label}", f"{kernel_per_peer:.0f} B",
-                "target <= 160 B at 2 CPUs (fdinfo memlock)")
-            row(f"daemon memory per peer (RSS growth), {label}", f"{rss_per_peer:.0f} B",
-                "target <= 400 B")
-            del table, collector
-            gc.collect()
+        first, steady, rss_per_peer = [], [], []
+        for _ in range(3):
+            with loaded_programs(BuildOptions(max_peers=max(count, 1024))) as programs:
+                source = KernelCounterSource(programs)
+                peers = programs.table("peers")
+                _fill(source, peers.map_fd, count, ct.sizeof(peers.Leaf))
+                # Preallocated: the map's memory is fixed at creation, so per peer =
+                # total / capacity.
+                kernel_per_peer = source.memory_bytes / source.capacity
+                gc.collect()
+                rss_before = rss_bytes()
+                table = PeerTable(start=time.time())
+                collector = Collector(source, table)
+                drained = collector.drain()
+                rss_per_peer.append((rss_bytes() - rss_before) / count)
+                again = collector.drain()
+                assert len(table.peers) == count and drained.changed == count
+                first.append(drained.seconds)
+                steady.append(again.seconds)
+                del table, collector
+                gc.collect()
+        label = f"{count:,} peers"
+        row(f"first drain, {label}", Figure.of(first).show("s", digits=3),
+            "target <= 0.5 s for 1 M peers" if count >= 1_000_000 else "")
+        row(f"steady drain (nothing changed), {label}", Figure.of(steady).show("s", digits=3),
+            "target <= 0.2 s for 1 M peers" if count >= 1_000_000 else "")
+        row(f"kernel memory per peer, {label}", f"{kernel_per_peer:.0f} B",
+            "target <= 160 B at 2 CPUs (fdinfo memlock)")
+        # Later rounds reuse memory the first one freed: only the first shows the growth.
+        row(f"daemon memory per peer (RSS growth), {label}", f"{rss_per_peer[0]:.0f} B",
+            "first round; target <= 150 B")
 
 
 def bench_startup() -> None:
-    with loaded_programs() as programs:
-        plain = programs.compile_seconds
-    row("compile + load (BCC, both programs)", f"{plain:.2f} s", "target <= 2 s with attach")
-    started = time.monotonic()
+    plain, filtered = [], []
     prepared = prepare(BENCH_FILTER)
-    with loaded_programs(BuildOptions(filter=prepared.translation)) as programs:
-        filtered = time.monotonic() - started
-    row("libpcap + translate + compile + load, filter", f"{filtered:.2f} s",
-        f"{filtered - plain:+.2f} s for the filter; {BENCH_FILTER!r}")
+    for _ in range(3):
+        with loaded_programs() as programs:
+            plain.append(programs.compile_seconds)
+        started = time.monotonic()
+        prepared = prepare(BENCH_FILTER)
+        with loaded_programs(BuildOptions(filter=prepared.translation)) as programs:
+            filtered.append(time.monotonic() - started)
+    print("start-up: median (min–max) of 3 interleaved rounds")
+    row("compile + load (BCC, both programs)", Figure.of(plain).show("s", digits=2),
+        "target <= 1 s with attach")
+    row("libpcap + translate + compile + load, filter", Figure.of(filtered).show("s", digits=2),
+        f"{BENCH_FILTER!r}; vs without a filter: "
+        + show_difference(filtered, plain, "s", digits=2))
 
 
-def bench_filter(bcc, harness: float) -> None:  # type: ignore[no-untyped-def]
+def bench_filter(bcc) -> None:  # type: ignore[no-untyped-def]
     """The translated filter against the same check written by hand."""
     prepared = prepare(BENCH_FILTER)
     with tempfile.TemporaryDirectory() as generated:
@@ -145,22 +185,25 @@ def bench_filter(bcc, harness: float) -> None:  # type: ignore[no-untyped-def]
                          cflags=[f"-I{bpf_source_dir()}", f"-I{generated}"])
     translated = module.load_func(b"translated_verdict", bcc.BPF.XDP).fd
     handwritten = module.load_func(b"handwritten_verdict", bcc.BPF.XDP).fd
-    print(f"filter {BENCH_FILTER!r}: translated vs hand-written C (XDP, test_run)")
+    print(f"filter {BENCH_FILTER!r}: translated vs hand-written C (XDP, test_run; "
+          f"median (min–max) of {ROUNDS} interleaved rounds)")
     for label, frame in (("match (UDP/53 to the host)",
                           ip_frame("10.77.0.2", "10.77.0.1", "udp", 18, dport=53)),
                          ("no match (TCP)", ip_frame("10.77.0.2", "10.77.0.1", "tcp", 6))):
         assert libbpf.prog_test_run(translated, frame).retval == \
             libbpf.prog_test_run(handwritten, frame).retval
-        ours, theirs = median_ns(translated, frame), median_ns(handwritten, frame)
-        row(f"  {label}", f"{ours:.0f} / {theirs:.0f} ns",
-            f"ratio {ours / theirs:.2f} (target <= 1.2); above the harness "
-            f"{ours - harness:.0f} / {theirs - harness:.0f} ns")
+        ns = rounds_of({"ours": lambda: timed_ns(translated, frame),  # noqa: B023
+                        "theirs": lambda: timed_ns(handwritten, frame)})  # noqa: B023
+        row(f"  {label}", f"{Figure.of(ns['ours']).show('ns')} / "
+            f"{Figure.of(ns['theirs']).show('ns')}",
+            f"ratio {show_ratio(ns['ours'], ns['theirs'])} (target <= 1.1); translated vs "
+            f"hand-written: {show_difference(ns['ours'], ns['theirs'], 'ns', resolution=1)}")
     module.cleanup()
     with loaded_programs(BuildOptions(filter=prepared.translation)) as programs:
         frame = ip_frame("10.77.0.2", "10.77.0.1", "udp", 18, dport=53)
         libbpf.prog_test_run(programs.xdp.fd, frame)
-        whole = median_ns(programs.xdp.fd, frame)
-        row("  whole XDP program with the filter, known peer", f"{whole:.0f} ns",
+        whole = Figure.of([timed_ns(programs.xdp.fd, frame) for _ in range(ROUNDS)])
+        row("  whole XDP program with the filter, known peer", whole.show("ns"),
             "vs the same without a filter above")
 
 
@@ -179,8 +222,8 @@ def main() -> None:
     floor_fd = baseline.load_func(b"baseline_percpu_update", bcc.BPF.XDP).fd
     bench_startup()
     with loaded_programs() as programs:
-        harness = bench_per_packet(programs, baseline_fd, floor_fd)
-    bench_filter(bcc, harness)
+        bench_per_packet(programs, baseline_fd, floor_fd)
+    bench_filter(bcc)
     bench_drain([int(n) for n in args.peers.split(",")])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +15,12 @@ from click.core import ParameterSource
 from ncebpf import __version__
 from ncebpf.config import (
     DEFAULT_NAME,
-    DEFAULT_PIDDIR,
-    DEFAULT_STATEDIR,
+    SETTING,
+    SETTINGS,
     Instance,
     RunConfig,
     default_config_path,
+    instance_of,
     read_file,
 )
 from ncebpf.errors import NcebpfError
@@ -62,69 +64,59 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+_METAVARS = {"integer": "N", "number": "NUMBER", "octal": "OCTAL", "text": "TEXT",
+             "strings": "TEXT"}
+
+
+def _setting_option(field: str, *names: str, **extra: Any) -> Callable[[F], F]:
+    """The flag of a configuration setting: its text goes to config.build() unconverted.
+
+    click does not check the value: the setting does, so a flag and the same
+    value in the file are refused with the same message.
+    """
+    setting = SETTING[field]
+    assert setting.flag is not None
+    if setting.kind == "boolean":
+        extra.setdefault("flag_value", setting.flag != "--no-" + setting.field)
+    else:
+        extra.setdefault("metavar", "[" + "|".join(setting.choices) + "]" if setting.choices
+                         else _METAVARS[setting.kind])
+    return click.option(setting.flag, *names, field, default=None, help=setting.help_text,
+                        **extra)
+
+
 instance_options = _options(
     click.option("--name", default=DEFAULT_NAME, show_default=True,
                  help="Instance name; several instances run side by side."),
     click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
                  help="TOML configuration [default: /etc/ncebpf/<name>.toml if it exists]."),
-    click.option("--statedir", type=click.Path(path_type=Path), default=None,
-                 help=f"Directory for dumps <name>.stats and <name>.json "
-                      f"[default: {DEFAULT_STATEDIR}]."),
-    click.option("--piddir", type=click.Path(path_type=Path), default=None,
-                 help=f"Directory for <name>.pid and the control socket [default: "
-                      f"{DEFAULT_PIDDIR}]."),
+    _setting_option("statedir", metavar="DIR"),
+    _setting_option("piddir", metavar="DIR"),
 )
 
 run_options = _options(
-    click.option("--iface", "-i", default=None,
-                 help="Interface to count on [default: the one that has, or neighbours, "
-                      "the filter's first host]."),
-    click.option("--filter", "filter_option", metavar="EXPR", default=None,
-                 help="tcpdump filter expression; or give it as trailing arguments."),
-    click.option("--mode", type=click.Choice(["auto", "xdp", "tc", "pcap"]), default=None,
-                 help="xdp: XDP ingress + TC egress; tc: TC on both hooks; pcap: libpcap "
-                      "capture; auto: the kernel unless it cannot [default: auto]."),
-    click.option("--direction", type=click.Choice(["both", "ingress", "egress"]), default=None,
-                 help="Ingress is counted by XDP, egress by TC [default: both]."),
-    click.option("--interval", type=click.FloatRange(min=0.05), default=None,
-                 help="Seconds between drains of the kernel counters [default: 5]."),
-    click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default=None,
-                 help="auto: native (driver) XDP where supported, else generic."),
-    click.option("--max-peers", type=click.IntRange(min=1, max=1 << 26), default=None,
-                 help="Peer map capacity; frames of further new peers count as overflow "
-                      "[default: 1048576]."),
-    click.option("--force", is_flag=True, default=None,
-                 help="Displace another XDP program on the interface for this run."),
-    click.option("--match", default=None, metavar="TEXT",
-                 help="Count only frames whose payload window contains TEXT (any case)."),
-    click.option("--nomatch", default=None, metavar="TEXT",
-                 help="Count only frames whose payload window does not contain TEXT."),
-    click.option("--payload", type=int, default=None,
-                 help="Start of the payload window, in bytes from the frame's start."),
-    click.option("--snaplen", type=int, default=None,
-                 help="End of the payload window [default: 38]."),
-    click.option("--port", default=None, help="UDP port for `dump` requests [default: off]."),
-    click.option("--listen", default=None,
-                 help="Address the dump listener binds [default: 127.0.0.1]."),
-    click.option("--allow", multiple=True,
-                 help="Host allowed to request dumps; repeatable [default: this host]."),
-    click.option("--resolver", multiple=True, metavar="ADDR[:PORT]",
-                 help="DNS server for peer names; repeatable, tried in turn "
-                      "[default: /etc/resolv.conf]."),
-    click.option("--no-resolve", "resolve", flag_value=False, default=None,
-                 help="Do not look up peer names."),
-    click.option("--dns-rate", type=click.FloatRange(min=0.1), default=None,
-                 help="At most this many name lookups per second [default: 20]."),
+    _setting_option("iface", "-i", metavar="IFACE"),
+    _setting_option("filter", metavar="EXPR"),
+    _setting_option("mode"),
+    _setting_option("direction"),
+    _setting_option("interval_s", metavar="SECONDS"),
+    _setting_option("xdp_mode"),
+    _setting_option("max_peers"),
+    _setting_option("force"),
+    _setting_option("match"),
+    _setting_option("nomatch"),
+    _setting_option("payload"),
+    _setting_option("snaplen"),
+    _setting_option("port"),
+    _setting_option("listen", metavar="ADDR"),
+    _setting_option("allow", multiple=True, metavar="ADDR"),
+    _setting_option("resolvers", multiple=True, metavar="ADDR[:PORT]"),
+    _setting_option("resolve"),
+    _setting_option("dns_rate"),
+    _setting_option("umask"),
     click.argument("expression", nargs=-1),
     instance_options,
 )
-
-# click parameter -> configuration setting
-_SETTINGS = {"iface": "iface", "mode": "mode", "direction": "direction", "interval": "interval_s",
-             "xdp_mode": "xdp_mode", "max_peers": "max_peers", "force": "force",
-             "match": "match", "nomatch": "nomatch", "payload": "payload",
-             "snaplen": "snaplen", "port": "port", "listen": "listen", "statedir": "statedir",
-             "piddir": "piddir", "resolve": "resolve", "dns_rate": "dns_rate"}
 
 
 def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
@@ -134,37 +126,42 @@ def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
     return read_file(default) if default.is_file() else {}
 
 
-def _instance(name: str, config_file: Path | None, statedir: Path | None,
-              piddir: Path | None) -> Instance:
+def _instance(name: str, config_file: Path | None, statedir: str | None,
+              piddir: str | None) -> Instance:
     """Where an instance keeps its files, without validating the rest of its configuration."""
     settings = _file_settings(name, config_file)
-    return Instance(name,
-                    Path(statedir or settings.get("statedir") or DEFAULT_STATEDIR).absolute(),
-                    Path(piddir or settings.get("piddir") or DEFAULT_PIDDIR).absolute())
+    if statedir is not None:
+        settings["statedir"] = statedir
+    if piddir is not None:
+        settings["piddir"] = piddir
+    return instance_of(settings, name)
 
 
 def _run_config(ctx: click.Context) -> RunConfig:
-    """Defaults, then the TOML file, then the flags given on the command line."""
-    from ncebpf.config import build
+    """Defaults, then the TOML file, then the flags given on the command line.
+
+    Checked as attach needs it: every value by its setting, then the machine
+    (the interface exists, libpcap compiles the filter).
+    """
+    from ncebpf.config import build, check_environment
     from ncebpf.filter.host import resolve
     from ncebpf.kernel.netif import all_addresses
 
     params = ctx.params
     settings = _file_settings(params["name"], params["config_file"])
-    for param, setting in _SETTINGS.items():
-        if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
-            settings[setting] = params[param]
-    if params["allow"]:
-        settings["allow"] = params["allow"]
-    if params["resolver"]:
-        settings["resolvers"] = params["resolver"]
+    for setting in SETTINGS:
+        if setting.flag and ctx.get_parameter_source(setting.field) == \
+                ParameterSource.COMMANDLINE:
+            settings[setting.field] = setting.from_flag(params[setting.field])
     words = " ".join(params["expression"])
-    if params["filter_option"] is not None and words:
-        raise click.UsageError("give the filter once: with --filter or as trailing arguments")
-    if params["filter_option"] is not None or words:
-        settings["filter"] = params["filter_option"] if params["filter_option"] is not None \
-            else words
-    return build(settings, params["name"], all_addresses(), resolve)
+    if words:
+        if ctx.get_parameter_source("filter") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("give the filter once: with --filter or as trailing "
+                                   "arguments")
+        settings["filter"] = words
+    config = build(settings, params["name"], all_addresses(), resolve)
+    check_environment(config)
+    return config
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,7 +183,20 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="ncebpf: %(message)s", stream=sys.stderr)
+                        format=_log_format(), datefmt="%Y-%m-%dT%H:%M:%S%z", stream=sys.stderr)
+    # A log on a full disk must not end the run: drop the line, keep counting.
+    logging.raiseExceptions = False
+
+
+def _log_format() -> str:
+    """Time, level, message; the journal stamps lines itself (systemd.exec(5), JOURNAL_STREAM)."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        to_journal = os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+    except (OSError, ValueError):
+        to_journal = False
+    return "ncebpf %(levelname)s: %(message)s" if to_journal else \
+        "%(asctime)s ncebpf %(levelname)s: %(message)s"
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -232,10 +242,16 @@ def start(ctx: click.Context, /, **_: Any) -> None:
 @main.command()
 @instance_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="Seconds to wait before SIGKILL.")
-def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Path | None,
+              help="SIGKILL after this many seconds in which the daemon wrote nothing; "
+                   "while it writes its final dump it is never killed.")
+def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
          timeout: float) -> None:
-    """Stop a background instance: SIGTERM, then SIGKILL after --timeout."""
+    """Stop a background instance: SIGTERM, final dump, detach.
+
+    Waits for as long as the daemon writes its final dump; SIGKILL only after
+    --timeout seconds in which it wrote nothing. Exit 1 when the final dump
+    could not go where it belongs (the message says where it went).
+    """
     from ncebpf import lifecycle
 
     click.echo(lifecycle.stop(_instance(name, config_file, statedir, piddir), timeout))
@@ -244,7 +260,7 @@ def stop(name: str, config_file: Path | None, statedir: Path | None, piddir: Pat
 @main.command()
 @run_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="Seconds to wait for the old daemon before SIGKILL.")
+              help="SIGKILL the old daemon after this many seconds in which it wrote nothing.")
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
     """Stop, wait until gone, start: never two daemons at once."""
@@ -259,8 +275,8 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 
 @main.command()
 @instance_options
-def status(name: str, config_file: Path | None, statedir: Path | None,
-           piddir: Path | None) -> None:
+def status(name: str, config_file: Path | None, statedir: str | None,
+           piddir: str | None) -> None:
     """Say whether the instance runs: exit 0 running, 3 not running, 1 dead.
 
     Dead: it was killed (kill -9, the OOM killer) and left its programs on
@@ -304,10 +320,11 @@ def config(ctx: click.Context, /, **_: Any) -> None:
 @click.option("--output", "-o", default="-", show_default=True,
               help="Write the dump to this file instead of standard output.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds to wait for the instance to write the dump.")
+              help="Give up after this many seconds without an answer or progress from the "
+                   "instance (a large table takes long to write, and says how far it got).")
 @instance_options
 def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | None,
-         statedir: Path | None, piddir: Path | None) -> None:
+         statedir: str | None, piddir: str | None) -> None:
     """Ask the running instance for a fresh dump and print it.
 
     Returns only once the instance has drained its counters and written
@@ -317,18 +334,20 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
     from ncebpf.dump import write_atomically
 
     path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
-    text = path.read_text()
-    if output == "-":
-        click.echo(text, nl=False)
-    else:
-        write_atomically(Path(output), text)
+    with path.open() as dumped:  # a dump of a million peers is 170 MB: copy it in pieces
+        pieces = iter(lambda: dumped.read(1 << 20), "")
+        if output == "-":
+            for piece in pieces:
+                click.echo(piece, nl=False)
+        else:
+            write_atomically(Path(output), pieces)
 
 
 @main.command()
 @click.option("--iface", "-i", required=True, help="Interface to clean up.")
 @instance_options
-def detach(iface: str, name: str, config_file: Path | None, statedir: Path | None,
-           piddir: Path | None) -> None:
+def detach(iface: str, name: str, config_file: Path | None, statedir: str | None,
+           piddir: str | None) -> None:
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's

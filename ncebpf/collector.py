@@ -151,6 +151,8 @@ class Collector:
             evicted += 1
         for key in stale:
             self._seen.pop(key, None)
+        # Out of the map, out of the table: the daemon is bounded as the map is.
+        self._table.retire(stale)
         self._table.totals = self._source.read_totals()
         # The global rates take the drain as one batch, as the peers take theirs.
         grown = self._table.totals

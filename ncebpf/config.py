@@ -1,20 +1,27 @@
 """Typed run configuration: defaults, then a TOML file, then command-line flags.
 
 The file takes the upstream keys (bpf, snaplen, match, nomatch, payload, port,
-host, allowed, piddir, sniffer) and ncebpf's own (iface, direction, interval,
-xdp_mode, max_peers). Validation follows upstream's check_config (spec §2.2)
-in its order and with its messages — `config: <message>`, exit 2 — where
-upstream exits 1, and with the checks upstream skipped or got wrong done
-properly (port ranges, the allowed list, IPv6).
+host, allowed, piddir, sniffer) and ncebpf's own (iface, mode, direction,
+interval, xdp_mode, max_peers, resolve, resolver, dns_rate, umask). SETTINGS
+describes each once (key, flag, type, range, help); every value, from the
+file or a flag, goes through its Setting, so both are refused alike:
+`config: <key>: <what is wrong> (<what is allowed>; flag <flag>)`, exit 2.
+Validation follows upstream's check_config (spec §2.2) in its order and
+with its messages where upstream has one — exit 2 where upstream exits 1 —
+with the checks upstream skipped or got wrong done properly (types, port
+ranges, the allowed list, IPv6).
 
 Building a RunConfig is pure: the interface scan and the name resolver
 are passed in, so the rules are tested without root or network.
+check_environment() is the impure rest: the interface, the filter's compile.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -24,6 +31,7 @@ from typing import Any, Literal
 
 from ncebpf.errors import UsageError
 from ncebpf.filter.host import first_host
+from ncebpf.payload import fold, kernel_limits, parse_needle
 
 Direction = Literal["both", "ingress", "egress"]
 Mode = Literal["auto", "xdp", "tc", "pcap"]
@@ -38,15 +46,9 @@ DEFAULT_MAX_PEERS = 1 << 20
 DEFAULT_SNAPLEN = 38  # 14 Ethernet + 20 IPv4 + 4 port bytes, as upstream
 MAX_SNAPLEN = 65535
 DEFAULT_LISTEN = "127.0.0.1"
+DEFAULT_UMASK = 0o022
+MAX_PEERS = 1 << 26
 
-# Upstream key -> ncebpf setting.
-UPSTREAM_KEYS = {"bpf": "filter", "sniffer": "statedir", "host": "listen", "allowed": "allow",
-                 "snaplen": "snaplen", "match": "match", "nomatch": "nomatch",
-                 "payload": "payload", "port": "port", "piddir": "piddir"}
-OWN_KEYS = {"iface": "iface", "mode": "mode", "direction": "direction",
-            "interval": "interval_s", "xdp_mode": "xdp_mode", "max_peers": "max_peers",
-            "resolve": "resolve", "resolver": "resolvers", "dns_rate": "dns_rate"}
-FILE_KEYS = {**UPSTREAM_KEYS, **OWN_KEYS}
 SPECIAL_HOSTS = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0", "": "127.0.0.1"}
 
 InterfaceAddress = tuple[str, str, int]  # interface name, address, prefix length
@@ -56,6 +58,152 @@ Resolver = Callable[[str], list[str]]
 class ConfigError(UsageError):
     def __init__(self, message: str) -> None:
         super().__init__(f"config: {message}")
+
+
+Kind = Literal["text", "integer", "number", "boolean", "choice", "strings", "octal"]
+_NOUNS: dict[Kind, str] = {
+    "text": "a string", "integer": "an integer", "number": "a number",
+    "boolean": "true or false", "choice": "a string", "strings": "an array of strings",
+    "octal": "an octal string"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, described once; the file, the flags and the defaults all go through it.
+
+    A value is accepted or refused alike wherever it comes from, with one
+    message: `config: <key>: <what is wrong> (<what is allowed>; flag <flag>)`,
+    exit 2. Types are TOML's and checked strictly: a quoted number is a
+    string, a boolean is `true`/`false`. A flag's text first becomes the value
+    TOML would have given (`from_flag`), then meets the same `check`.
+    """
+
+    field: str  # the RunConfig field (or Instance's), and build()'s settings key
+    key: str | None  # the TOML key; None: a flag only
+    flag: str | None  # the command-line option; None: the file only
+    kind: Kind
+    help: str  # the flag's --help text
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    unit: str = ""  # of a number: "seconds"
+    allowed_text: str = ""  # what is allowed, when the kind and range do not say it all
+    default_text: str | None = None  # for --help; None: the RunConfig default, "": none
+
+    @property
+    def name(self) -> str:
+        """How messages name the setting: its TOML key, else its flag."""
+        return self.key or self.flag or self.field
+
+    @property
+    def default(self) -> Any:
+        for cls in (RunConfig, Instance):
+            fields = cls.__dataclass_fields__
+            if self.field in fields:
+                return fields[self.field].default
+        return None
+
+    @property
+    def allowed(self) -> str:
+        if self.allowed_text:
+            return self.allowed_text
+        if self.kind == "choice":
+            return "one of " + ", ".join(f'"{choice}"' for choice in self.choices)
+        if self.kind == "boolean":
+            return "true or false, without quotes"
+        if self.kind == "strings":
+            return "a string or an array of strings"
+        if self.kind == "octal":
+            return f'an octal string from "0" to "{self.maximum or 0:o}", such as "027"'
+        noun = _NOUNS[self.kind] + (f" of {self.unit}" if self.unit else "")
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} from {_figure(self.minimum)} to {_figure(self.maximum)}"
+        if self.minimum is not None:
+            return f"{noun}, at least {_figure(self.minimum)}"
+        return noun
+
+    @property
+    def help_text(self) -> str:
+        default = self.default_text
+        if default is None:
+            value = self.default
+            default = "" if self.kind in ("text", "strings", "boolean") else \
+                f"{value:03o}" if self.kind == "octal" else \
+                _figure(value) if isinstance(value, float) else str(value)
+        return f"{self.help} [default: {default}]" if default else self.help
+
+    def refuse(self, problem: str) -> ConfigError:
+        flag = f"; flag {self.flag}" if self.flag and self.key else ""
+        return ConfigError(f"{self.name}: {problem} ({self.allowed}{flag})")
+
+    def from_flag(self, value: Any) -> Any:
+        """What the file would hold for a flag's value: numbers from text, lists from repeats."""
+        if self.kind in ("integer", "number") and isinstance(value, str):
+            return _number(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    def check(self, value: Any) -> Any:
+        """value, typed (an octal string as its int, a list as a tuple); else ConfigError."""
+        shown = _toml(value)
+        if self.kind == "boolean":
+            if not isinstance(value, bool):
+                raise self.refuse(f"{shown} is not true or false")
+            return value
+        if self.kind in ("integer", "number"):
+            return self._check_number(value, shown)
+        if self.kind == "strings":
+            entries = [value] if isinstance(value, str) else value
+            if not isinstance(entries, list | tuple) or \
+                    not all(isinstance(entry, str) for entry in entries):
+                raise self.refuse(f"{shown} is not {_NOUNS['strings']}")
+            return tuple(entries)
+        if self.kind == "octal" and isinstance(value, int) and not isinstance(value, bool):
+            raise self.refuse(f"{shown} is an integer, not an octal string: TOML integers "
+                              "are decimal")
+        if not isinstance(value, str):
+            raise self.refuse(f"{shown} is not a string")
+        if self.kind == "choice" and value not in self.choices:
+            raise self.refuse(f"{shown} is not allowed")
+        if self.kind == "octal":
+            digits = value.removeprefix("0o")
+            if not digits or not set(digits) <= set("01234567"):
+                raise self.refuse(f"{shown} is not an octal number")
+            if int(digits, 8) > (self.maximum or 0):
+                raise self.refuse(f"{shown} is out of range")
+            return int(digits, 8)
+        return value
+
+    def _check_number(self, value: Any, shown: str) -> int | float:
+        integer = self.kind == "integer"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, str) and not isinstance(_number(value), str):
+                raise self.refuse(f"{shown} is a string, not {_NOUNS[self.kind]}: write it "
+                                  "without quotes")
+            raise self.refuse(f"{shown} is not {_NOUNS[self.kind]}")
+        if integer and not isinstance(value, int):
+            raise self.refuse(f"{shown} is not an integer")
+        if not math.isfinite(value) or \
+                (self.minimum is not None and value < self.minimum) or \
+                (self.maximum is not None and value > self.maximum):
+            raise self.refuse(f"{shown} is out of range")
+        return value if integer else float(value)
+
+
+def _figure(number: float) -> str:
+    """A limit as people write it: 67108864 and 5, not 6.71089e+07 and 5.0."""
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def _number(text: str) -> int | float | str:
+    """text as TOML would read it unquoted: an integer, a float, or still text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass(frozen=True)
@@ -91,6 +239,11 @@ class Instance:
         return self.piddir / f"{self.name}.iface"
 
     @property
+    def outcome_path(self) -> Path:
+        """How the last background run ended, for `stop`: `<exit status> <one line>`."""
+        return self.piddir / f"{self.name}.outcome"
+
+    @property
     def log_path(self) -> Path:
         return self.statedir / f"{self.name}.log"
 
@@ -117,6 +270,7 @@ class RunConfig:
     resolve: bool = True  # reverse DNS for peer names (N, T)
     resolvers: tuple[str, ...] = ()  # DNS servers, ADDR[:PORT]; empty = /etc/resolv.conf
     dns_rate: float = 20.0  # PTR queries per second at most
+    umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
 
     @property
     def ingress(self) -> bool:
@@ -125,6 +279,69 @@ class RunConfig:
     @property
     def egress(self) -> bool:
         return self.direction in ("both", "egress")
+
+
+_KERNEL_MODES = ("auto", "xdp", "tc", "pcap")
+SETTINGS: tuple[Setting, ...] = (
+    Setting("filter", "bpf", "--filter", "text",
+            "tcpdump filter expression; or give it as trailing arguments.",
+            allowed_text="a tcpdump filter expression, in quotes"),
+    Setting("iface", "iface", "--iface", "text",
+            "Interface to count on [default: the one that has, or neighbours, the filter's "
+            "first host].", allowed_text="an interface name, in quotes"),
+    Setting("mode", "mode", "--mode", "choice",
+            "xdp: XDP ingress + TC egress; tc: TC on both hooks; pcap: libpcap capture; "
+            "auto: the kernel unless it cannot.", choices=_KERNEL_MODES),
+    Setting("direction", "direction", "--direction", "choice",
+            "Ingress is counted by XDP, egress by TC.", choices=("both", "ingress", "egress")),
+    Setting("interval_s", "interval", "--interval", "number",
+            "Seconds between drains of the kernel counters.", minimum=0.05, unit="seconds"),
+    Setting("xdp_mode", "xdp_mode", "--xdp-mode", "choice",
+            "auto: native (driver) XDP where supported, else generic.",
+            choices=("auto", "native", "generic")),
+    Setting("max_peers", "max_peers", "--max-peers", "integer",
+            "Peer map capacity; frames of further new peers count as overflow.",
+            minimum=1, maximum=MAX_PEERS),
+    Setting("force", None, "--force", "boolean",
+            "Displace another XDP program on the interface for this run."),
+    Setting("snaplen", "snaplen", "--snaplen", "integer", "End of the payload window.",
+            minimum=0, allowed_text=f"an integer, at least 0; 0 = {DEFAULT_SNAPLEN}, "
+                                    f"more than {MAX_SNAPLEN} = {MAX_SNAPLEN}"),
+    Setting("match", "match", "--match", "text",
+            "Count only frames whose payload window contains TEXT (any case)."),
+    Setting("nomatch", "nomatch", "--nomatch", "text",
+            "Count only frames whose payload window does not contain TEXT."),
+    Setting("payload", "payload", "--payload", "integer",
+            "Start of the payload window, in bytes from the frame's start.", minimum=0,
+            default_text=""),
+    Setting("port", "port", "--port", "integer", "UDP port for `dump` requests.",
+            minimum=0, maximum=65535, allowed_text="an integer from 1 to 65535, 0 = off",
+            default_text="off"),
+    Setting("listen", "host", "--listen", "text",
+            f"Address the dump listener binds [default: {DEFAULT_LISTEN}].",
+            allowed_text="a host name or an IP address in quotes, or \"INADDR_ANY\""),
+    Setting("allow", "allowed", "--allow", "strings",
+            "Host allowed to request dumps; repeatable [default: this host].",
+            allowed_text="an array of host names or IP addresses, in quotes"),
+    Setting("statedir", "sniffer", "--statedir", "text",
+            f"Directory for dumps <name>.stats and <name>.json [default: {DEFAULT_STATEDIR}].",
+            allowed_text="a directory, in quotes"),
+    Setting("piddir", "piddir", "--piddir", "text",
+            f"Directory for <name>.pid and the control socket [default: {DEFAULT_PIDDIR}].",
+            allowed_text="a directory, in quotes"),
+    Setting("resolve", "resolve", "--no-resolve", "boolean", "Do not look up peer names."),
+    Setting("resolvers", "resolver", "--resolver", "strings",
+            "DNS server for peer names; repeatable, tried in turn [default: /etc/resolv.conf].",
+            allowed_text="an array of ADDR, ADDR:PORT or [V6ADDR]:PORT, in quotes"),
+    Setting("dns_rate", "dns_rate", "--dns-rate", "number",
+            "At most this many name lookups per second.", minimum=0.1,
+            unit="lookups per second"),
+    Setting("umask", "umask", "--umask", "octal",
+            "Permission mask, in octal, of the files the daemon creates (dumps, log); in the "
+            'file a string, umask = "027".', maximum=0o777),
+)
+SETTING = {setting.field: setting for setting in SETTINGS}
+FILE_KEYS = {setting.key: setting.field for setting in SETTINGS if setting.key}
 
 
 def default_config_path(name: str) -> Path:
@@ -176,18 +393,42 @@ def _writable_dir(path: Path, default: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or \
-            (isinstance(value, str) and not value.isdigit()):
-        raise ConfigError(f"invalid {name} '{value}'")
-    return int(value)
+def _value(settings: Mapping[str, Any], field: str, default: Any = None) -> Any:
+    """The setting's checked value, or default when it is not set."""
+    value = settings.get(field)
+    return default if value is None else SETTING[field].check(value)
+
+
+def _port(value: Any) -> int:
+    """Upstream's message for a bad port, except for a quoted number (TOML strictness)."""
+    if value is None or value == "" or (type(value) is int and value == 0):
+        return 0  # upstream: unset, empty or 0 = off (and false is no 0 here)
+    setting = SETTING["port"]
+    if isinstance(value, str) and value.isdigit():
+        return int(setting.check(value))  # refuses it: a string where a number is needed
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(f"invalid port number '{_plain(value)}'")
+    return value
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else _toml(value)
 
 
 def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddress],
           resolve: Resolver) -> RunConfig:
-    """Validate settings (ncebpf names) in upstream's order; return the run configuration."""
-    expression = str(settings.get("filter") or "")
-    iface = settings.get("iface")
+    """Check every setting (ncebpf names, values as TOML gives them) and return the run config.
+
+    The upstream keys are checked in upstream's order with its messages
+    (spec §2.2), then ncebpf's own; each value goes through its Setting, so a
+    value is refused alike whether it came from the file or a flag.
+    Raises ConfigError (exit 2).
+    """
+    unknown = set(settings) - set(SETTING)
+    if unknown:
+        raise ValueError(f"not settings: {sorted(unknown)}")  # a caller's bug, not the user's
+    expression = _value(settings, "filter", "")
+    iface = _value(settings, "iface")
     host = first_host(expression)
     promiscuous = False
     if iface is None and host is None:
@@ -207,69 +448,110 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
             chosen = choose_interface(targets, own)
             promiscuous = chosen is not None and chosen[1]
 
-    statedir = Path(settings.get("statedir") or DEFAULT_STATEDIR).absolute()
+    given_statedir = _value(settings, "statedir", "")
+    statedir = Path(given_statedir or DEFAULT_STATEDIR).absolute()
     if not _writable_dir(statedir, DEFAULT_STATEDIR):
-        raise ConfigError(f"sniffer directory '{settings.get('statedir')}' missing or not "
-                          "writable")
-    instance = Instance(name, statedir, Path(settings.get("piddir") or DEFAULT_PIDDIR).absolute())
+        raise ConfigError(f"sniffer directory '{given_statedir}' missing or not writable")
+    given_piddir = _value(settings, "piddir", "")
+    instance = Instance(name, statedir, Path(given_piddir or DEFAULT_PIDDIR).absolute())
     stats = instance.stats_path
     if stats.exists() and not os.access(stats, os.W_OK):
         raise ConfigError(f"'{stats}' not writable")
     if not _writable_dir(instance.piddir, DEFAULT_PIDDIR):
-        raise ConfigError(f"pid directory '{settings.get('piddir')}' missing or not writable")
+        raise ConfigError(f"pid directory '{given_piddir}' missing or not writable")
 
-    snaplen = _integer("snaplen", settings.get("snaplen") or DEFAULT_SNAPLEN)
-    snaplen = min(snaplen or DEFAULT_SNAPLEN, MAX_SNAPLEN)
-    match, nomatch = str(settings.get("match") or ""), str(settings.get("nomatch") or "")
-    match, nomatch = ("" if match == "0" else match), ("" if nomatch == "0" else nomatch)
-    payload = _integer("payload", settings.get("payload") or 0)
+    # Upstream: a false snaplen keeps the default, a large one is clamped.
+    snaplen = min(_value(settings, "snaplen", 0) or DEFAULT_SNAPLEN, MAX_SNAPLEN)
+    match, nomatch = _needle(settings, "match"), _needle(settings, "nomatch")
+    payload = _value(settings, "payload", 0)
     if (match or nomatch) and not 0 < payload < snaplen:
         raise ConfigError("invalid payload length")
 
-    port, listen = 0, DEFAULT_LISTEN
-    allow: tuple[str, ...] = ()
-    if settings.get("port"):
-        raw_port = settings["port"]
-        if not str(raw_port).isdigit() or not 0 < int(raw_port) < 65536:
-            raise ConfigError(f"invalid port number '{raw_port}'")
-        port = int(raw_port)
-        requested = str(settings.get("listen") if settings.get("listen") is not None
-                        else DEFAULT_LISTEN)
+    port = _port(settings.get("port"))
+    requested = _value(settings, "listen", DEFAULT_LISTEN)
+    allowed = _value(settings, "allow", ())
+    listen, allow = DEFAULT_LISTEN, tuple[str, ...]()
+    if port:  # upstream examines host and allowed only for a listener
         listen_addresses = resolve(SPECIAL_HOSTS.get(requested, requested))
         if not listen_addresses:
             raise ConfigError(f"bad dump host '{requested}'")
         listen = listen_addresses[0]
-        allowed = settings.get("allow") or ()
-        if isinstance(allowed, str):
-            allowed = (allowed,)
-        resolved = []
+        resolved: list[str] = []
         for entry in allowed:
-            found = resolve(str(entry))
+            found = resolve(entry)
             if not found:
                 raise ConfigError(f"invalid 'allowed' host or IP '{entry}'")
             resolved += found
         allow = tuple(dict.fromkeys(resolved))
 
     return RunConfig(
-        iface=str(iface), instance=instance, filter=expression,
-        mode=settings.get("mode") or "auto", direction=settings.get("direction") or "both",
-        interval_s=float(settings.get("interval_s") or DEFAULT_INTERVAL_S),
-        xdp_mode=settings.get("xdp_mode") or "auto", force=bool(settings.get("force")),
-        max_peers=int(settings.get("max_peers") or DEFAULT_MAX_PEERS), snaplen=snaplen,
+        iface=iface, instance=instance, filter=expression,
+        mode=_value(settings, "mode", "auto"), direction=_value(settings, "direction", "both"),
+        interval_s=_value(settings, "interval_s", DEFAULT_INTERVAL_S),
+        xdp_mode=_value(settings, "xdp_mode", "auto"), force=_value(settings, "force", False),
+        max_peers=_value(settings, "max_peers", DEFAULT_MAX_PEERS), snaplen=snaplen,
         match=match, nomatch=nomatch, payload=payload, port=port, listen=listen, allow=allow,
-        promiscuous=promiscuous, resolve=bool(settings.get("resolve", True)),
-        resolvers=_resolvers(settings.get("resolvers")),
-        dns_rate=float(settings.get("dns_rate") or 20.0),
+        promiscuous=promiscuous, resolve=_value(settings, "resolve", True),
+        resolvers=_resolvers(_value(settings, "resolvers", ())),
+        dns_rate=_value(settings, "dns_rate", 20.0),
+        umask=_value(settings, "umask", DEFAULT_UMASK),
     )
 
 
-def _resolvers(value: Any) -> tuple[str, ...]:
+def instance_of(settings: Mapping[str, Any], name: str) -> Instance:
+    """Where an instance keeps its files, from checked settings; no directory is touched."""
+    return Instance(name, Path(_value(settings, "statedir", "") or DEFAULT_STATEDIR).absolute(),
+                    Path(_value(settings, "piddir", "") or DEFAULT_PIDDIR).absolute())
+
+
+def check_environment(config: RunConfig) -> None:
+    """Refuse, before anything starts, what attach would refuse about this machine.
+
+    The interface must exist (InterfaceNotFound), and libpcap must compile
+    the filter on a dead Ethernet handle with the interface's netmask, as
+    the daemon compiles it (FilterSyntaxError, libpcap's own message). The
+    filters only a capture runs (`inbound`, `outbound`, `ifindex N`: socket
+    metadata) compile there; auto mode counts them with libpcap, and only an
+    explicit kernel mode refuses them, as the daemon does. Exit 2; reads the
+    interface table, needs no root. build() stays pure: this is its impure half.
+    """
+    from ncebpf.filter.pcap import compile_filter
+    from ncebpf.filter.translate import translate
+    from ncebpf.kernel.netif import ifindex_of, ipv4_netmask
+
+    ifindex_of(config.iface)
+    insns = compile_filter(config.filter, ipv4_netmask(config.iface)) if config.filter else ()
+    if config.mode in ("xdp", "tc"):
+        if insns:
+            translate(insns)  # UnsupportedFilter
+        reason = kernel_limits(fold(parse_needle(config.match)),
+                               fold(parse_needle(config.nomatch)), config.payload,
+                               config.snaplen)
+        if reason is not None:
+            raise UsageError(reason)
+
+
+def _needle(settings: Mapping[str, Any], field: str) -> str:
+    """A match/nomatch string, "" when unset; upstream's "0" means unset too."""
+    text: str = _value(settings, field, "")
+    try:
+        parse_needle(text)  # refuse it now, as attach would
+    except UsageError:
+        raise SETTING[field].refuse(f"{_toml(text)} has characters beyond \\xff: write them "
+                                    "as \\xHH escapes") from None
+    return "" if text == "0" else text
+
+
+def _resolvers(servers: tuple[str, ...]) -> tuple[str, ...]:
     from ncebpf.resolve import parse_server
 
-    servers = (value,) if isinstance(value, str) else tuple(value or ())
     for server in servers:
-        parse_server(str(server))  # refuse a bad one now, not after the fork
-    return tuple(str(s) for s in servers)
+        try:
+            parse_server(server)  # refuse a bad one now, not after the fork
+        except UsageError:
+            raise SETTING["resolvers"].refuse(f"{_toml(server)} is not a name server "
+                                              "address") from None
+    return servers
 
 
 def to_toml(config: RunConfig) -> str:
@@ -283,7 +565,7 @@ def to_toml(config: RunConfig) -> str:
         "host": config.listen, "allowed": list(config.allow),
         "sniffer": str(config.instance.statedir), "piddir": str(config.instance.piddir),
         "resolve": config.resolve, "resolver": list(config.resolvers),
-        "dns_rate": config.dns_rate,
+        "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
     }
     lines = [f"# ncebpf configuration of instance '{config.instance.name}'"
              + (" (promiscuous: the filter's host is a neighbour)" if config.promiscuous else "")]
@@ -293,11 +575,17 @@ def to_toml(config: RunConfig) -> str:
 
 
 def _toml(value: Any) -> str:
+    """value in TOML syntax: for the file, and to show a value in a message as it was written."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) \
+            + "}"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     return json.dumps(str(value), ensure_ascii=False)  # JSON escapes are valid TOML
 

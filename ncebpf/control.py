@@ -2,7 +2,8 @@
 
 A Unix stream socket at <piddir>/<name>.sock. The client sends one line,
 ``dump <format>``; the daemon drains, writes the dump, and only then answers
-``ok <path>`` (or ``error <message>``). A socket that accepts connections is
+``ok <path>`` (or ``error <message>``), after ``progress <done> <total>``
+lines while a large table is written. A socket that accepts connections is
 also how we know an instance is running: a pid file can outlive its process
 and its pid can be reused, a listening socket cannot.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ncebpf.config import Instance
+from ncebpf.dump import FORMATS
 from ncebpf.errors import InstanceRunning, NcebpfError, NotRunning
 
 REQUEST_TIMEOUT_S = 2.0
@@ -64,7 +66,14 @@ def _read_line(sock: socket.socket) -> str:
 
 
 def request_dump(instance: Instance, fmt: str, timeout_s: float) -> Path:
-    """Ask the running instance for a fresh dump; return its path once written."""
+    """Ask the running instance for a fresh dump; return its path once written.
+
+    The instance drains, writes, and answers `ok <path>`; while it writes a
+    large table it sends `progress <peers written> <peers>` lines, so
+    timeout_s bounds the silence between two lines, not the whole dump.
+    Raises NotRunning when nothing listens, NcebpfError with the instance's
+    own one-line reason when it could not write the dump.
+    """
     sock = _connect(instance.control_path, timeout_s)
     if sock is None:
         raise NotRunning(
@@ -73,16 +82,46 @@ def request_dump(instance: Instance, fmt: str, timeout_s: float) -> Path:
             "with the same --name and --piddir"
         )
     with sock:
-        sock.sendall(f"dump {fmt}\n".encode())
         try:
-            reply = _read_line(sock)
+            sock.sendall(f"dump {fmt}\n".encode())
+            reply = "progress"
+            while reply.startswith("progress"):
+                reply = _read_line(sock)
         except TimeoutError:
-            raise NcebpfError(f"instance {instance.name!r} did not write a dump "
-                              f"within {timeout_s:g} s") from None
+            raise NcebpfError(f"instance {instance.name!r} said nothing for {timeout_s:g} s "
+                              "while writing the dump: see its log "
+                              f"{instance.log_path}, or give a longer --timeout") from None
+        except (ConnectionResetError, BrokenPipeError):
+            reply = ""
     status, _, detail = reply.partition(" ")
+    if not reply:
+        raise NcebpfError(f"instance {instance.name!r} closed the connection without "
+                          f"answering; it may have died: see 'ncebpf status --name "
+                          f"{instance.name}' and its log {instance.log_path}")
     if status != "ok":
-        raise NcebpfError(f"instance {instance.name!r} could not dump: {detail or reply!r}")
+        raise NcebpfError(f"instance {instance.name!r} could not dump: {detail or reply}")
     return Path(detail)
+
+
+class DumpClient:
+    """One `ncebpf dump` waiting on the control socket for the dump it asked for."""
+
+    def __init__(self, conn: socket.socket, fmt: str) -> None:
+        self.conn = conn
+        self.fmt = fmt
+
+    def _say(self, line: str) -> None:
+        # A client that went away must not disturb the daemon.
+        with contextlib.suppress(OSError):
+            self.conn.sendall(line.encode() + b"\n")
+
+    def progress(self, done: int, total: int) -> None:
+        self._say(f"progress {done} {total}")
+
+    def finish(self, path: Path | None, error: str = "") -> None:
+        """Answer `ok <path>`, or `error <one line>` when path is None; then hang up."""
+        self._say(f"ok {path}" if path is not None else f"error {error}")
+        self.conn.close()
 
 
 class ControlServer:
@@ -104,7 +143,8 @@ class ControlServer:
             sock.bind(str(self.path))
         finally:
             os.umask(old_umask)
-        sock.listen(8)
+        sock.listen(64)
+        sock.setblocking(False)
         self._sock = sock
         self._inode = self.path.stat().st_ino
         return self
@@ -113,16 +153,29 @@ class ControlServer:
         assert self._sock is not None
         return self._sock.fileno()
 
-    def accept(self) -> tuple[socket.socket, str] | None:
-        """One pending client and its request line, or None if it sent nothing useful."""
+    def accept_requests(self) -> list[DumpClient]:
+        """Every client waiting to connect, with its request read; never blocks on accept.
+
+        A request other than `dump <format>` is answered with an error at once.
+        """
         assert self._sock is not None
-        conn, _ = self._sock.accept()
-        conn.settimeout(REQUEST_TIMEOUT_S)
-        try:
-            return conn, _read_line(conn)
-        except OSError:
-            conn.close()
-            return None
+        clients: list[DumpClient] = []
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return clients
+            conn.settimeout(REQUEST_TIMEOUT_S)
+            try:
+                verb, _, fmt = _read_line(conn).partition(" ")
+            except OSError:
+                conn.close()
+                continue
+            client = DumpClient(conn, fmt)
+            if verb == "dump" and fmt in FORMATS:
+                clients.append(client)
+            else:
+                client.finish(None, f"unknown request {(verb + ' ' + fmt)[:40]!r}")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

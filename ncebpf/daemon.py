@@ -17,14 +17,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
-from ncebpf.control import ControlServer
-from ncebpf.dump import FORMATS, DumpContext, render, write_atomically
+from ncebpf.control import ControlServer, DumpClient
+from ncebpf.dump import DumpContext, write_atomically
+from ncebpf.dumpfiles import DumpWriter, OutputError, file_mode, shared_directory
 from ncebpf.errors import (
     AttachError,
     BccMissing,
@@ -58,6 +60,7 @@ from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
+from ncebpf.sdnotify import extend_stop_timeout, notify
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 PURGE_EVERY_S = 60.0
 DUMP_SHARING_S = 1.0  # UDP requests this close to a dump share it
+PROGRESS_EVERY_S = 0.25  # at most this often, a long dump tells its waiters how far it got
 
 
 @contextmanager
@@ -118,22 +122,42 @@ class Daemon:
         self._resolver: ReverseResolver | None = None
         self._match = fold(parse_needle(config.match))
         self._nomatch = fold(parse_needle(config.nomatch))
+        self._writer = DumpWriter(self.instance, DumpContext(
+            name=self.instance.name, device=config.iface, mode=config.mode,
+            filter=config.filter, promiscuous=config.promiscuous, match=config.match,
+            nomatch=config.nomatch, payload=config.payload, snaplen=config.snaplen),
+            file_mode(config.umask))
+        self._stopping = False
+        self._control: ControlServer | None = None
 
-    def run(self) -> None:
+    def run(self) -> Path:
+        """Count until a stop signal; return where the final dump went.
+
+        Raises NcebpfError when the run could not start, when the interface
+        disappeared, or when the final dump could not be written where it
+        belongs (the message says where the counts went).
+        """
         config = self.config
         ifindex_of(config.iface)
+        os.umask(config.umask)
+        for what, directory in (("state", self.instance.statedir),
+                                ("pid", self.instance.piddir)):
+            if why := shared_directory(directory):
+                log.warning("the %s directory %s is %s: others can plant files there; "
+                            "ncebpf never follows links there, but give it a directory of "
+                            "its own", what, directory, why)
         # First of all: a second run of this name must fail before it touches anything.
         with InstanceLock(self.instance):
             mode, reason = self._choose_mode()
             if reason:
                 log.warning("counting with libpcap in user space, not in the kernel: %s", reason)
             try:
-                self._run(mode)
+                return self._run(mode)
             except AttachError as exc:
                 if config.mode != "auto":
                     raise
                 log.warning("counting with libpcap in user space, not in the kernel: %s", exc)
-                self._run("pcap")
+                return self._run("pcap")
 
     def _choose_mode(self) -> tuple[str, str]:
         """The data path to use, and why it is pcap when auto had to settle for it."""
@@ -160,9 +184,10 @@ class Daemon:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         return kernel_mode, ""
 
-    def _run(self, mode: str) -> None:
+    def _run(self, mode: str) -> Path:
         config = self.config
         self._mode = mode
+        self._writer.context = replace(self._writer.context, mode=mode)
         prepared = self._prepared if mode != "pcap" else None
         self._filter_hosts = prepared.local_hosts if prepared else local_hosts(config.filter)
         if prepared:
@@ -212,13 +237,32 @@ class Daemon:
                 control = attached.enter_context(ControlServer(self.instance))
                 if self._on_ready:
                     self._on_ready()
+                notify("READY=1", f"STATUS=counting on {config.iface} ({mode})")
                 self._capture = source if isinstance(source, PcapSource) else None
                 vanished = self._loop(control, signals, listener, collector, source, table)
+                notify("STOPPING=1", "STATUS=writing the final dump")
+                self._stopping = True
             # Detached: the counters no longer move, so this last drain is complete.
-            path = self._dump(collector, table)
-            if vanished:
-                raise NcebpfError(f"{config.iface} disappeared; the final dump is in {path}")
-            log.info("detached from %s; final dump in %s", config.iface, path)
+            return self._final_dump(collector, table, vanished)
+
+    def _final_dump(self, collector: Collector, table: PeerTable, vanished: bool) -> Path:
+        config = self.config
+        extend_stop_timeout()  # the drain of a large table takes seconds
+        if self._capture is not None:
+            self._capture.service()
+        collector.drain()
+        try:
+            final = self._writer.write_final(table, time.time(), self._progress([]))
+        except OutputError as exc:
+            raise NcebpfError(f"the final dump could not be written anywhere, its "
+                              f"{len(table.peers)} peers and {table.totals.packets} packets "
+                              f"are lost: {exc}") from exc
+        if final.refused:
+            raise NcebpfError(f"the final dump went to {final.path} instead: {final.refused}")
+        if vanished:
+            raise NcebpfError(f"{config.iface} disappeared; the final dump is in {final.path}")
+        log.info("detached from %s; final dump in %s", config.iface, final.path)
+        return final.path
 
     def _build_options(self, prepared: PreparedFilter | None) -> BuildOptions:
         config = self.config
@@ -266,6 +310,7 @@ class Daemon:
         next_drain = time.monotonic() + interval
         next_purge = time.monotonic() + PURGE_EVERY_S
         resolver, capture = self._resolver, self._capture
+        self._control = control
         watched = [control.fileno(), signals.fileno()]
         if listener:
             watched.append(listener.fileno())
@@ -290,12 +335,12 @@ class Daemon:
                     return False
                 if signal.SIGHUP in received:
                     log.info("HUP: dump, then start over")
-                    self._dump(collector, table)
-                    table.reset(int(time.time()))
+                    if self._try_dump(collector, table):
+                        table.reset(int(time.time()))
                 elif signal.SIGUSR1 in received:
-                    self._dump(collector, table)
+                    self._try_dump(collector, table)
             if control.fileno() in ready:
-                self._serve(control, collector, table)
+                self._serve(control.accept_requests(), collector, table)
             if listener and listener.fileno() in ready:
                 self._answer(listener, collector, table)
             now = time.monotonic()
@@ -311,6 +356,8 @@ class Daemon:
                 except InterfaceNotFound:
                     return True
                 next_drain = max(next_drain + interval, time.monotonic())
+            if self._writer.retry_due(now):
+                self._try_dump(collector, table)
             if now >= next_purge:
                 purged = table.purge(int(time.time()))
                 if purged:
@@ -321,20 +368,22 @@ class Daemon:
         """The peer rule's local side: the interface's addresses and the filter's host."""
         return [*interface_addresses(self.config.iface), *self._filter_hosts]
 
-    def _serve(self, control: ControlServer, collector: Collector, table: PeerTable) -> None:
-        request = control.accept()
-        if request is None:
-            return
-        conn, line = request
-        with conn:
-            verb, _, fmt = line.partition(" ")
-            if verb != "dump" or fmt not in FORMATS:
-                reply = f"error unknown request {line[:40]!r}"
-            else:
-                self._dump(collector, table)
-                reply = f"ok {self.instance.dump_path(fmt)}"
-            with contextlib.suppress(OSError):
-                conn.sendall(reply.encode() + b"\n")
+    def _serve(self, clients: list[DumpClient], collector: Collector, table: PeerTable) -> None:
+        """Answer dump requests on the control socket, each with a dump drained after it.
+
+        Requests that arrive while a dump is written wait for the next one,
+        which starts as soon as this one is done.
+        """
+        while clients:
+            serving, clients = clients, []
+            path: Path | None = None
+            error = ""
+            try:
+                path = self._dump(collector, table, serving, clients)
+            except OutputError as exc:
+                error = f"{exc} (still counting; the dump is retried)"
+            for client in serving:
+                client.finish(path and self.instance.dump_path(client.fmt), error)
 
     def _answer(self, listener: DumpListener, collector: Collector, table: PeerTable) -> None:
         request = listener.receive(time.time())
@@ -344,23 +393,56 @@ class Daemon:
         if not wants_dump:
             listener.reply(sender, "??")
             return
-        if time.time() - self._last_dump >= DUMP_SHARING_S:
-            self._dump(collector, table)
+        if time.time() - self._last_dump >= DUMP_SHARING_S and \
+                not self._try_dump(collector, table):
+            return  # no OK for a dump that is not there; the client asks again
         # After the write, not before (upstream answered first): OK means "it is there".
         listener.reply(sender, f"OK {int(self._last_dump)}")
 
-    def _dump(self, collector: Collector, table: PeerTable) -> Path:
-        """Drain, then write both dump files; return the JSON one."""
+    def _try_dump(self, collector: Collector, table: PeerTable) -> bool:
+        """A dump for a signal, a UDP request or a retry: a failure is logged, never raised."""
+        try:
+            self._dump(collector, table, [], [])
+        except OutputError:
+            return False
+        return True
+
+    def _dump(self, collector: Collector, table: PeerTable, serving: list[DumpClient],
+              arriving: list[DumpClient]) -> Path:
+        """Drain, then write both dump files; return the JSON one.
+
+        While it writes, `serving` hear how far it got, and requests that
+        arrive on the control socket are added to `arriving`. Raises
+        OutputError after logging it and scheduling a retry.
+        """
         if self._capture is not None:
             self._capture.service()
         collector.drain()
         now = time.time()
-        config = self.config
-        context = DumpContext(name=self.instance.name, device=config.iface, mode=self._mode,
-                              filter=config.filter, promiscuous=config.promiscuous,
-                              match=config.match, nomatch=config.nomatch,
-                              payload=config.payload, snaplen=config.snaplen)
-        for fmt in FORMATS:
-            write_atomically(self.instance.dump_path(fmt), render(fmt, table, context, now))
+        try:
+            path = self._writer.write(table, now, self._progress(serving, arriving))
+        except OutputError as exc:
+            delay = self._writer.failed(time.monotonic())
+            log.error("%s; still counting, next try in %.0f s", exc, delay)
+            raise
         self._last_dump = now
-        return self.instance.json_path
+        return path
+
+    def _progress(self, serving: list[DumpClient], arriving: list[DumpClient] | None = None
+                  ) -> Callable[[int, int], None]:
+        """What a long dump does between pieces: keep its waiters and systemd informed."""
+        last = time.monotonic()
+
+        def tick(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < PROGRESS_EVERY_S:
+                return
+            last = now
+            if arriving is not None and self._control is not None:
+                arriving.extend(self._control.accept_requests())
+            for client in serving + (arriving or []):
+                client.progress(done, total)
+            if self._stopping:
+                extend_stop_timeout()
+        return tick

@@ -1,7 +1,10 @@
 """Dump documents — JSON (schema 1) and the upstream Perl `.stats` — and atomic writing.
 
-Rendering is pure and works on the whole table at once, so a dump is a
-point-in-time snapshot and never a half-written structure (upstream §15.17).
+Rendering is pure and streams: the text comes in pieces of PEERS_PER_PIECE
+peers, so a dump of a million peers never exists whole in memory. The
+caller keeps the table still while the pieces are written (the daemon holds
+its drains), so a dump is a point-in-time snapshot and never a half-written
+structure (upstream §15.17).
 
 The Perl dump keeps the upstream layout byte for byte (spec §10.2-10.3) so
 that existing readers `do` or `eval` it, but every string in it is escaped:
@@ -12,15 +15,17 @@ line. Nothing from the wire or from DNS can execute (upstream §15.18).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncebpf.accounting import PeerTable, peer_text
+from ncebpf.accounting import PeerRecord, PeerTable, Totals, peer_text
 
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
@@ -43,14 +48,12 @@ class DumpContext:
     snaplen: int = 38
 
 
-def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
-    peers = {}
-    for key in sorted(table.peers):
-        r = table.peers[key]
-        peers[peer_text(key)] = {"B": r.B, "C": r.C, "E": r.E, "N": list(r.N), "R": r.R,
-                                 "S": r.S, "T": r.T, "W": r.W, "packets": r.packets,
-                                 "bytes": r.bytes}
-    totals = table.totals
+PEERS_PER_PIECE = 10_000  # a piece of dump text is about 1.7 MB of JSON
+
+
+def _json_header(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
+    """Everything of the JSON document but its peers."""
+    totals, others = table.totals, table.others
     return {
         "version": SCHEMA_VERSION,
         "name": context.name,
@@ -58,7 +61,7 @@ def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[st
         "current": int(now),
         "hits_per_minute": round(table.rates.hits_per_minute),
         "bytes_per_second": round(table.rates.bytes_per_second),
-        "users": len(peers),
+        "users": len(table.peers),
         "device": context.device,
         "promiscuous": context.promiscuous,
         "filter": context.filter,
@@ -67,16 +70,61 @@ def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[st
         "nomatch": context.nomatch or None,
         "payload": context.payload or None,
         "snaplen": context.snaplen,
-        "totals": {
-            "packets": totals.packets,
-            "bytes": totals.bytes,
-            "filtered_out": totals.filtered_out,
-            "unparsed": totals.unparsed,
-            "overflow": totals.overflow,
-            "dropped": totals.dropped,
-        },
-        "peers": peers,
+        "totals": totals_document(totals),
+        "others": {"peers": others.peers, "packets": others.packets, "bytes": others.bytes},
     }
+
+
+def totals_document(totals: Totals) -> dict[str, Any]:
+    """The dump's totals: a count the source cannot know is null, and `unknown` says why."""
+    document: dict[str, Any] = {
+        "packets": totals.packets,
+        "bytes": totals.bytes,
+        "filtered_out": totals.filtered_out,
+        "unparsed": totals.unparsed,
+        "overflow": totals.overflow,
+        "dropped": totals.dropped,
+    }
+    if totals.unknown:
+        document.update(dict.fromkeys(totals.unknown))
+        document["unknown"] = dict(totals.unknown)
+    return document
+
+
+def _json_peer(record: PeerRecord) -> str:
+    # Formatted by hand: json.dumps per peer would triple the cost of a dump.
+    # repr() of int and float is what json writes for them.
+    r = record
+    names = json.dumps(list(r.N)) if r.N else "[]"
+    return (f'{{"B": {r.B!r}, "C": {r.C!r}, "E": {r.E!r}, "N": {names}, "R": {r.R!r}, '
+            f'"S": {r.S!r}, "T": {r.T!r}, "W": {r.W!r}, "packets": {r.packets!r}, '
+            f'"bytes": {r.bytes!r}}}')
+
+
+def json_pieces(table: PeerTable, context: DumpContext, now: float
+                ) -> Iterator[tuple[str, int]]:
+    """The JSON dump as pieces of text, each with the number of peers written so far.
+
+    Peers are in key order (IPv4 before IPv6, numeric). Joined, the pieces are
+    one JSON document of schema 1: `json_document` plus nothing.
+    """
+    head = json.dumps(_json_header(table, context, now), indent=1)
+    yield head[:-2] + ',\n "peers": {', 0
+    peers, done, lines = table.peers, 0, []
+    for key in sorted(peers):
+        lines.append(f'{"," if done else ""}\n  "{peer_text(key)}": {_json_peer(peers[key])}')
+        done += 1
+        if len(lines) == PEERS_PER_PIECE:
+            yield "".join(lines), done
+            lines = []
+    yield "".join(lines) + ("\n }\n}\n" if done else "}\n}\n"), done
+
+
+def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
+    """The JSON dump as one object (schema 1, README "Reading a dump"); small tables only."""
+    document: dict[str, Any] = json.loads("".join(t for t, _ in json_pieces(table, context,
+                                                                              now)))
+    return document
 
 
 def render_json(document: dict[str, Any]) -> str:
@@ -109,7 +157,9 @@ def _perl_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def render_perl(table: PeerTable, context: DumpContext, now: float) -> str:
+def perl_pieces(table: PeerTable, context: DumpContext, now: float
+                ) -> Iterator[tuple[str, int]]:
+    """The upstream `.stats` dump (spec §10.2-10.3) as pieces, with peers written so far."""
     current = int(now)
     lines = [
         "",
@@ -129,42 +179,60 @@ def render_perl(table: PeerTable, context: DumpContext, now: float) -> str:
             lines.append(f"# contains:\t{escape_match(context.match.lower())}")
         if context.nomatch:
             lines.append(f"# excludes:\t{escape_match(context.nomatch.lower())}")
+    others = table.others
+    if others.peers:  # not upstream's: only when peers were evicted or purged
+        lines.append(f"# others:\t{others.peers} peers, {others.packets} packets, "
+                     f"{others.bytes} bytes no longer listed")
     lines += ["{", "  my $dump = {"]
-    for key in sorted(table.peers):
-        r = table.peers[key]
+    yield "\n".join(lines) + "\n", 0
+    peers, done, lines = table.peers, 0, []
+    for key in sorted(peers):
+        r = peers[key]
         address = peer_text(key)
         separator = " " if len(address) > 13 else "\t"
         names = "".join(f"{_perl_string(name)}," for name in r.N)
-        lines += [
-            f"\t'{address}'{separator}=> {{",
-            f"\t\tB\t=> {r.B:.0f},",
-            f"\t\tC\t=> {r.C},",
-            f"\t\tE\t=> {r.E},",
-            f"\t\tN\t=> [{names}],",
-            f"\t\tR\t=> {r.R:.0f},",
-            f"\t\tS\t=> {r.S},",
-            f"\t\tT\t=> {r.T},",
-            f"\t\tW\t=> {r.W:.0f},",
-            "\t},",
-        ]
-    lines += ["  };", "}", ""]
-    return "\n".join(lines)
+        lines.append(f"\t'{address}'{separator}=> {{\n"
+                     f"\t\tB\t=> {r.B:.0f},\n\t\tC\t=> {r.C},\n\t\tE\t=> {r.E},\n"
+                     f"\t\tN\t=> [{names}],\n\t\tR\t=> {r.R:.0f},\n\t\tS\t=> {r.S},\n"
+                     f"\t\tT\t=> {r.T},\n\t\tW\t=> {r.W:.0f},\n\t}},\n")
+        done += 1
+        if len(lines) == PEERS_PER_PIECE:
+            yield "".join(lines), done
+            lines = []
+    yield "".join(lines) + "  };\n}\n", done
 
 
-def render(fmt: str, table: PeerTable, context: DumpContext, now: float) -> str:
-    if fmt == "perl":
-        return render_perl(table, context, now)
-    return render_json(json_document(table, context, now))
+def render_perl(table: PeerTable, context: DumpContext, now: float) -> str:
+    return "".join(text for text, _ in perl_pieces(table, context, now))
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside path, then rename: readers never see half a file."""
+def pieces(fmt: str, table: PeerTable, context: DumpContext, now: float
+           ) -> Iterator[tuple[str, int]]:
+    """The dump in format fmt ("json" or "perl") as (text, peers written so far) pieces."""
+    return perl_pieces(table, context, now) if fmt == "perl" else \
+        json_pieces(table, context, now)
+
+
+def write_atomically(path: Path, content: str | Iterable[str], mode: int = 0o644) -> None:
+    """Write content to a scratch file beside path, sync it, rename it over path.
+
+    Readers never see half a file, and a crash or power loss leaves either the
+    old file or the new one. content may be an iterable of pieces, written as
+    they come, so a dump of a million peers never exists whole in memory. The
+    scratch file is made with O_EXCL (mkstemp) and renamed, so a link planted
+    at path is replaced, never followed. On any error the scratch file is
+    removed — on a full disk that frees what it took — and the error raised.
+    """
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(scratch, 0o644)
+            for piece in ([content] if isinstance(content, str) else content):
+                out.write(piece)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
         os.replace(scratch, path)
     except BaseException:
-        os.unlink(scratch)
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
         raise

@@ -12,17 +12,21 @@ died (kill -9, the OOM killer) is seen by `status` and cleaned by `stop`
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import select
 import signal
+import stat
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from ncebpf.config import Instance, RunConfig
-from ncebpf.errors import NcebpfError, PrivilegeError, UsageError
+from ncebpf.dump import write_atomically
+from ncebpf.errors import InstanceRunning, NcebpfError, PrivilegeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +83,41 @@ def _read_report(fd: int, timeout_s: float) -> str:
     return data.decode(errors="replace").strip()
 
 
-def _become_daemon(log_path: Path) -> None:
+def open_log(path: Path) -> int:
+    """Open the daemon's log for appending, refusing anything but our own plain file.
+
+    The state directory may be writable by others: a link planted at the log's
+    name must not make root append to the file it points at (O_NOFOLLOW), and
+    a hard link to someone else's file is refused by its owner and link count.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW |
+                     os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NcebpfError(f"refusing to log to {path}: it is a symbolic link; remove it, "
+                              "and give ncebpf a state directory of its own") from None
+        raise
+    st = os.fstat(fd)
+    problem = ("it is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"it belongs to uid {st.st_uid}" if st.st_uid != os.geteuid() else
+               f"it has {st.st_nlink} hard links" if st.st_nlink != 1 else "")
+    if problem:
+        os.close(fd)
+        raise NcebpfError(f"refusing to log to {path}: {problem}; remove it, and give "
+                          "ncebpf a state directory of its own")
+    return fd
+
+
+def _become_daemon(log_path: Path, umask: int) -> None:
     """Second half of the double fork: own session, no terminal, stdio to the log."""
     os.setsid()
     if os.fork():
         os._exit(0)
     os.chdir("/")
-    os.umask(0o022)
+    os.umask(umask)
+    logfile = open_log(log_path)
     null = os.open(os.devnull, os.O_RDONLY)
-    logfile = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(null, 0)
     os.dup2(logfile, 1)
     os.dup2(logfile, 2)
@@ -119,32 +149,55 @@ def start(config: RunConfig) -> int:
                           f"the daemon did not start; see {instance.log_path}")
     os.close(reader)
     code = 1
+    outcome: str | None = ""  # None: nothing to tell `stop`, the name was another run's
+    instance.outcome_path.unlink(missing_ok=True)
     try:
-        _become_daemon(instance.log_path)
-        Daemon(config, on_ready=lambda: _report(writer, f"ok {os.getpid()}")).run()
-        code = 0
+        _become_daemon(instance.log_path, config.umask)
+        final = Daemon(config, on_ready=lambda: _report(writer, f"ok {os.getpid()}")).run()
+        code, outcome = 0, f"final dump in {final}"
     except NcebpfError as exc:
-        print(f"ncebpf: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         _report(writer, f"{'usage' if isinstance(exc, UsageError) else 'error'} {exc}")
-        code = exc.exit_code
+        code, outcome = exc.exit_code, str(exc)
+        if isinstance(exc, InstanceRunning):
+            outcome = None  # the name, and its outcome file, belong to the run that has it
     except BaseException as exc:  # the parent must hear of it, whatever it was
-        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
         _report(writer, f"error {type(exc).__name__}: {exc}")
+        outcome = f"{type(exc).__name__}: {exc} (see {instance.log_path})"
     finally:
-        sys.stderr.flush()
+        # For `stop`, which is not our parent: how the run ended, and where the counts went.
+        if outcome is not None:
+            with contextlib.suppress(OSError):
+                write_atomically(instance.outcome_path, f"{code} {outcome}\n")
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
         os._exit(code)
 
 
 def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
-    """Stop the instance; what happened, in words."""
+    """Stop the instance; what happened, in words.
+
+    SIGTERM, then wait for as long as the daemon makes progress — its final
+    drain and dump of a large table can take minutes, and killing it then
+    would lose every count. SIGKILL only after timeout_s in which it wrote
+    nothing. Raises NcebpfError (exit 1) when the daemon could not write its
+    final dump where it belongs; the message says where the counts went.
+    """
     pid = running_pid(instance)
     if pid is None:
         return _remove_remains(instance)
     _signal(instance, pid, signal.SIGTERM)
     if _wait_gone(pid, timeout_s):
         _wait_released(instance)
-        return f"{instance.name} stopped (pid {pid})"
-    log.warning("pid %d did not stop within %g s: SIGKILL", pid, timeout_s)
+        outcome = _read_outcome(instance)
+        if outcome and not outcome.startswith("0 "):
+            raise NcebpfError(f"{instance.name} stopped (pid {pid}), but: "
+                              f"{outcome.partition(' ')[2]}")
+        return f"{instance.name} stopped (pid {pid})" + \
+            (f"; {outcome.partition(' ')[2]}" if outcome else "")
+    log.warning("pid %d wrote nothing for %g s: SIGKILL", pid, timeout_s)
     _signal(instance, pid, signal.SIGKILL)
     _wait_gone(pid, 10.0)
     _wait_released(instance)
@@ -180,12 +233,37 @@ def _remove_remains(instance: Instance) -> str:
     return remove(instance).describe(instance.name)
 
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _read_outcome(instance: Instance) -> str:
+    try:
+        text = instance.outcome_path.read_text().strip()
+    except OSError:
+        return ""
+    instance.outcome_path.unlink(missing_ok=True)
+    return text
+
+
+def _bytes_written(pid: int) -> int | None:
+    """Bytes the process has written so far (/proc/PID/io wchar), None if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _wait_gone(pid: int, idle_timeout_s: float) -> bool:
+    """Wait until pid has exited; give up after idle_timeout_s in which it wrote nothing."""
+    written = _bytes_written(pid)
+    deadline = time.monotonic() + idle_timeout_s
     while time.monotonic() < deadline:
         if not is_ncebpf_process(pid):
             return True
         time.sleep(0.05)
+        now_written = _bytes_written(pid)
+        if now_written != written:
+            written, deadline = now_written, time.monotonic() + idle_timeout_s
     return not is_ncebpf_process(pid)
 
 

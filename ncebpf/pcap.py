@@ -2,11 +2,22 @@
 
 For what the kernel path cannot do: no BPF privileges or no XDP/TC, a filter
 the translator refuses, a needle or window beyond the kernel search's limits.
-libpcap runs the filter (in the kernel's socket filter, as tcpdump does),
-this module applies the payload match (ncebpf.payload) and the peer rule,
-and keeps cumulative per-peer counts that the collector drains exactly as it
-drains the kernel maps. Frames libpcap reports as dropped are counted in
-the totals: a capture can lose frames, and the dump says how many.
+This module runs the filter, applies the payload match (ncebpf.payload) and
+the peer rule, and keeps cumulative per-peer counts that the collector
+drains exactly as it drains the kernel maps. Frames libpcap reports as
+dropped are counted in the totals: a capture can lose frames, and the dump
+says how many.
+
+The filter runs here, in user space, on every captured frame, not in the
+capture socket: so the frames it rejects are counted (filtered_out), and it
+sees the bytes the kernel modes and `tcpdump -r` see. It is compiled as the
+kernel path compiles it (a dead Ethernet handle) and run by libpcap's
+interpreter (pcap_offline_filter). libpcap hands over each frame with the
+VLAN tag the kernel had moved into metadata put back in place, so `host X`
+does not match a tagged frame and `vlan and host X` does, as in XDP. A
+filter that reads socket metadata (`inbound`, `outbound`, `ifindex`) can
+only run in the capture socket; the socket does not count what it rejects,
+so filtered_out is then unknown, and the totals say why.
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ from types import TracebackType
 from ncebpf.accounting import Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.errors import NcebpfError
-from ncebpf.filter.pcap import compiled
-from ncebpf.libpcap import Handler, PktHdr, Stat, lib
+from ncebpf.filter.cbpf import socket_metadata
+from ncebpf.filter.pcap import DLT_EN10MB, bpf_program, compile_filter, compiled
+from ncebpf.filter.translate import pull_len
+from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
 from ncebpf.packet import addresses
 from ncebpf.payload import accepts
 
@@ -55,6 +68,24 @@ class PcapSource:
         self._peers: dict[bytes, list[int]] = {}
         self._totals = Totals()
         self._callback = Handler(self._frame)
+        insns = compile_filter(expression, netmask) if expression.strip() else ()
+        metadata = socket_metadata(insns)
+        # The filter run on each frame here, kept alive for its address, which the frame
+        # handler passes; none (address 0): every frame passes, or the socket filters.
+        self._program: BpfProgram | None = None
+        self._program_address = 0
+        self._socket_filter = metadata is not None
+        self._offline_filter = lib().pcap_offline_filter  # looked up once: it runs per frame
+        self._capture_len = max(snaplen, HEADERS_SNAPLEN)
+        if metadata is not None:
+            self._totals.unknown["filtered_out"] = (
+                f"the filter reads {metadata}, so it runs in the capture socket, "
+                "which does not count the frames it rejects")
+        elif insns:
+            self._program = bpf_program(insns)
+            self._program_address = ct.addressof(self._program)
+            # A load beyond the captured bytes rejects the frame: capture all the filter reads.
+            self._capture_len = max(self._capture_len, pull_len(insns))
 
     def __enter__(self) -> PcapSource:
         pcap = lib()
@@ -64,7 +95,7 @@ class PcapSource:
             raise CaptureError(f"cannot capture on {self.iface}: {errbuf.value.decode()}")
         self._handle = handle
         try:
-            pcap.pcap_set_snaplen(handle, max(self.snaplen, HEADERS_SNAPLEN))
+            pcap.pcap_set_snaplen(handle, self._capture_len)
             pcap.pcap_set_promisc(handle, int(self.promiscuous))
             pcap.pcap_set_immediate_mode(handle, 1)
             pcap.pcap_set_buffer_size(handle, BUFFER_BYTES)
@@ -72,12 +103,16 @@ class PcapSource:
             if status < 0:
                 raise CaptureError(f"cannot capture on {self.iface}: "
                                    f"{self._error(status)}")
-            self._set_filter()
+            self._require_ethernet()
+            if self._socket_filter:
+                self._set_filter()
             pcap.pcap_setnonblock(handle, 1, errbuf)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         log.info("capturing on %s with libpcap", self.iface)
+        for field, reason in self._totals.unknown.items():
+            log.warning("%s is unknown in this run: %s", field, reason)
         return self
 
     def _error(self, status: int) -> str:
@@ -85,7 +120,16 @@ class PcapSource:
         return detail.decode(errors="replace") or \
             (lib().pcap_statustostr(status) or b"").decode()
 
+    def _require_ethernet(self) -> None:
+        """The filter is compiled for Ethernet, and frames are parsed as Ethernet."""
+        link = lib().pcap_datalink(self._handle)
+        if link != DLT_EN10MB:
+            name = (lib().pcap_datalink_val_to_name(link) or str(link).encode()).decode()
+            raise CaptureError(f"{self.iface} is not an Ethernet interface (libpcap link type "
+                               f"{name}): ncebpf counts Ethernet interfaces only")
+
     def _set_filter(self) -> None:
+        """The filter as the capture socket's, compiled for the live handle (socket metadata)."""
         assert self._handle is not None
         with compiled(self._handle, self.expression, self.netmask) as program:
             if lib().pcap_setfilter(self._handle, ct.byref(program)) != 0:
@@ -101,11 +145,15 @@ class PcapSource:
             raise CaptureError(f"capture on {self.iface} failed: {self._error(count)}")
         return count
 
-    def _frame(self, _user: int | None, header: ct._Pointer[PktHdr],
-               data: ct._Pointer[ct.c_ubyte]) -> None:
-        caplen, length = header[0].caplen, header[0].len
-        frame = ct.string_at(data, caplen)
+    def _frame(self, _user: int | None, header: int, data: int) -> None:
         totals = self._totals
+        if self._program_address and not self._offline_filter(self._program_address, header,
+                                                              data):
+            totals.filtered_out += 1
+            return
+        stamp = PktHdr.from_address(header)
+        caplen, length = stamp.caplen, stamp.len
+        frame = ct.string_at(data, caplen)
         if self._searching and not accepts(frame, self.match, self.nomatch, self.payload,
                                            self.snaplen):
             totals.filtered_out += 1
@@ -144,7 +192,8 @@ class PcapSource:
         if lib().pcap_stats(self._handle, ct.byref(stats)) == 0:
             dropped = stats.ps_drop + stats.ps_ifdrop
         return Totals(self._totals.packets, self._totals.bytes, self._totals.filtered_out,
-                      self._totals.unparsed, self._totals.overflow, dropped)
+                      self._totals.unparsed, self._totals.overflow, dropped,
+                      self._totals.unknown)
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         for key in keys:

@@ -45,6 +45,7 @@ QUERY_TIMEOUT_S = 2.0
 MAX_TRIES = 4  # per lookup, cycling over the servers
 DEFAULT_RATE = 20.0  # queries per second
 DEFAULT_IN_FLIGHT = 32
+WAITING_COMPACT_AT = 4096  # waiting lookups beyond which retired peers are dropped
 MAX_NAME_LENGTH = 255
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
 
@@ -209,6 +210,8 @@ class ReverseResolver:
             record = table.peers.get(key)
             if record is not None and record.T == due:
                 self.want(key)
+        if len(self._waiting) > max(WAITING_COMPACT_AT, 2 * len(table.peers)):
+            self._forget_retired(table)
         while self._waiting and len(self._flying) < self.max_in_flight and \
                 self._limit.take(now):
             key = self._waiting.popleft()
@@ -216,6 +219,12 @@ class ReverseResolver:
                 self._send(key, 0, 1, now)
             else:
                 self._pending.discard(key)  # purged or reset meanwhile
+
+    def _forget_retired(self, table: PeerTable) -> None:
+        """Drop waiting peers the table no longer lists (a flood of new sources that were
+        evicted before their turn came), so the queue stays bounded as the table is."""
+        self._waiting = deque(key for key in self._waiting if key in table.peers)
+        self._pending = set(self._waiting) | {q.key for q in self._flying.values()}
 
     def _send(self, key: bytes, server: int, tries: int, now: float) -> None:
         target = self.servers[server]

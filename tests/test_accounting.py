@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
 
-from ncebpf.accounting import GlobalRates, PeerRecord, PeerTable, Totals, peer_key, peer_text
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ncebpf.accounting import (
+    IPV4_MAPPED_PREFIX,
+    GlobalRates,
+    PeerRecord,
+    PeerTable,
+    Totals,
+    peer_key,
+    peer_text,
+)
 
 
 @pytest.mark.parametrize("text", ["10.77.0.1", "0.0.0.0", "255.255.255.255", "fd77::1", "::",
@@ -123,3 +135,12 @@ def test_reset_starts_over_and_counts_totals_from_the_reset() -> None:
 
 def test_totals_frames_adds_every_slot() -> None:
     assert Totals(packets=5, bytes=1, filtered_out=7, unparsed=11, overflow=13).frames == 36
+
+
+@given(st.binary(min_size=16, max_size=16),
+       st.sampled_from([b"", bytes(10), bytes(10) + b"\xff\xff", bytes(12), bytes(14)]))
+def test_peer_text_is_what_the_ipaddress_module_writes(key: bytes, prefix: bytes) -> None:
+    key = prefix + key[len(prefix):]
+    expected = str(ipaddress.IPv4Address(key[12:])) if key[:12] == IPV4_MAPPED_PREFIX \
+        else str(ipaddress.IPv6Address(key))
+    assert peer_text(key) == expected

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from ncebpf.accounting import PeerTable, Totals, peer_key
+from ncebpf.accounting import Others, PeerTable, Totals, peer_key
 from ncebpf.collector import NS, Collector, EvictionPolicy, PeerBatch, PeerCounts
 
 
@@ -94,11 +94,13 @@ def test_idle_entries_are_evicted_with_their_last_increments() -> None:
     report = collector.drain()  # ... and is still counted: eviction reads the final value
     assert report.evicted == 1
     assert source.entries == {}
-    record = table.peers[peer_key("10.77.0.3")]
-    assert (record.packets, record.bytes) == (7, 700)
+    assert peer_key("10.77.0.3") not in table.peers  # out of the map, out of the table ...
+    assert table.others == Others(peers=1, packets=7, bytes=700)  # ... into others, whole
     source.count("10.77.0.3", 1, 100, clock.mono_s)  # the peer comes back: a fresh entry
     collector.drain()
-    assert table.peers[peer_key("10.77.0.3")].packets == 8
+    assert table.peers[peer_key("10.77.0.3")].packets == 1
+    assert table.peers[peer_key("10.77.0.3")].packets + table.others.packets == \
+        table.totals.packets == 8
 
 
 def test_a_nearly_full_map_sheds_its_longest_idle_entries() -> None:
@@ -111,7 +113,31 @@ def test_a_nearly_full_map_sheds_its_longest_idle_entries() -> None:
     assert report.evicted == 6  # 11 entries down to 5
     assert source.evicted == [peer_key(f"10.77.1.{i}") for i in range(6)]
     assert peer_key("10.77.1.99") in source.entries
-    assert sum(r.packets for r in table.peers.values()) == 11
+    assert len(table.peers) == 5 and table.others.peers == 6
+    assert sum(r.packets for r in table.peers.values()) + table.others.packets == 11
+
+
+def test_the_table_is_bounded_as_the_map_is_through_waves_of_new_peers() -> None:
+    """Issue 9.6: four waves of spoofed sources against a small map; the table never
+    holds more peers than the map, and peers + others + overflow add up to the totals."""
+    capacity = 100
+    source, table, collector, clock = make(capacity=capacity, min_idle_s=10)
+    overflow = 0
+    for wave in range(4):
+        for i in range(520):
+            if len(source.entries) < capacity:
+                source.count(f"fd77::{wave:x}:{i:x}", 1, 60, clock.mono_s)
+            else:
+                overflow += 1
+        collector.drain()
+        assert len(table.peers) <= capacity
+        clock.mono_s += 11  # the wave's sources fall idle
+        collector.drain()
+        assert len(table.peers) <= capacity
+        listed = sum(r.packets for r in table.peers.values())
+        assert listed + table.others.packets == table.totals.packets
+    assert table.totals.packets + overflow == 4 * 520
+    assert table.others.peers > 0
 
 
 def test_nothing_is_evicted_below_the_high_water_mark() -> None:

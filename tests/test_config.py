@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,167 @@ def test_config_command_reports_errors_like_upstream(tmp_path: Path) -> None:
                                        str(tmp_path), "host", "1.2.3.4.5"])
     assert result.exit_code == 2
     assert "config: bad hostname '1.2.3.4.5' in bpf filter string" in result.output
+
+
+# One validation for every source (issue 9): a bad value in the file is refused exactly as
+# the same value given as a flag, exit 2, in one line that names the TOML key.
+# (TOML line, the key the message names, the same value as command-line flags or None)
+BAD_VALUES = [
+    ("interval = -5", "interval", ["--interval=-5"]),
+    ("interval = 0.01", "interval", ["--interval=0.01"]),
+    ('interval = "abc"', "interval", ["--interval=abc"]),
+    ('interval = "5"', "interval", None),
+    ("interval = nan", "interval", ["--interval=nan"]),
+    ("interval = inf", "interval", ["--interval=inf"]),
+    ("interval = true", "interval", None),
+    ("interval = {seconds = 5}", "interval", None),
+    ("max_peers = 1979-05-27", "max_peers", None),
+    ('direction = "sideways"', "direction", ["--direction=sideways"]),
+    ("direction = 5", "direction", None),
+    ('mode = "bogus"', "mode", ["--mode=bogus"]),
+    ('xdp_mode = "fast"', "xdp_mode", ["--xdp-mode=fast"]),
+    ("max_peers = -1", "max_peers", ["--max-peers=-1"]),
+    ("max_peers = 0", "max_peers", ["--max-peers=0"]),
+    ("max_peers = 67108865", "max_peers", ["--max-peers=67108865"]),
+    ("max_peers = 1.5", "max_peers", ["--max-peers=1.5"]),
+    ('max_peers = "100"', "max_peers", None),
+    ("dns_rate = 0.01", "dns_rate", ["--dns-rate=0.01"]),
+    ('dns_rate = "fast"', "dns_rate", ["--dns-rate=fast"]),
+    ('resolve = "no"', "resolve", None),
+    ("resolve = 0", "resolve", None),
+    ("resolver = 5", "resolver", None),
+    ('resolver = ["nosuch"]', "resolver", ["--resolver=nosuch"]),
+    ("allowed = 5", "allowed", None),
+    ("allowed = [5]", "allowed", None),
+    ("port = 9999\nallowed = 5", "allowed", None),
+    ("host = 5", "host", None),
+    ("port = 70000", "port", ["--port=70000"]),
+    ('port = "9999"', "port", None),
+    ("port = true", "port", None),
+    ("port = false", "port", None),
+    ("snaplen = -1", "snaplen", ["--snaplen=-1"]),
+    ('snaplen = "90"', "snaplen", None),
+    ("payload = -1", "payload", ["--payload=-1"]),
+    ("payload = 2.5", "payload", ["--payload=2.5"]),
+    ("match = 5", "match", None),
+    ('match = "\\u20ac"', "match", ["--match=\u20ac"]),
+    ("nomatch = [1]", "nomatch", None),
+    ("bpf = 5", "bpf", None),
+    ("iface = 5", "iface", None),
+    ("sniffer = 5", "sniffer", None),
+    ("piddir = false", "piddir", None),
+    ('umask = "999"', "umask", ["--umask=999"]),
+    ('umask = "1000"', "umask", ["--umask=1000"]),
+    ('umask = "u=rwx"', "umask", ["--umask=u=rwx"]),
+    ("umask = 18", "umask", None),
+]
+
+
+def _config_file(tmp_path: Path, lines: str = "") -> Path:
+    """A valid configuration on lo, with lines replacing or adding keys."""
+    values = {"iface": '"lo"', "sniffer": f'"{tmp_path}"', "piddir": f'"{tmp_path}"'}
+    for line in lines.splitlines():
+        key, _, value = line.partition(" = ")
+        values[key] = value
+    path = tmp_path / "bad.toml"
+    path.write_text("".join(f"{key} = {value}\n" for key, value in values.items()))
+    return path
+
+
+def _refusal(args: list[str]) -> str:
+    result = CliRunner().invoke(main, ["config", *args])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        result.exception
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: config: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(("line", "key", "flags"), BAD_VALUES,
+                         ids=[case[0] for case in BAD_VALUES])
+def test_bad_file_values_are_refused_like_flags(tmp_path: Path, line: str, key: str,
+                                                flags: list[str] | None) -> None:
+    refusal = _refusal(["--config", str(_config_file(tmp_path, line))])
+    assert key in refusal
+    if flags is not None:
+        assert _refusal(["--config", str(_config_file(tmp_path)), *flags]) == refusal
+
+
+def test_refusals_name_the_key_the_flag_and_what_is_allowed(tmp_path: Path) -> None:
+    assert _refusal(["--config", str(_config_file(tmp_path, "max_peers = -1"))]) == \
+        "Error: config: max_peers: -1 is out of range (an integer from 1 to 67108864; " \
+        "flag --max-peers)"
+    assert _refusal(["--config", str(_config_file(tmp_path, 'resolve = "no"'))]) == \
+        'Error: config: resolve: "no" is not true or false (true or false, without quotes; ' \
+        "flag --no-resolve)"
+    assert _refusal(["--config", str(_config_file(tmp_path, 'direction = "sideways"'))]) == \
+        'Error: config: direction: "sideways" is not allowed (one of "both", "ingress", ' \
+        '"egress"; flag --direction)'
+
+
+def test_good_values_round_trip(tmp_path: Path) -> None:
+    original = config(tmp_path, iface="eth1", mode="tc", direction="egress", interval_s=0.05,
+                      xdp_mode="generic", max_peers=1 << 26, resolve=False,
+                      resolvers=["10.77.0.53:5353"], dns_rate=0.1, umask="0027", port=1,
+                      allow="10.77.0.2", snaplen=65535, payload=64, nomatch="x")
+    assert (original.umask, original.allow, original.interval_s) == (0o27, ("10.77.0.2",), 0.05)
+    text = to_toml(original)
+    assert 'umask = "027"' in text
+    path = tmp_path / "again.toml"
+    path.write_text(text)
+    assert build(read_file(path), "test", ADDRESSES, fake_resolve) == original
+
+
+def test_umask_default_and_flag(tmp_path: Path) -> None:
+    assert config(tmp_path, iface="eth1").umask == 0o022
+    assert config(tmp_path, iface="eth1", umask="0").umask == 0
+    assert config(tmp_path, iface="eth1", umask="777").umask == 0o777
+    path = _config_file(tmp_path, 'umask = "0077"')
+    result = CliRunner().invoke(main, ["config", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert 'umask = "077"' in result.output
+    result = CliRunner().invoke(main, ["config", "--config", str(path), "--umask", "0027"])
+    assert result.exit_code == 0, result.output
+    assert 'umask = "027"' in result.output  # the flag beats the file
+    result = CliRunner().invoke(main, ["attach", "--help"])
+    assert "--umask" in result.output and "octal" in result.output
+
+
+def _ncebpf_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ncebpf", "config", "--statedir", str(tmp_path),
+                           "--piddir", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_config_refuses_a_missing_interface_like_attach(tmp_path: Path) -> None:
+    result = _ncebpf_config(tmp_path, "--iface", "nosuch0")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr == "Error: no network interface named 'nosuch0': see 'ip -br link' " \
+        "for the names\n"
+
+
+def test_config_refuses_a_filter_libpcap_cannot_compile(tmp_path: Path) -> None:
+    result = _ncebpf_config(tmp_path, "--iface", "lo", "udp porrt 53")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr == "Error: bad filter 'udp porrt 53': can't parse filter expression: " \
+        "syntax error\n"
+
+
+def test_config_accepts_filters_only_a_capture_runs(tmp_path: Path) -> None:
+    """`inbound` & co. need socket metadata: auto mode counts them with libpcap."""
+    for expression in ("inbound and udp", "outbound", "ifindex 1"):
+        result = _ncebpf_config(tmp_path, "--iface", "lo", expression)
+        assert result.returncode == 0, result.stderr
+    result = _ncebpf_config(tmp_path, "--iface", "lo", "--mode", "xdp", "inbound")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1 and "inbound" in result.stderr, result.stderr
+
+
+def test_commands_without_a_run_check_the_directories_too(tmp_path: Path) -> None:
+    """stop, status, dump and detach read only sniffer and piddir; those are checked alike."""
+    path = _config_file(tmp_path, "sniffer = 5")
+    result = CliRunner().invoke(main, ["status", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: config: sniffer: 5 is not a string"), result.output

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ncebpf import dump
 from ncebpf.accounting import PeerTable, Totals, peer_key
 from ncebpf.dump import (
     DumpContext,
@@ -22,7 +24,7 @@ from ncebpf.dump import (
 
 TOP_LEVEL = ["version", "name", "start", "current", "hits_per_minute", "bytes_per_second",
              "users", "device", "promiscuous", "filter", "mode", "match", "nomatch", "payload",
-             "snaplen", "totals", "peers"]
+             "snaplen", "totals", "others", "peers"]
 CONTEXT = DumpContext("n", "eth1", "xdp", filter="dst host 10.77.0.1")
 HOSTILE = ["it's", "back\\slash\\", "@{[ system('touch /tmp/ncebpf-pwned') ]}",
            "two\nlines", "'; system('touch /tmp/ncebpf-pwned'); '", "${\\ `id`}"]
@@ -168,3 +170,60 @@ def test_atomic_write_replaces_and_leaves_no_scratch(tmp_path: Path) -> None:
     write_atomically(target, "new\n")
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["n.json"]
+
+
+@pytest.mark.parametrize("per_piece", [1, 2, 4, 5])
+def test_dumps_stream_in_pieces_that_make_one_document(monkeypatch: pytest.MonkeyPatch,
+                                                       per_piece: int) -> None:
+    """A dump is written piece by piece (issue 9.2); any piece size gives the same text."""
+    table = sample_table()
+    whole_json = render_json(json_document(table, CONTEXT, 2000))
+    whole_perl = render_perl(table, CONTEXT, 2000)
+    monkeypatch.setattr(dump, "PEERS_PER_PIECE", per_piece)
+    json_pieces = list(dump.json_pieces(table, CONTEXT, 2000))
+    assert json.loads("".join(t for t, _ in json_pieces)) == json.loads(whole_json)
+    assert [done for _, done in json_pieces][-1] == 4
+    assert len(json_pieces) == 2 + 4 // per_piece
+    assert "".join(t for t, _ in dump.perl_pieces(table, CONTEXT, 2000)) == whole_perl
+
+
+def test_an_empty_table_streams_to_valid_json() -> None:
+    text = "".join(t for t, _ in dump.json_pieces(PeerTable(start=1000), CONTEXT, 2000))
+    assert json.loads(text)["peers"] == {}
+
+
+def test_peers_no_longer_listed_are_accounted_in_others(tmp_path: Path) -> None:
+    table = sample_table()
+    table.retire([peer_key("fd77::2"), peer_key("10.77.0.10")])
+    doc = json_document(table, CONTEXT, 2000)
+    assert doc["others"] == {"peers": 2, "packets": 5, "bytes": 530}
+    listed = sum(p["packets"] for p in doc["peers"].values())
+    assert listed + doc["others"]["packets"] == 12 == doc["totals"]["packets"]
+    stats = tmp_path / "n.stats"
+    stats.write_text(render_perl(table, CONTEXT, 2000))
+    assert "# others:\t2 peers, 5 packets, 530 bytes no longer listed" in stats.read_text()
+    assert len(perl_read(stats)) == 2
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_scratch(tmp_path: Path) -> None:
+    target = tmp_path / "n.json"
+    target.write_text("old")
+
+    def failing() -> Iterator[str]:
+        yield "new, half"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomically(target, failing())
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["n.json"]
+
+
+def test_atomic_write_never_follows_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "n.json").symlink_to(victim)
+    write_atomically(tmp_path / "n.json", "dump", mode=0o640)
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "n.json").is_symlink()
+    assert (tmp_path / "n.json").stat().st_mode & 0o777 == 0o640

@@ -112,7 +112,8 @@ class TestErrors:
                   "--inh-caps=-all", "--bounding-set=-all", *NCEBPF, "attach", "--iface", "lo",
                   "--statedir", str(tmp_path), "--piddir", str(tmp_path), check=False)
         assert out.returncode == 2, out.stderr
-        assert "needs CAP_BPF and CAP_NET_ADMIN for the kernel path, or CAP_NET_RAW" in out.stderr
+        assert ("needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN for the kernel path, "
+                "or CAP_NET_RAW") in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
 
     def test_bcc_missing_names_the_package(self, tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ def test_concurrent_starts_of_one_name_leave_one_intact_survivor(pair: NetnsPair
         pair.inject_ingress(frames_from(pair, peer, 13), workdir)
         assert dump(pair, workdir, "a")["peers"][peer]["packets"] == 13
         stopped = ncebpf(pair, workdir, "a", "stop")
-        assert (stopped.returncode, stopped.stdout.strip()) == (0, f"a stopped (pid {winner})")
+        assert (stopped.returncode, stopped.stdout.strip()) == (
+            0, f"a stopped (pid {winner}); final dump in {workdir}/state/a.json")
         assert pair.xdp_attached() == "" and "ncebpf_tc" not in pair.tc_egress_filters()
 
 

@@ -107,5 +107,30 @@ def describe(insn: Insn, pc: int) -> str:
     return f"unknown {code:#x}"
 
 
+def extension_read(k: int) -> str | None:
+    """What a packet load at offset k reads when k is a Linux extension; None for packet bytes."""
+    if k < LINUX_EXTENSION_BASE:
+        return None
+    if k >= SKF_AD_OFF:
+        return ANCILLARY.get(k - SKF_AD_OFF) or f"Linux extension {k:#x}"
+    return "a network- or link-layer-relative offset"
+
+
+def socket_metadata(insns: tuple[Insn, ...]) -> str | None:
+    """What the program's first Linux-extension load reads; None when it reads packet bytes only.
+
+    libpcap emits such loads for `inbound`, `outbound`, `ifindex` (and, on a
+    live Linux handle, for `vlan`). Only a Linux socket filter can run them:
+    libpcap's own interpreter rejects the frame at such a load, and the
+    kernel's XDP/TC hooks have no socket metadata.
+    """
+    for code, _, _, k in insns:
+        if cls(code) in (LD, LDX) and mode(code) in (ABS, IND, MSH):
+            what = extension_read(k)
+            if what is not None:
+                return what
+    return None
+
+
 def listing(insns: tuple[Insn, ...]) -> str:
     return "\n".join(f"({pc:03d}) {describe(insn, pc)}" for pc, insn in enumerate(insns))

@@ -51,6 +51,15 @@ def compile_filter(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN) -> tupl
         lib().pcap_close(handle)
 
 
+def bpf_program(insns: tuple[Insn, ...]) -> BpfProgram:
+    """A libpcap program holding insns, for pcap_offline_filter; the caller keeps it alive."""
+    program = BpfProgram()
+    program.bf_len = len(insns)
+    # ctypes keeps the array alive in the structure (its _objects) once assigned.
+    program.bf_insns = (BpfInsn * len(insns))(*(BpfInsn(*insn) for insn in insns))
+    return program
+
+
 def pcap_verdict(insns: tuple[Insn, ...], frame: bytes, wire_len: int | None = None) -> int:
     """What libpcap's interpreter returns for frame: 0 = no match, else the snap length."""
     program = (BpfInsn * len(insns))(*(BpfInsn(*insn) for insn in insns))

@@ -9,6 +9,7 @@ from ncebpf.errors import PrivilegeError
 CAP_NET_RAW = 13
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
 CAP_BPF = 39
 
 
@@ -20,16 +21,22 @@ def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
 
 
 def has_bpf_privileges() -> bool:
+    """CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which implies both), and CAP_NET_ADMIN.
+
+    Without CAP_PERFMON the verifier refuses our programs' packet-pointer
+    arithmetic ("pointer -= pointer prohibited"), so CAP_BPF alone is not enough.
+    """
     caps = effective_capabilities()
-    has_bpf = caps & (1 << CAP_BPF) or caps & (1 << CAP_SYS_ADMIN)
+    has_bpf = caps & (1 << CAP_SYS_ADMIN) or (
+        caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON))
     return bool(has_bpf and caps & (1 << CAP_NET_ADMIN))
 
 
 def require_bpf_privileges(command: str) -> None:
     if not has_bpf_privileges():
         raise PrivilegeError(
-            f"{command} needs CAP_BPF and CAP_NET_ADMIN to load and attach programs: "
-            "run it as root (sudo)"
+            f"{command} needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach "
+            "programs: run it as root (sudo)"
         )
 
 
@@ -37,6 +44,6 @@ def require_capture_privileges(command: str) -> None:
     """Enough to count at all: the kernel path, or at least a libpcap capture."""
     if not has_bpf_privileges() and not effective_capabilities() & (1 << CAP_NET_RAW):
         raise PrivilegeError(
-            f"{command} needs CAP_BPF and CAP_NET_ADMIN for the kernel path, or CAP_NET_RAW "
-            "for a libpcap capture: run it as root (sudo)"
+            f"{command} needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN for the kernel path, or "
+            "CAP_NET_RAW for a libpcap capture: run it as root (sudo)"
         )

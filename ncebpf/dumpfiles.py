@@ -1,0 +1,141 @@
+"""Write an instance's dump files, and survive when that fails.
+
+A dump that cannot be written (a full disk, a state directory moved away, a
+read-only remount) must never cost a count: the table stays in memory and
+the kernel counters are cumulative, so the daemon reports the error in one
+line, keeps counting and tries again later (issue 9). Only the final dump
+at exit has no later: when the state directory refuses it, it goes to the
+first fallback directory that takes it, and the caller says where.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ncebpf.accounting import PeerTable
+from ncebpf.config import Instance
+from ncebpf.dump import FORMATS, DumpContext, pieces, write_atomically
+from ncebpf.errors import NcebpfError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (peers written, peers in the table)
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 60.0
+# Where the final dump goes when the state directory refuses it: the pid
+# directory (on Debian a tmpfs, rarely full at the same time) and then the
+# one directory the FHS keeps across reboots for temporary files.
+FALLBACK_DIRS = (Path("/var/tmp"),)
+
+
+class OutputError(NcebpfError):
+    """An output could not be written; the message is one line naming the file."""
+
+
+def describe(exc: OSError, path: Path) -> str:
+    """`could not write PATH: No space left on device` — the real error, one line."""
+    return f"could not write {exc.filename or path}: {exc.strerror or exc}"
+
+
+@dataclass(frozen=True)
+class FinalDump:
+    path: Path  # the JSON dump
+    refused: str = ""  # why the state directory did not take it, when it did not
+
+
+class DumpWriter:
+    """Both dump files of one instance (JSON and Perl), with retries after a failure.
+
+    `write` raises OutputError and remembers that a dump is owed; the daemon
+    calls `retry_due` each turn and writes again when it says so, backing off
+    from RETRY_FIRST_S to RETRY_MAX_S. `mode` is the files' permission bits.
+    """
+
+    def __init__(self, instance: Instance, context: DumpContext, mode: int = 0o644) -> None:
+        self.instance = instance
+        self.context = context
+        self.mode = mode
+        self.failures = 0  # consecutive failed writes; 0 = nothing owed
+        self._next_retry = 0.0  # time.monotonic()
+
+    def write(self, table: PeerTable, now: float, progress: Progress,
+              statedir: Path | None = None) -> Path:
+        """Write both files into statedir (the instance's by default); return the JSON one."""
+        directory = statedir or self.instance.statedir
+        total = len(table.peers)
+        try:
+            for fmt in FORMATS:
+                path = directory / self.instance.dump_path(fmt).name
+                try:
+                    write_atomically(path, _reporting(pieces(fmt, table, self.context, now),
+                                                      total, progress), self.mode)
+                except OSError as exc:
+                    raise OutputError(describe(exc, path)) from exc
+        except OutputError:
+            self.failures += 1
+            raise
+        if self.failures:
+            log.info("dump written to %s after %d failed %s", directory, self.failures,
+                     "try" if self.failures == 1 else "tries")
+        self.failures = 0
+        return directory / self.instance.json_path.name
+
+    @property
+    def owed(self) -> bool:
+        """The last write failed: a dump is owed and will be retried."""
+        return self.failures > 0
+
+    def retry_due(self, monotonic_now: float) -> bool:
+        return self.owed and monotonic_now >= self._next_retry
+
+    def failed(self, monotonic_now: float) -> float:
+        """Schedule the next retry after a failure; return the delay in seconds."""
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** (self.failures - 1))
+        self._next_retry = monotonic_now + delay
+        return delay
+
+    def write_final(self, table: PeerTable, now: float, progress: Progress) -> FinalDump:
+        """The last dump of a run: the state directory, else the first fallback that works.
+
+        Raises OutputError naming every place tried when none took it.
+        """
+        refusals = []
+        for directory in (self.instance.statedir, self.instance.piddir, *FALLBACK_DIRS):
+            try:
+                path = self.write(table, now, progress, directory)
+            except OutputError as exc:
+                refusals.append(str(exc))
+                continue
+            return FinalDump(path, refusals[0] if refusals else "")
+        raise OutputError("; ".join(refusals))
+
+
+def _reporting(texts: Iterator[tuple[str, int]], total: int,
+               progress: Progress) -> Iterator[str]:
+    for text, done in texts:
+        yield text
+        progress(done, total)
+
+
+def file_mode(umask: int) -> int:
+    """Permission bits of a file created under umask (as open(2) with 0666 would)."""
+    return 0o666 & ~umask & 0o777
+
+
+def shared_directory(path: Path) -> str:
+    """Why others could plant files in path ("" when they cannot): for a start-up warning."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    if st.st_mode & 0o002:
+        return "writable by every user"
+    if st.st_mode & 0o020 and st.st_gid != os.getegid() and st.st_gid != 0:
+        return f"writable by group {st.st_gid}"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}"
+    return ""

@@ -1,0 +1,266 @@
+"""Never die, never lose a count (issue 9): outputs that fail, long final dumps,
+planted links, and a table bounded as the map is — with real daemons and traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ncebpf.filter.frames import ip_frame
+from ncebpf.lifecycle import is_ncebpf_process
+from tests.netns import NCEBPF, DaemonProcess, NetnsPair, run
+
+pytestmark = pytest.mark.privileged
+
+
+def frames_from(pair: NetnsPair, peer: str, count: int, size: int = 40) -> list[bytes]:
+    return [ip_frame(peer, pair.local_v4, "udp", size)] * count
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
+    path.mkdir()
+    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "ncebpf-test", str(path))
+    try:
+        yield path
+    finally:
+        run("umount", "-l", str(path), check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of directory to the last byte; return the filler file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def ncebpf(pair: NetnsPair, workdir: Path, statedir: Path, *args: str,
+           check: bool = False) -> subprocess.CompletedProcess[str]:
+    names = ["--no-resolve"] if args[0] in ("start", "restart") else []
+    return pair.ns(pair.local, *NCEBPF, *args, *names, "--name", "t", "--statedir",
+                   str(statedir), "--piddir", str(workdir / "run"), check=check)
+
+
+def daemon_pid(workdir: Path) -> int:
+    return int((workdir / "run" / "t.pid").read_text())
+
+
+def test_a_full_disk_costs_no_count_and_the_daemon_lives(silent_pair: NetnsPair,
+                                                         workdir: Path) -> None:
+    """Issue 9.1: state directory on a 256 KiB tmpfs, filled. The dump fails with the
+    real error in one line; the daemon keeps counting and logging; once there is room
+    the owed dump is written by itself, and `dump` has every frame."""
+    pair = silent_pair
+    (workdir / "run").mkdir()
+    with small_tmpfs(workdir / "state") as state:
+        started = ncebpf(pair, workdir, state, "start", "--iface", pair.local_if,
+                         "--interval", "0.5")
+        assert started.returncode == 0, started.stderr
+        pid = daemon_pid(workdir)
+        pair.inject_ingress(frames_from(pair, "10.77.9.1", 7), workdir)
+        filler = fill(state)
+
+        failed = ncebpf(pair, workdir, state, "dump")
+        assert failed.returncode == 1
+        assert failed.stderr.count("\n") == 1, failed.stderr
+        assert "No space left on device" in failed.stderr and "t.json" in failed.stderr
+        assert "still counting" in failed.stderr
+        assert is_ncebpf_process(pid)
+        assert "ncebpf_xdp" in pair.xdp_attached()
+        assert not [p for p in state.iterdir() if p.name.startswith(".t.")]  # no scratch
+
+        pair.inject_ingress(frames_from(pair, "10.77.9.1", 4), workdir)
+        filler.unlink()
+        # The owed dump is retried without being asked (first retry after 5 s).
+        deadline = time.monotonic() + 30
+        while not (state / "t.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        retried = json.loads((state / "t.json").read_text())
+        assert retried["peers"]["10.77.9.1"]["packets"] == 11
+        assert is_ncebpf_process(pid)
+
+        pair.inject_ingress(frames_from(pair, "10.77.9.1", 2), workdir)
+        dumped = json.loads(ncebpf(pair, workdir, state, "dump", check=True).stdout)
+        assert dumped["peers"]["10.77.9.1"]["packets"] == 13
+        assert dumped["totals"]["packets"] == 13
+        assert "after 1 failed try" in (state / "t.log").read_text()
+        assert ncebpf(pair, workdir, state, "stop").returncode == 0
+
+
+def test_a_final_dump_the_state_directory_refuses_goes_elsewhere_and_says_where(
+        pair: NetnsPair, workdir: Path) -> None:
+    """Issue 9.1: stop on a full disk — exit 1, and the line says where the counts are."""
+    (workdir / "run").mkdir()
+    with small_tmpfs(workdir / "state") as state:
+        started = ncebpf(pair, workdir, state, "start", "--iface", pair.local_if)
+        assert started.returncode == 0, started.stderr
+        pair.inject_ingress(frames_from(pair, "10.77.9.2", 5), workdir)
+        fill(state)
+        stopped = ncebpf(pair, workdir, state, "stop")
+    assert stopped.returncode == 1
+    assert stopped.stderr.count("\n") == 1, stopped.stderr
+    fallback = workdir / "run" / "t.json"
+    assert f"went to {fallback} instead" in stopped.stderr
+    assert "No space left on device" in stopped.stderr
+    assert json.loads(fallback.read_text())["peers"]["10.77.9.2"]["packets"] == 5
+    assert pair.xdp_attached() == "" and pair.tc_egress_filters() == ""
+
+
+def test_a_state_directory_moved_away_and_back(pair: NetnsPair, workdir: Path) -> None:
+    """Issue 9.1: the same for FileNotFoundError; the daemon counts on, one line says why."""
+    daemon = DaemonProcess(pair, workdir)
+    state, moved = workdir / "state", workdir / "moved"
+    try:
+        pair.inject_ingress(frames_from(pair, "10.77.9.3", 3), workdir)
+        state.rename(moved)
+        failed = run(*NCEBPF, "dump", *daemon.args, check=False)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+        assert "No such file or directory" in failed.stderr
+        assert daemon.proc.poll() is None
+        pair.inject_ingress(frames_from(pair, "10.77.9.3", 2), workdir)
+        moved.rename(state)
+        assert daemon.dump()["peers"]["10.77.9.3"]["packets"] == 5
+    finally:
+        assert daemon.stop() == 0
+
+
+def spoofed(pair: NetnsPair, count: int, wave: int) -> list[bytes]:
+    """One frame from each of count sources: 10.77.W.x for small waves, fd77:W::/64 beyond."""
+    if count <= 250 * 20:
+        return [ip_frame(f"10.77.{wave + i // 250}.{1 + i % 250}", pair.local_v4, "udp", 18)
+                for i in range(count)]
+    return [ip_frame(f"fd77:{wave:x}::{i >> 16:x}:{i & 0xffff:x}", pair.local_v6, "udp", 18)
+            for i in range(count)]
+
+
+def spoofed_peers(dump: dict[str, Any], wave: int) -> dict[str, Any]:
+    return {a: p for a, p in dump["peers"].items() if a.startswith(f"fd77:{wave:x}::")}
+
+
+def test_stop_waits_for_a_final_dump_that_makes_progress(pair: NetnsPair,
+                                                         workdir: Path) -> None:
+    """Issue 9.2: the final dump of 200 000 peers takes longer than stop's --timeout;
+    stop waits, because the daemon keeps writing, and the final dump has every peer."""
+    peers = 200_000
+    (workdir / "run").mkdir()
+    (workdir / "state").mkdir()
+    state = workdir / "state"
+    started = ncebpf(pair, workdir, state, "start", "--iface", pair.local_if,
+                     "--max-peers", str(peers + 1000), "--interval", "1")
+    assert started.returncode == 0, started.stderr
+    pair.inject_ingress(spoofed(pair, peers, 100), workdir)
+    time.sleep(2)  # drained once: the final drain is a steady one
+    began = time.monotonic()
+    stopped = ncebpf(pair, workdir, state, "stop", "--timeout", "1")
+    took = time.monotonic() - began
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout and "killed" not in stopped.stdout
+    final = json.loads((state / "t.json").read_text())
+    assert len(spoofed_peers(final, 100)) == peers
+    # The point of the test: the dump outlasted --timeout and was not cut off.
+    assert took > 1.0, f"the final dump took only {took:.2f} s: make the table larger"
+
+
+def test_a_long_dump_reports_progress_and_other_requests_wait_their_turn(
+        pair: NetnsPair, workdir: Path) -> None:
+    """Issue 9.2: `dump --timeout 1` of a table that takes longer to write succeeds
+    (progress lines keep it alive), and a second client asking meanwhile is served."""
+    peers = 200_000
+    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "1")
+    try:
+        pair.inject_ingress(spoofed(pair, peers, 100), workdir)
+        time.sleep(2.5)  # drained once: the dump's own drain is a steady one
+        began = time.monotonic()
+        first = subprocess.Popen([*NCEBPF, "dump", "--timeout", "1", *daemon.args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        second = run(*NCEBPF, "dump", "--timeout", "1", *daemon.args, check=False)
+        out, err = first.communicate(timeout=120)
+        took = time.monotonic() - began
+        assert first.returncode == 0, err
+        assert took > 1.0, f"the dump took only {took:.2f} s: make the table larger"
+        assert second.returncode == 0, second.stderr
+        assert len(spoofed_peers(json.loads(out), 100)) == peers
+        assert len(spoofed_peers(json.loads(second.stdout), 100)) == peers
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_the_daemon_log_is_never_written_through_a_planted_link(pair: NetnsPair,
+                                                                workdir: Path) -> None:
+    """Issue 9.5: a state directory others can write, NAME.log linked to a root-only file."""
+    state = workdir / "shared"
+    state.mkdir()
+    os.chmod(state, 0o1777)
+    (workdir / "run").mkdir()
+    victim = workdir / "root-only"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    (state / "t.log").symlink_to(victim)
+    started = ncebpf(pair, workdir, state, "start", "--iface", pair.local_if)
+    assert started.returncode != 0
+    assert "refusing to log to" in started.stderr and "symbolic link" in started.stderr
+    assert victim.read_text() == "secret\n"
+    assert pair.xdp_attached() == ""
+
+
+def test_a_shared_state_directory_is_warned_about(pair: NetnsPair, workdir: Path) -> None:
+    state = workdir / "state"
+    state.mkdir()
+    os.chmod(state, 0o777)
+    daemon = DaemonProcess(pair, workdir, "--umask", "027")
+    assert daemon.stop() == 0
+    assert "writable by every user" in daemon.stderr
+    assert (state / "t.json").stat().st_mode & 0o777 == 0o640
+    assert (state / "t.stats").stat().st_mode & 0o777 == 0o640
+
+
+def test_the_table_is_bounded_by_max_peers_through_waves_of_new_sources(
+        silent_pair: NetnsPair, workdir: Path) -> None:
+    """Issue 9.6: with --max-peers 1000, two waves of 1 500 spoofed sources, the second
+    after the first fell idle: the daemon lists at most 1 000 peers, the evicted ones are
+    accounted in `others`, and everything adds up to the frames sent."""
+    pair = silent_pair
+    daemon = DaemonProcess(pair, workdir, "--max-peers", "1000", "--interval", "0.5")
+    try:
+        sent = pair.inject_ingress(spoofed(pair, 1500, 20), workdir)
+        time.sleep(11.5)  # idle >= 10 s: evictable once the map is 90 % full
+        sent += pair.inject_ingress(spoofed(pair, 1500, 40), workdir)
+        dump: dict[str, Any] = daemon.dump()
+    finally:
+        assert daemon.stop() == 0
+    totals, others = dump["totals"], dump["others"]
+    assert dump["users"] == len(dump["peers"]) <= 1000
+    assert others["peers"] > 0
+    listed = sum(p["packets"] for p in dump["peers"].values())
+    assert listed + others["packets"] == totals["packets"]
+    assert totals["packets"] + totals["overflow"] + totals["unparsed"] == sent
+
+
+def test_a_client_hears_when_the_daemon_dies_mid_answer(pair: NetnsPair,
+                                                        workdir: Path) -> None:
+    daemon = DaemonProcess(pair, workdir)
+    daemon.proc.send_signal(signal.SIGSTOP)
+    client = subprocess.Popen([*NCEBPF, "dump", "--timeout", "30", *daemon.args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    daemon.kill()
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 1
+    assert "closed the connection without answering" in err and "status" in err
