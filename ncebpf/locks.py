@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -80,6 +81,15 @@ class InstanceLock:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             raise already_running(self.instance, instance_holder(self.instance)) from None
+        st = os.fstat(fd)
+        # Truncated and written below: never someone else's file linked in here.
+        problem = ("it is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                   f"it belongs to uid {st.st_uid}" if st.st_uid != os.geteuid() else
+                   f"it has {st.st_nlink} hard links" if st.st_nlink != 1 else "")
+        if problem:
+            os.close(fd)
+            raise NcebpfError(f"refusing to lock {self.path}: {problem}; remove it, and give "
+                              "ncebpf a pid directory of its own")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

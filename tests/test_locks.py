@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ncebpf.config import Instance
-from ncebpf.errors import InstanceRunning
+from ncebpf.errors import InstanceRunning, NcebpfError
 from ncebpf.locks import (
     InstanceLock,
     InterfaceBusy,
@@ -75,6 +75,15 @@ def test_the_instance_lock_does_not_follow_a_planted_link(tmp_path: Path) -> Non
     target.write_text("precious\n")
     (tmp_path / "a.lock").symlink_to(target)
     with pytest.raises(OSError):
+        InstanceLock(Instance("a", tmp_path, tmp_path)).__enter__()
+    assert target.read_text() == "precious\n"
+
+
+def test_the_instance_lock_never_truncates_a_file_linked_in(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("precious\n")
+    os.link(target, tmp_path / "a.lock")
+    with pytest.raises(NcebpfError, match="it has 2 hard links; remove it"):
         InstanceLock(Instance("a", tmp_path, tmp_path)).__enter__()
     assert target.read_text() == "precious\n"
 
