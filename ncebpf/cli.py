@@ -28,6 +28,7 @@ from ncebpf.errors import NcebpfError
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _ExitError(click.ClickException):
@@ -277,13 +278,13 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 @instance_options
 def status(name: str, config_file: Path | None, statedir: str | None,
            piddir: str | None) -> None:
-    """Say whether the instance runs: exit 0 running, 3 not running, 1 dead.
+    """Say whether the instance runs: exit 0 running, 3 not running, 1 dead, 4 unknown.
 
     Dead: it was killed (kill -9, the OOM killer) and left its programs on
     the interface; 'ncebpf stop' removes them.
     """
     from ncebpf.lifecycle import running_pid
-    from ncebpf.remains import find
+    from ncebpf.remains import find, unlocked_process
 
     instance = _instance(name, config_file, statedir, piddir)
     pid = running_pid(instance)
@@ -291,6 +292,9 @@ def status(name: str, config_file: Path | None, statedir: str | None,
         click.echo(f"{name} running, pid {pid}")
         return
     remains = find(instance)
+    if remains is not None and remains.alive:
+        click.echo(unlocked_process(instance, remains.pid))
+        raise click.exceptions.Exit(EXIT_UNKNOWN)
     stop = f"run 'ncebpf stop --name {name}'"
     if remains is not None and remains.programs:
         click.echo(f"{name} is dead ({remains.who}) and left ncebpf programs on "

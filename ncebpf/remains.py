@@ -11,6 +11,7 @@ of a live instance that took the interface over since are that instance's.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ncebpf.config import Instance
 from ncebpf.errors import InterfaceNotFound, KernelError, NcebpfError, PrivilegeError
-from ncebpf.lifecycle import read_pid
+from ncebpf.lifecycle import is_ncebpf_process, read_pid
 from ncebpf.locks import (
     InstanceLock,
     InterfaceBusy,
@@ -27,6 +28,7 @@ from ncebpf.locks import (
     describe,
     instance_holder,
     interface_owner,
+    lock_path,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Remains:
     programs: tuple[str, ...]  # ncebpf programs on iface that no live instance owns
     iface_owner: Owner | None  # a live process that holds iface now: the programs are its
     unchecked: str  # why programs could not be looked for; '' when they were
+    alive: bool = False  # its pid is a live ncebpf process after all, one without the lock
 
     @property
     def who(self) -> str:
@@ -76,7 +79,20 @@ def _look(instance: Instance) -> Remains | None:
             pass  # gone, and its programs with it
         except (KernelError, NetlinkError, PermissionError) as exc:
             unchecked = f"cannot look at the programs on {iface} ({exc}): run it as root"
-    return Remains(read_pid(instance.pid_path), iface, files, tuple(programs), owner, unchecked)
+    pid = read_pid(instance.pid_path)
+    alive = pid is not None and pid != os.getpid() and is_ncebpf_process(pid)
+    return Remains(pid, iface, files, tuple(programs), owner, unchecked, alive)
+
+
+def unlocked_process(instance: Instance, pid: int | None) -> str:
+    """A live ncebpf process in the pid file that does not hold the lock: never taken for dead.
+
+    An ncebpf from before instance locks is one (after an upgrade in place);
+    its programs and files are its own until it ends.
+    """
+    return (f"pid {pid} in {instance.pid_path} is an ncebpf process that does not hold "
+            f"{lock_path(instance)} (an ncebpf from before instance locks, or another instance "
+            f"that got the pid): if it is {instance.name}, end it with 'kill {pid}'")
 
 
 def find(instance: Instance) -> Remains | None:
@@ -131,6 +147,8 @@ def remove(instance: Instance) -> Removed:
         remains = _look(instance)
         if remains is None:
             return Removed(None, "", (), (), None)
+        if remains.alive:
+            raise NcebpfError(unlocked_process(instance, remains.pid))
         programs: list[str] = []
         kept_for = remains.iface_owner
         if remains.iface and kept_for is None:

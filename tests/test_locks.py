@@ -178,3 +178,26 @@ def test_a_process_squatting_the_interface_lock_is_named_not_trusted(pair: Netns
         assert out.splitlines()[1] == (
             f"pid {proc.pid}, which is not ncebpf, holds ncebpf's lock on {pair.local_if} (an "
             "abstract Unix socket, see 'ss -xlp | grep ncebpf/iface'): stop that process")
+
+
+def test_a_live_ncebpf_without_the_lock_is_never_taken_for_dead(tmp_path: Path) -> None:
+    """After an upgrade in place the old daemon holds no lock: stop must not clean up under it."""
+    from tests.netns import NCEBPF, run
+
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # ncebpf"]) \
+            as old:
+        try:
+            (tmp_path / "a.pid").write_text(f"{old.pid}\n")
+            (tmp_path / "a.iface").write_text("lo\n")
+            args = ["--name", "a", "--piddir", str(tmp_path), "--statedir", str(tmp_path)]
+            said = (f"pid {old.pid} in {tmp_path}/a.pid is an ncebpf process that does not "
+                    f"hold {tmp_path}/a.lock (an ncebpf from before instance locks, or another "
+                    f"instance that got the pid): if it is a, end it with 'kill {old.pid}'")
+            status = run(*NCEBPF, "status", *args, check=False)
+            assert (status.returncode, status.stdout.strip()) == (4, said)
+            stop = run(*NCEBPF, "stop", *args, check=False)
+            assert (stop.returncode, stop.stderr.strip()) == (1, f"Error: {said}")
+            assert (tmp_path / "a.pid").is_file() and (tmp_path / "a.iface").is_file()
+            assert old.poll() is None
+        finally:
+            old.kill()
