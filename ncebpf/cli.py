@@ -26,7 +26,9 @@ from ncebpf.config import (
 from ncebpf.errors import NcebpfError
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _ExitError(click.ClickException):
@@ -276,14 +278,34 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 @instance_options
 def status(name: str, config_file: Path | None, statedir: str | None,
            piddir: str | None) -> None:
-    """Say whether the instance runs: exit 0 running, 3 not running."""
-    from ncebpf.lifecycle import running_pid
+    """Say whether the instance runs: exit 0 running, 3 not running, 1 dead, 4 unknown.
 
-    pid = running_pid(_instance(name, config_file, statedir, piddir))
-    if pid is None:
-        click.echo(f"{name} not running")
-        raise click.exceptions.Exit(EXIT_NOT_RUNNING)
-    click.echo(f"{name} running, pid {pid}")
+    Dead: it was killed (kill -9, the OOM killer) and left its programs on
+    the interface; 'ncebpf stop' removes them.
+    """
+    from ncebpf.lifecycle import running_pid
+    from ncebpf.remains import find, unlocked_process
+
+    instance = _instance(name, config_file, statedir, piddir)
+    pid = running_pid(instance)
+    if pid is not None:
+        click.echo(f"{name} running, pid {pid}")
+        return
+    remains = find(instance)
+    if remains is not None and remains.alive:
+        click.echo(unlocked_process(instance, remains.pid))
+        raise click.exceptions.Exit(EXIT_UNKNOWN)
+    stop = f"run 'ncebpf stop --name {name}'"
+    if remains is not None and remains.programs:
+        click.echo(f"{name} is dead ({remains.who}) and left ncebpf programs on "
+                   f"{remains.iface}: {stop} to remove them")
+        raise click.exceptions.Exit(EXIT_DEAD)
+    if remains is not None and remains.unchecked:
+        click.echo(f"{name} is dead ({remains.who}) and may have left ncebpf programs on "
+                   f"{remains.iface}; {remains.unchecked}")
+        raise click.exceptions.Exit(EXIT_DEAD)
+    click.echo(f"{name} not running")
+    raise click.exceptions.Exit(EXIT_NOT_RUNNING)
 
 
 @main.command()
@@ -333,16 +355,24 @@ def detach(iface: str, name: str, config_file: Path | None, statedir: str | None
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's
-    programs are never touched.
+    programs are never touched, and neither are those of a live instance
+    counting on IFACE ('ncebpf stop' detaches those).
     """
-    from ncebpf.control import ensure_not_running
+    from ncebpf.errors import UsageError
     from ncebpf.kernel.attach import detach_leftovers
     from ncebpf.kernel.privileges import require_bpf_privileges
+    from ncebpf.locks import InterfaceBusy, InterfaceLock, describe, stop_command
 
     require_bpf_privileges("ncebpf detach")
-    # A running instance detaches itself on SIGTERM; never pull programs from under it.
-    ensure_not_running(_instance(name, config_file, statedir, piddir))
-    removed = detach_leftovers(iface)
+    try:
+        with InterfaceLock(iface, name, counting=False) as held:
+            removed = detach_leftovers(held)
+    except InterfaceBusy as busy:
+        if busy.owner is not None and not busy.owner.counting:
+            raise  # another clean-up, for a moment
+        raise UsageError(f"{iface} is counted by {describe(busy.owner)}: its programs are not "
+                         f"leftovers; {stop_command(busy.owner)} stops it and removes its "
+                         "programs") from None
     click.echo(f"removed from {iface}: {', '.join(removed)}" if removed
                else f"nothing of ncebpf's on {iface}")
 

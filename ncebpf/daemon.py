@@ -24,7 +24,7 @@ from types import FrameType
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
-from ncebpf.control import ControlServer, DumpClient, ensure_not_running
+from ncebpf.control import ControlServer, DumpClient
 from ncebpf.dump import DumpContext, write_atomically
 from ncebpf.dumpfiles import DumpWriter, OutputError, file_mode, shared_directory
 from ncebpf.errors import (
@@ -56,6 +56,7 @@ from ncebpf.kernel.netif import (
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import LOOPBACK, DumpListener
+from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
@@ -138,7 +139,6 @@ class Daemon:
         """
         config = self.config
         ifindex_of(config.iface)
-        ensure_not_running(self.instance)
         os.umask(config.umask)
         for what, directory in (("state", self.instance.statedir),
                                 ("pid", self.instance.piddir)):
@@ -146,16 +146,18 @@ class Daemon:
                 log.warning("the %s directory %s is %s: others can plant files there; "
                             "ncebpf never follows links there, but give it a directory of "
                             "its own", what, directory, why)
-        mode, reason = self._choose_mode()
-        if reason:
-            log.warning("counting with libpcap in user space, not in the kernel: %s", reason)
-        try:
-            return self._run(mode)
-        except AttachError as exc:
-            if config.mode != "auto":
-                raise
-            log.warning("counting with libpcap in user space, not in the kernel: %s", exc)
-            return self._run("pcap")
+        # First of all: a second run of this name must fail before it touches anything.
+        with InstanceLock(self.instance):
+            mode, reason = self._choose_mode()
+            if reason:
+                log.warning("counting with libpcap in user space, not in the kernel: %s", reason)
+            try:
+                return self._run(mode)
+            except AttachError as exc:
+                if config.mode != "auto":
+                    raise
+                log.warning("counting with libpcap in user space, not in the kernel: %s", exc)
+                return self._run("pcap")
 
     def _choose_mode(self) -> tuple[str, str]:
         """The data path to use, and why it is pcap when auto had to settle for it."""
@@ -194,7 +196,12 @@ class Daemon:
                      f"; local side also {', '.join(self._filter_hosts)}"
                      if self._filter_hosts else "")
         with ExitStack() as stack:
+            # The kernel hooks have one owner, taken before the compile; a capture shares.
+            held = stack.enter_context(InterfaceLock(config.iface, self.instance.name)) \
+                if mode != "pcap" else None
             stack.enter_context(state_file(self.instance.pid_path, f"{os.getpid()}\n"))
+            # Before the attach, so that `stop` finds what a kill in between leaves.
+            stack.enter_context(state_file(self.instance.iface_path, config.iface))
             source: KernelCounterSource | PcapSource
             if mode == "pcap":
                 source = stack.enter_context(PcapSource(
@@ -218,15 +225,14 @@ class Daemon:
                 stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())
             with ExitStack() as attached:
-                if programs is not None:
-                    self._attach(attached, programs)
+                if programs is not None and held is not None:
+                    self._attach(attached, held, programs)
                     if config.promiscuous:  # libpcap does this itself in pcap mode
                         attached.enter_context(promiscuous(config.iface))
                 if config.promiscuous:
                     log.info("%s is promiscuous for this run: the filter's host is a "
                              "neighbour", config.iface)
                 listener = attached.enter_context(self._listener()) if config.port else None
-                attached.enter_context(state_file(self.instance.iface_path, config.iface))
                 # Listening on the control socket is the sign that we are counting.
                 control = attached.enter_context(ControlServer(self.instance))
                 if self._on_ready:
@@ -266,18 +272,17 @@ class Daemon:
         return BuildOptions(max_peers=config.max_peers,
                             filter=prepared.translation if prepared else None, payload=payload)
 
-    def _attach(self, attached: ExitStack, programs: LoadedPrograms) -> None:
+    def _attach(self, attached: ExitStack, held: InterfaceLock,
+                programs: LoadedPrograms) -> None:
         config = self.config
         tc_name = programs.tc.name.decode()
         if config.ingress and self._mode == "xdp":
-            attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
+            attached.enter_context(XdpAttachment(held, programs.xdp.fd,
                                                  config.xdp_mode, config.force))
         elif config.ingress:
-            attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
-                                                "ingress"))
+            attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "ingress"))
         if config.egress:
-            attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
-                                                "egress"))
+            attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "egress"))
 
     def _start_resolver(self) -> ReverseResolver | None:
         config = self.config

@@ -3,8 +3,11 @@
 Fixes upstream §15.20: `start` returns only once the daemon counts (or
 with its error), in its own session, with absolute paths; `stop` waits and
 escalates to SIGKILL, then removes what the killed process left attached;
-`status` exits 3 when not running, as init scripts expect; a pid is only
-believed while it is alive and an ncebpf process.
+`status` exits 3 when not running, as init scripts expect. Whether an
+instance runs is the kernel's word: it runs while a process holds its
+instance lock (ncebpf.locks), never because a pid file says so. One that
+died (kill -9, the OOM killer) is seen by `status` and cleaned by `stop`
+(ncebpf.remains).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from ncebpf.config import Instance, RunConfig
 from ncebpf.dump import write_atomically
-from ncebpf.errors import InstanceRunning, NcebpfError
+from ncebpf.errors import InstanceRunning, NcebpfError, PrivilegeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,10 @@ def is_ncebpf_process(pid: int) -> bool:
 
 
 def running_pid(instance: Instance) -> int | None:
-    pid = read_pid(instance.pid_path)
-    return pid if pid is not None and is_ncebpf_process(pid) else None
+    """The pid of the running instance: the live holder of its lock; None when there is none."""
+    from ncebpf.locks import instance_holder
+
+    return instance_holder(instance)
 
 
 def _report(fd: int, message: str) -> None:
@@ -123,11 +128,12 @@ def _become_daemon(log_path: Path, umask: int) -> None:
 def start(config: RunConfig) -> int:
     """Run the instance in the background; return its pid once it is counting."""
     from ncebpf.daemon import Daemon
+    from ncebpf.locks import already_running
 
     instance = config.instance
     pid = running_pid(instance)
     if pid is not None:
-        raise InstanceRunning(f"{instance.name}: {pid}, already running")
+        raise already_running(instance, pid)
     reader, writer = os.pipe()
     child = os.fork()
     if child:
@@ -137,10 +143,13 @@ def start(config: RunConfig) -> int:
         status, _, detail = report.partition(" ")
         if status == "ok" and detail.isdigit():
             return int(detail)
+        if status == "usage" and detail:  # exit 2 then, as attach would
+            raise UsageError(detail)
         raise NcebpfError(detail if status == "error" and detail else
                           f"the daemon did not start; see {instance.log_path}")
     os.close(reader)
-    code, outcome = 1, ""
+    code = 1
+    outcome: str | None = ""  # None: nothing to tell `stop`, the name was another run's
     instance.outcome_path.unlink(missing_ok=True)
     try:
         _become_daemon(instance.log_path, config.umask)
@@ -148,8 +157,10 @@ def start(config: RunConfig) -> int:
         code, outcome = 0, f"final dump in {final}"
     except NcebpfError as exc:
         log.error("%s", exc)
-        _report(writer, f"error {exc}")
+        _report(writer, f"{'usage' if isinstance(exc, UsageError) else 'error'} {exc}")
         code, outcome = exc.exit_code, str(exc)
+        if isinstance(exc, InstanceRunning):
+            outcome = None  # the name, and its outcome file, belong to the run that has it
     except BaseException as exc:  # the parent must hear of it, whatever it was
         with contextlib.suppress(OSError):
             traceback.print_exc()
@@ -157,8 +168,9 @@ def start(config: RunConfig) -> int:
         outcome = f"{type(exc).__name__}: {exc} (see {instance.log_path})"
     finally:
         # For `stop`, which is not our parent: how the run ended, and where the counts went.
-        with contextlib.suppress(OSError):
-            write_atomically(instance.outcome_path, f"{code} {outcome}\n")
+        if outcome is not None:
+            with contextlib.suppress(OSError):
+                write_atomically(instance.outcome_path, f"{code} {outcome}\n")
         with contextlib.suppress(OSError):
             sys.stderr.flush()
         os._exit(code)
@@ -175,9 +187,10 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
     """
     pid = running_pid(instance)
     if pid is None:
-        return f"{instance.name} not running"
-    os.kill(pid, signal.SIGTERM)
+        return _remove_remains(instance)
+    _signal(instance, pid, signal.SIGTERM)
     if _wait_gone(pid, timeout_s):
+        _wait_released(instance)
         outcome = _read_outcome(instance)
         if outcome and not outcome.startswith("0 "):
             raise NcebpfError(f"{instance.name} stopped (pid {pid}), but: "
@@ -185,10 +198,39 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
         return f"{instance.name} stopped (pid {pid})" + \
             (f"; {outcome.partition(' ')[2]}" if outcome else "")
     log.warning("pid %d wrote nothing for %g s: SIGKILL", pid, timeout_s)
-    os.kill(pid, signal.SIGKILL)
+    _signal(instance, pid, signal.SIGKILL)
     _wait_gone(pid, 10.0)
+    _wait_released(instance)
     removed = _clean_up_after_kill(instance)
     return f"{instance.name} killed (pid {pid}){'; removed ' + removed if removed else ''}"
+
+
+def _signal(instance: Instance, pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except PermissionError:
+        raise PrivilegeError(f"cannot signal {instance.name} (pid {pid}): that needs root "
+                             "or the user who started it") from None
+    except ProcessLookupError:
+        pass  # it ended meanwhile: waiting finds it gone
+
+
+def _wait_released(instance: Instance, timeout_s: float = 10.0) -> None:
+    """Until the instance lock is free: a process's main thread shows as a zombie
+    before its other threads have exited, and its descriptors (and locks) go with
+    the last one. Then a restart cannot find the old run still holding the name."""
+    from ncebpf.locks import instance_holder
+
+    deadline = time.monotonic() + timeout_s
+    while instance_holder(instance) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _remove_remains(instance: Instance) -> str:
+    """stop of an instance that is not running: clean up after it if it died."""
+    from ncebpf.remains import remove
+
+    return remove(instance).describe(instance.name)
 
 
 def _read_outcome(instance: Instance) -> str:
@@ -227,18 +269,6 @@ def _wait_gone(pid: int, idle_timeout_s: float) -> bool:
 
 def _clean_up_after_kill(instance: Instance) -> str:
     """A killed daemon could not detach: remove its programs and its files."""
-    from ncebpf.kernel.attach import detach_leftovers
+    from ncebpf.remains import remove
 
-    removed: list[str] = []
-    try:
-        iface = instance.iface_path.read_text().strip()
-    except OSError:
-        iface = ""
-    if iface:
-        try:
-            removed = detach_leftovers(iface)
-        except NcebpfError as exc:
-            log.warning("could not clean %s: %s", iface, exc)
-    for path in (instance.pid_path, instance.control_path, instance.iface_path):
-        path.unlink(missing_ok=True)
-    return ", ".join(f"{what} on {iface}" for what in removed)
+    return remove(instance).programs_text()

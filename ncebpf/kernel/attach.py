@@ -3,8 +3,13 @@
 XdpAttachment and TcAttachment are context managers: on exit they
 remove only the program they attached (a program someone attached in the
 meantime stays), restore a foreign XDP program that --force displaced, and
-delete the clsact qdisc only if they created it and it is empty. A program
-left by an ncebpf run that was killed is recognised by name and replaced.
+delete the clsact qdisc only if they created it and it is empty.
+
+Everything here that replaces or removes ncebpf's own programs takes the
+interface's lock (ncebpf.locks.InterfaceLock) as its proof of ownership:
+with it held, no live instance uses the interface, so an ncebpf program
+found there is a leftover of a run that died, recognised by name. Without
+the lock nothing of ncebpf's is touched: it may belong to a live instance.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ncebpf.errors import AttachError, ForeignProgram, KernelError
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import PROGRAM_NAMES
 from ncebpf.kernel.netif import ifindex_of
+from ncebpf.locks import InterfaceLock
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +72,12 @@ def refuse_foreign_xdp(ifname: str) -> None:
 
 
 class XdpAttachment:
-    """Attach the XDP program; `mode` auto tries native first, then generic."""
+    """Attach the XDP program to the held interface; `mode` auto tries native, then generic."""
 
-    def __init__(self, ifname: str, prog_fd: int, mode: XdpMode = "auto",
+    def __init__(self, held: InterfaceLock, prog_fd: int, mode: XdpMode = "auto",
                  force: bool = False) -> None:
-        self.ifname = ifname
-        self.ifindex = ifindex_of(ifname)
+        self.ifname = held.ifname
+        self.ifindex = held.ifindex
         self.prog_fd = prog_fd
         self.requested_mode: XdpMode = mode
         self.force = force
@@ -103,7 +109,7 @@ class XdpAttachment:
             os.close(old_fd)
             raise
         if _is_ours(info.name):
-            log.warning("replaced ncebpf's %s left on %s by an earlier run", described,
+            log.warning("replaced ncebpf's %s left on %s by a run that died", described,
                         self.ifname)
             os.close(old_fd)
         else:
@@ -178,11 +184,12 @@ def _clsact_is_empty(ipr: IPRoute, ifindex: int) -> bool:
 
 
 class TcAttachment:
-    """Attach the TC program at a clsact hook, creating clsact only if it is absent."""
+    """Attach the TC program at a clsact hook of the held interface; clsact only if absent."""
 
-    def __init__(self, ifname: str, prog_fd: int, prog_name: str, hook: str = "egress") -> None:
-        self.ifname = ifname
-        self.ifindex = ifindex_of(ifname)
+    def __init__(self, held: InterfaceLock, prog_fd: int, prog_name: str,
+                 hook: str = "egress") -> None:
+        self.ifname = held.ifname
+        self.ifindex = held.ifindex
         self.prog_fd = prog_fd
         self.prog_name = prog_name
         self.hook = hook
@@ -195,7 +202,7 @@ class TcAttachment:
         try:
             leftovers = _ncebpf_tc_filters(ipr, self.ifindex, self.parent)
             for prio, handle in leftovers:
-                log.warning("removed ncebpf's TC %s filter left on %s by an earlier run",
+                log.warning("removed ncebpf's TC %s filter left on %s by a run that died",
                             self.hook, self.ifname)
                 _delete_tc_filter(ipr, self.ifindex, self.parent, prio, handle)
             if leftovers and _clsact_is_empty(ipr, self.ifindex):
@@ -239,25 +246,50 @@ class TcAttachment:
             self._ipr.close()
 
 
-def detach_leftovers(ifname: str) -> list[str]:
-    """Remove ncebpf programs that a killed run left on ifname; return what was removed.
+def _xdp_leftover(ifindex: int) -> tuple[libbpf.XdpState, libbpf.ProgInfo] | None:
+    current = libbpf.xdp_query(ifindex)
+    if not current.prog_id:
+        return None
+    info = libbpf.prog_info_by_id(current.prog_id)
+    return (current, info) if _is_ours(info.name) else None
 
-    Foreign programs are never touched. An empty clsact qdisc is removed too:
-    without filters it does nothing, and a killed run cannot tell us whether
-    it created it.
+
+def ncebpf_programs(ifname: str) -> list[str]:
+    """ncebpf's programs on ifname, in words; nothing is changed.
+
+    Whether they are leftovers depends on whether a live instance holds the
+    interface; the caller asks ncebpf.locks. Looking at an XDP program's
+    name needs CAP_SYS_ADMIN or CAP_BPF: KernelError without it.
     """
     ifindex = ifindex_of(ifname)
+    found = []
+    xdp = _xdp_leftover(ifindex)
+    if xdp is not None:
+        found.append(f"XDP program id {xdp[1].id} ({xdp[0].mode})")
+    with IPRoute() as ipr:
+        for hook, parent in TC_PARENTS.items():
+            found += [f"TC {hook} filter"] * len(_ncebpf_tc_filters(ipr, ifindex, parent))
+    return found
+
+
+def detach_leftovers(held: InterfaceLock) -> list[str]:
+    """Remove the ncebpf programs that a dead run left on the held interface; say what went.
+
+    Foreign programs are never touched. An empty clsact qdisc is removed too:
+    without filters it does nothing, and a dead run cannot tell us whether it
+    created it.
+    """
+    ifindex = held.ifindex
     removed = []
-    current = libbpf.xdp_query(ifindex)
-    if current.prog_id:
-        info = libbpf.prog_info_by_id(current.prog_id)
-        if _is_ours(info.name):
-            fd = libbpf.prog_fd_by_id(current.prog_id)
-            try:
-                libbpf.xdp_detach(ifindex, _mode_flags(current.mode), fd)
-            finally:
-                os.close(fd)
-            removed.append(f"XDP program id {info.id} ({current.mode})")
+    xdp = _xdp_leftover(ifindex)
+    if xdp is not None:
+        current, info = xdp
+        fd = libbpf.prog_fd_by_id(current.prog_id)
+        try:
+            libbpf.xdp_detach(ifindex, _mode_flags(current.mode), fd)
+        finally:
+            os.close(fd)
+        removed.append(f"XDP program id {info.id} ({current.mode})")
     with IPRoute() as ipr:
         found = False
         for hook, parent in TC_PARENTS.items():
