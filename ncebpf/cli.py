@@ -39,8 +39,11 @@ class _ExitError(click.ClickException):
 
 def _describe_os_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
-    hint = " (run as root, or choose --statedir/--piddir you can write)" \
-        if isinstance(exc, PermissionError) else ""
+    hint = ""
+    if isinstance(exc, PermissionError):
+        # A file names its directory; anything else is a privilege the process lacks.
+        hint = " (run as root, or choose --statedir/--piddir you can write)" if exc.filename \
+            else " (ncebpf needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_NET_RAW)"
     return f"{exc.strerror or exc}{where}{hint}"
 
 

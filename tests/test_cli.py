@@ -42,3 +42,11 @@ def test_permission_denied_says_what_to_do() -> None:
     message = _describe_os_error(PermissionError(13, "Permission denied", "/run/ncebpf/x.sock"))
     assert message == ("Permission denied: /run/ncebpf/x.sock "
                        "(run as root, or choose --statedir/--piddir you can write)")
+
+
+def test_a_missing_privilege_is_not_blamed_on_a_directory() -> None:
+    """Issue 9.8: promiscuous mode without CAP_NET_RAW said to choose another --statedir."""
+    from ncebpf.cli import _describe_os_error
+
+    message = _describe_os_error(PermissionError(1, "Operation not permitted"))
+    assert "--statedir" not in message and "CAP_NET_RAW" in message
