@@ -53,6 +53,7 @@ from ncebpf.kernel.netif import (
     interface_addresses,
     ipv4_netmask,
     promiscuous,
+    rx_vlan_offload,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import LOOPBACK, DumpListener
@@ -272,6 +273,11 @@ class Daemon:
         if config.ingress and self._mode == "xdp":
             attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
                                                  config.xdp_mode, config.force))
+            if rx_vlan_offload(config.iface):
+                log.warning("%s has rx-vlan-offload on: XDP cannot read a VLAN tag the driver "
+                            "keeps in metadata, so such frames count without the tag's 4 bytes "
+                            "and `vlan` filters miss them; --mode tc and pcap see the tag",
+                            config.iface)
         elif config.ingress:
             attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
                                                 "ingress"))

@@ -26,6 +26,7 @@ import ctypes as ct
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 
 from ncebpf.accounting import Totals, peer_key
@@ -35,13 +36,13 @@ from ncebpf.filter.cbpf import socket_metadata
 from ncebpf.filter.pcap import DLT_EN10MB, bpf_program, compile_filter, compiled
 from ncebpf.filter.translate import pull_len
 from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
-from ncebpf.packet import addresses
+from ncebpf.packet import NOT_IP, Unparsed, addresses
 from ncebpf.payload import accepts
 
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 64 << 20
-HEADERS_SNAPLEN = 128  # enough for Ethernet, two VLAN tags and an IPv6 header
+HEADERS_SNAPLEN = 128  # enough for Ethernet, 8 VLAN tags, 8 MPLS labels and an IPv6 header
 
 
 class CaptureError(NcebpfError):
@@ -159,8 +160,11 @@ class PcapSource:
             totals.filtered_out += 1
             return
         found = addresses(frame)
-        if found is None:
-            totals.unparsed += 1
+        if isinstance(found, Unparsed):
+            if found is NOT_IP:
+                totals.unparsed += 1
+            else:
+                totals.unattributed += 1
             return
         source, destination = found
         peer = destination if source in self._local else source
@@ -191,9 +195,7 @@ class PcapSource:
         dropped = 0
         if lib().pcap_stats(self._handle, ct.byref(stats)) == 0:
             dropped = stats.ps_drop + stats.ps_ifdrop
-        return Totals(self._totals.packets, self._totals.bytes, self._totals.filtered_out,
-                      self._totals.unparsed, self._totals.overflow, dropped,
-                      self._totals.unknown)
+        return replace(self._totals, dropped=dropped)
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         for key in keys:

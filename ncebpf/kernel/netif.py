@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import ipaddress
 import socket
 import struct
@@ -49,6 +51,26 @@ def all_addresses() -> list[tuple[str, str, int]]:
         return [(msg.get_attr("IFA_LABEL") or names.get(msg["index"], ""),
                  msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"), msg["prefixlen"])
                 for msg in ipr.get_addr()]
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GFLAGS = 0x25
+ETH_FLAG_RXVLAN = 1 << 8  # rx-vlan-offload: the driver moves the outer tag into metadata
+
+
+def rx_vlan_offload(ifname: str) -> bool:
+    """Whether ifname's driver strips received VLAN tags into metadata (ethtool's
+    rx-vlan-offload, read through the legacy ETHTOOL_GFLAGS); False if it cannot say."""
+    request = bytearray(struct.pack("II", ETHTOOL_GFLAGS, 0))
+    buffer = ctypes.create_string_buffer(bytes(request), len(request))
+    ifreq = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(buffer))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+        except OSError:
+            return False
+    _, flags = struct.unpack("II", buffer.raw)
+    return bool(flags & ETH_FLAG_RXVLAN)
 
 
 SOL_PACKET = 263
