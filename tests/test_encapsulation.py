@@ -26,9 +26,16 @@ from ncebpf.filter.frames import (
     ipv6,
     udp,
 )
-from ncebpf.filter.pcap import compile_filter, pcap_verdict
-from ncebpf.packet import NOT_IP, UNATTRIBUTED, addresses
-from tests.netns import TESTS, NetnsPair
+from ncebpf.filter.pcap import (
+    DLT_EN10MB,
+    DLT_RAW,
+    FilterSyntaxError,
+    compile_filter,
+    pcap_verdict,
+)
+from ncebpf.kernel.netif import link_dlt
+from ncebpf.packet import NOT_IP, UNATTRIBUTED, addresses, ip_addresses
+from tests.netns import TESTS, DaemonProcess, NetnsPair
 from tests.test_pcap_conservation import run_mode
 
 LOCAL4, LOCAL6 = NetnsPair.local_v4, NetnsPair.local_v6
@@ -188,3 +195,64 @@ def test_a_vlan_tag_in_metadata_counts_as_on_the_wire(silent_pair: NetnsPair, wo
             want = (10, 1460) if matches else (0, 0)
         assert (mode, counted) == (mode, want)
         assert dump["totals"]["filtered_out"] == 10 - want[0], (mode, dump["totals"])
+
+
+# Item 3: a link without an Ethernet header. Frames start at the IP header, the filter is
+# compiled for raw IP (DLT_RAW) as tcpdump compiles it there, bytes are IP lengths.
+TUN_LOCAL, TUN_PEER = "10.77.5.1", "10.77.5.2"
+ICMP_IN, UDP_OUT = 20, 7  # 84 and 128 bytes
+
+
+@pytest.fixture
+def tun(silent_pair: NetnsPair) -> str:
+    """A tun device in the pair's local namespace, TUN_LOCAL/24 on it, quiet (no IPv6)."""
+    pair, name = silent_pair, silent_pair.local_if[:-1] + "t"
+    pair.ns(pair.local, "ip", "tuntap", "add", "mode", "tun", "name", name)
+    pair.ns(pair.local, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1")
+    pair.ns(pair.local, "ip", "addr", "add", f"{TUN_LOCAL}/24", "dev", name)
+    pair.ns(pair.local, "ip", "link", "set", name, "up")
+    return name
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(("expression", "want"), [
+    ("", (ICMP_IN + UDP_OUT, ICMP_IN * 84 + UDP_OUT * 128)),
+    ("icmp", (ICMP_IN, ICMP_IN * 84)),
+    ("udp and dst host 10.77.5.2", (UDP_OUT, UDP_OUT * 128)),
+])
+def test_a_tun_device_counts_from_the_ip_header(silent_pair: NetnsPair, tun: str, workdir: Path,
+                                                expression: str,
+                                                want: tuple[int, int]) -> None:
+    pair = silent_pair
+    for mode in ("xdp", "tc", "pcap"):
+        run_dir = workdir / mode
+        run_dir.mkdir()
+        daemon = DaemonProcess(pair, run_dir, "--iface", tun, "--mode", mode,
+                               "--filter", expression, with_iface=False)
+        try:
+            pair.ns(pair.local, sys.executable, str(TESTS / "tun_traffic.py"), tun,
+                    str(ICMP_IN), str(UDP_OUT), TUN_PEER, TUN_LOCAL)
+            dump = daemon.dump()
+        finally:
+            assert daemon.stop() == 0, daemon.stderr
+        assert dump["mode"] == mode
+        totals = dump["totals"]
+        assert (mode, peer_counts(dump)) == (mode, {TUN_PEER: want})
+        assert (mode, totals["filtered_out"], totals["unparsed"], totals["unattributed"]) == \
+            (mode, ICMP_IN + UDP_OUT - want[0], 0, 0)
+
+
+def test_raw_ip_links_compile_and_parse_from_the_ip_header() -> None:
+    packet = v4_udp("10.77.5.2", 100)
+    assert pcap_verdict(compile_filter("udp and src 10.77.5.2", dlt=DLT_RAW), packet)
+    assert not pcap_verdict(compile_filter("udp and src 10.77.5.2"), packet)  # read as Ethernet
+    assert ip_addresses(packet) == (peer_key("10.77.5.2"), peer_key(LOCAL4))
+    assert ip_addresses(v6_udp("fd77::5:2", 1)) == (peer_key("fd77::5:2"), peer_key(LOCAL6))
+    assert ip_addresses(packet[:19]) is UNATTRIBUTED
+    assert ip_addresses(bytes(20)) is UNATTRIBUTED
+    with pytest.raises(FilterSyntaxError):
+        compile_filter("ether host 02:00:00:00:00:01", dlt=DLT_RAW)
+
+
+def test_the_loopback_and_ethernet_links_keep_their_mac_header() -> None:
+    assert link_dlt("lo") == DLT_EN10MB
