@@ -197,6 +197,18 @@ def test_a_vlan_tag_in_metadata_counts_as_on_the_wire(silent_pair: NetnsPair, wo
         assert dump["totals"]["filtered_out"] == 10 - want[0], (mode, dump["totals"])
 
 
+@pytest.mark.privileged
+def test_xdp_says_at_start_that_it_cannot_see_a_stripped_tag(silent_pair: NetnsPair,
+                                                              workdir: Path) -> None:
+    daemon = DaemonProcess(silent_pair, workdir, "--mode", "xdp")
+    assert daemon.stop() == 0
+    assert "rx-vlan-offload on: XDP cannot read a VLAN tag" in daemon.stderr
+    silent_pair.ns(silent_pair.local, "ethtool", "-K", silent_pair.local_if, "rxvlan", "off")
+    daemon = DaemonProcess(silent_pair, workdir, "--mode", "xdp")
+    assert daemon.stop() == 0
+    assert "rx-vlan-offload" not in daemon.stderr
+
+
 # Item 3: a link without an Ethernet header. Frames start at the IP header, the filter is
 # compiled for raw IP (DLT_RAW) as tcpdump compiles it there, bytes are IP lengths.
 TUN_LOCAL, TUN_PEER = "10.77.5.1", "10.77.5.2"
