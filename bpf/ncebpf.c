@@ -19,7 +19,7 @@
 
 #ifdef NCEBPF_FILTER
 /* Generated from the user's tcpdump expression by ncebpf/filter/translate.py:
- * __u32 ncebpf_filter(data, data_end, wire_len), nonzero = match, and
+ * __u32 ncebpf_filter(data, data_end, wire_len, vtag), nonzero = match, and
  * NCEBPF_FILTER_PULL_LEN, the linear bytes it may read. */
 #include "ncebpf_filter.h"
 #endif
@@ -62,6 +62,12 @@ static __always_inline void count_total(__u32 slot, __u64 packets, __u64 bytes)
 		t->packets += packets;
 		t->bytes += bytes;
 	}
+}
+
+/* The totals slot of a frame parse_l3 did not attribute. */
+static __always_inline __u32 unparsed_slot(int parsed)
+{
+	return parsed == PARSE_NOT_IP ? TOTALS_UNPARSED : TOTALS_UNATTRIBUTED;
 }
 
 static __always_inline void count_peer(struct l3_info *l3, __u64 packets, __u64 bytes)
@@ -156,9 +162,11 @@ int ncebpf_xdp(struct xdp_md *ctx)
 	/* Not frags-aware, so the kernel only hands us linear frames. */
 	__u64 len = data_end - data;
 	struct l3_info l3;
+	int parsed;
 
 #ifdef NCEBPF_FILTER
-	if (!ncebpf_filter(data, data_end, len)) {
+	/* A tag the driver kept in metadata is not seen here: see the README (VLAN tags). */
+	if (!ncebpf_filter(data, data_end, len, 0)) {
 		count_total(TOTALS_FILTERED_OUT, 1, len);
 		return XDP_PASS;
 	}
@@ -169,10 +177,11 @@ int ncebpf_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 #endif
-	if (parse_l3(data, data_end, &l3) < 0)
-		count_total(TOTALS_UNPARSED, 1, len);
-	else
+	parsed = parse_l3(data, data_end, &l3, 0);
+	if (parsed == 0)
 		count_peer(&l3, 1, len);
+	else
+		count_total(unparsed_slot(parsed), 1, len);
 	return XDP_PASS;
 }
 
@@ -196,10 +205,26 @@ static __always_inline __u64 wire_segments(struct __sk_buff *skb)
 	return skb->gso_segs > 1 ? skb->gso_segs : 1;
 }
 
-/* Rejected by the filter or the payload match: count it, let it pass. */
-static __always_inline int tc_filtered_out(struct __sk_buff *skb)
+/*
+ * The outer VLAN tag when the kernel keeps it in metadata rather than in the
+ * frame (rx-VLAN offload, the stack's untagging before TC ingress, a VLAN
+ * device's tx offload), as TPID << 16 | TCI; 0 when there is none. libpcap
+ * puts such a tag back into the frame it hands over, so ncebpf counts the
+ * tag's 4 bytes and the filter sees the frame with the tag in place.
+ */
+static __always_inline __u32 metadata_vlan_tag(struct __sk_buff *skb)
 {
-	count_total(TOTALS_FILTERED_OUT, wire_segments(skb), skb->len);
+	if (!skb->vlan_present)
+		return 0;
+	return (__u32)ncebpf_be16((__u16)skb->vlan_proto) << 16 | (skb->vlan_tci & 0xffff);
+}
+
+/* Rejected by the filter or the payload match: count it, let it pass. */
+static __always_inline int tc_filtered_out(struct __sk_buff *skb, __u32 vtag)
+{
+	__u64 packets = wire_segments(skb);
+
+	count_total(TOTALS_FILTERED_OUT, packets, skb->len + (vtag ? 4 * packets : 0));
 	return TC_ACT_UNSPEC;
 }
 
@@ -207,8 +232,10 @@ int ncebpf_tc(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	__u32 vtag = metadata_vlan_tag(skb);
 	__u64 packets, bytes;
 	struct l3_info l3;
+	int parsed;
 
 #ifdef NCEBPF_FILTER
 	/* Direct access sees only the linear part of the skb; the filter must
@@ -219,18 +246,20 @@ int ncebpf_tc(struct __sk_buff *skb)
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	if (!ncebpf_filter(data, data_end, skb->len))
-		return tc_filtered_out(skb);
+	if (!ncebpf_filter(data, data_end, skb->len + (vtag ? 4 : 0), vtag))
+		return tc_filtered_out(skb, vtag);
 #endif
 #ifdef NCEBPF_PAYLOAD
 	/* Before anything that forks the verifier's state: the search is costly to verify. */
 	if (!tc_payload_accepts(skb))
-		return tc_filtered_out(skb);
+		return tc_filtered_out(skb, vtag);
 #endif
 	packets = wire_segments(skb);
-	bytes = skb->len;
-	if (parse_l3(data, data_end, &l3) < 0) {
-		count_total(TOTALS_UNPARSED, packets, bytes);
+	/* Each wire segment carries the tag. */
+	bytes = skb->len + (vtag ? 4 * packets : 0);
+	parsed = parse_l3(data, data_end, &l3, vtag != 0);
+	if (parsed != 0) {
+		count_total(unparsed_slot(parsed), packets, bytes);
 		return TC_ACT_UNSPEC;
 	}
 	/* A GSO super-packet leaves the host as gso_segs frames, each with its
@@ -263,7 +292,7 @@ int ncebpf_filter_verdict(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	return ncebpf_filter(data, data_end, data_end - data) ? XDP_PASS : XDP_DROP;
+	return ncebpf_filter(data, data_end, data_end - data, 0) ? XDP_PASS : XDP_DROP;
 }
 #endif
 

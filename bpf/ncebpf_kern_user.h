@@ -60,8 +60,9 @@ struct local_slot {
 enum totals_slot {
 	TOTALS_MATCHED,      /* counted in a peer entry */
 	TOTALS_FILTERED_OUT, /* rejected by the filter */
-	TOTALS_UNPARSED,     /* not IPv4/IPv6, or truncated headers */
+	TOTALS_UNPARSED,     /* carries no IP: ARP, LLDP, PPPoE discovery, ... */
 	TOTALS_OVERFLOW,     /* peer map full: counted here instead */
+	TOTALS_UNATTRIBUTED, /* IP the parser cannot attribute (see parse_l3) */
 	TOTALS_NR,
 };
 

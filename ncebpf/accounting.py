@@ -126,7 +126,10 @@ class Totals:
     packets: int = 0  # counted under a peer
     bytes: int = 0
     filtered_out: int = 0
-    unparsed: int = 0
+    unparsed: int = 0  # frames that carry no IP (ARP, LLDP, PPPoE discovery, ...)
+    # IP the parser cannot attribute to a peer: a truncated or bad IP header, more VLAN
+    # tags or MPLS labels than it walks, an MPLS payload neither IPv4 nor IPv6.
+    unattributed: int = 0
     overflow: int = 0  # the peer map was full; counted here, under no peer
     dropped: int = 0  # lost before counting: capture buffer overruns (pcap mode)
     # Counts the source cannot know, by field name, each with the reason; such a
@@ -136,13 +139,16 @@ class Totals:
     @property
     def frames(self) -> int:
         """Frames seen, when no field it adds up is unknown."""
-        return self.packets + self.filtered_out + self.unparsed + self.overflow
+        return (self.packets + self.filtered_out + self.unparsed + self.unattributed
+                + self.overflow)
 
     def since(self, base: Totals) -> Totals:
-        return Totals(self.packets - base.packets, self.bytes - base.bytes,
-                      self.filtered_out - base.filtered_out, self.unparsed - base.unparsed,
-                      self.overflow - base.overflow, self.dropped - base.dropped,
-                      self.unknown)
+        return Totals(packets=self.packets - base.packets, bytes=self.bytes - base.bytes,
+                      filtered_out=self.filtered_out - base.filtered_out,
+                      unparsed=self.unparsed - base.unparsed,
+                      unattributed=self.unattributed - base.unattributed,
+                      overflow=self.overflow - base.overflow, dropped=self.dropped - base.dropped,
+                      unknown=self.unknown)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ncebpf.errors import (
 )
 from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
+from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
 from ncebpf.kernel.attach import TcAttachment, XdpAttachment, refuse_foreign_xdp
 from ncebpf.kernel.build import (
@@ -52,7 +53,9 @@ from ncebpf.kernel.netif import (
     ifindex_of,
     interface_addresses,
     ipv4_netmask,
+    link_dlt,
     promiscuous,
+    rx_vlan_offload,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import LOOPBACK, DumpListener
@@ -118,6 +121,7 @@ class Daemon:
         self._last_dump = 0.0
         self._mode: str = config.mode
         self._prepared: PreparedFilter | None = None
+        self._dlt = DLT_EN10MB  # the link type filters are compiled for: see _choose_mode
         self._capture: PcapSource | None = None
         self._resolver: ReverseResolver | None = None
         self._match = fold(parse_needle(config.match))
@@ -162,6 +166,10 @@ class Daemon:
     def _choose_mode(self) -> tuple[str, str]:
         """The data path to use, and why it is pcap when auto had to settle for it."""
         config = self.config
+        self._dlt = link_dlt(config.iface)
+        if self._dlt != DLT_EN10MB:
+            log.info("%s has no MAC header: frames are parsed from the IP header and the "
+                     "filter is compiled for raw IP, as tcpdump does there", config.iface)
         if config.mode == "pcap":
             return "pcap", ""
         kernel_mode = "tc" if config.mode == "tc" else "xdp"
@@ -170,8 +178,8 @@ class Daemon:
             try:
                 require_bpf_privileges("the kernel path")
                 import_bcc()
-                self._prepared = prepare(config.filter, ipv4_netmask(config.iface)) \
-                    if config.filter else None
+                self._prepared = prepare(config.filter, ipv4_netmask(config.iface),
+                                         self._dlt) if config.filter else None
             except (PrivilegeError, BccMissing, UnsupportedFilter) as exc:
                 if config.mode != "auto":
                     raise
@@ -207,7 +215,7 @@ class Daemon:
                 source = stack.enter_context(PcapSource(
                     config.iface, config.filter, ipv4_netmask(config.iface), config.promiscuous,
                     self._match, self._nomatch, config.payload, config.snaplen,
-                    config.max_peers))
+                    config.max_peers, self._dlt))
                 programs = None
             else:
                 programs = stack.enter_context(loaded_programs(self._build_options(prepared)))
@@ -270,7 +278,8 @@ class Daemon:
         if self._match or self._nomatch:
             payload = PayloadOptions(self._match, self._nomatch, config.payload, config.snaplen)
         return BuildOptions(max_peers=config.max_peers,
-                            filter=prepared.translation if prepared else None, payload=payload)
+                            filter=prepared.translation if prepared else None, payload=payload,
+                            raw_ip=self._dlt != DLT_EN10MB)
 
     def _attach(self, attached: ExitStack, held: InterfaceLock,
                 programs: LoadedPrograms) -> None:
@@ -279,6 +288,11 @@ class Daemon:
         if config.ingress and self._mode == "xdp":
             attached.enter_context(XdpAttachment(held, programs.xdp.fd,
                                                  config.xdp_mode, config.force))
+            if rx_vlan_offload(config.iface):
+                log.warning("%s has rx-vlan-offload on: XDP cannot read a VLAN tag the driver "
+                            "keeps in metadata, so such frames count without the tag's 4 bytes "
+                            "and `vlan` filters miss them; --mode tc and pcap see the tag",
+                            config.iface)
         elif config.ingress:
             attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "ingress"))
         if config.egress:

@@ -82,6 +82,7 @@ def totals_document(totals: Totals) -> dict[str, Any]:
         "bytes": totals.bytes,
         "filtered_out": totals.filtered_out,
         "unparsed": totals.unparsed,
+        "unattributed": totals.unattributed,
         "overflow": totals.overflow,
         "dropped": totals.dropped,
     }

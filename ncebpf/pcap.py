@@ -11,8 +11,9 @@ says how many.
 The filter runs here, in user space, on every captured frame, not in the
 capture socket: so the frames it rejects are counted (filtered_out), and it
 sees the bytes the kernel modes and `tcpdump -r` see. It is compiled as the
-kernel path compiles it (a dead Ethernet handle) and run by libpcap's
-interpreter (pcap_offline_filter). libpcap hands over each frame with the
+kernel path compiles it (a dead handle of the interface's link type:
+Ethernet, or raw IP where frames start at the IP header) and run by
+libpcap's interpreter (pcap_offline_filter). libpcap hands over each frame with the
 VLAN tag the kernel had moved into metadata put back in place, so `host X`
 does not match a tagged frame and `vlan and host X` does, as in XDP. A
 filter that reads socket metadata (`inbound`, `outbound`, `ifindex`) can
@@ -26,22 +27,31 @@ import ctypes as ct
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 
 from ncebpf.accounting import Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.errors import NcebpfError
 from ncebpf.filter.cbpf import socket_metadata
-from ncebpf.filter.pcap import DLT_EN10MB, bpf_program, compile_filter, compiled
+from ncebpf.filter.pcap import (
+    DLT_EN10MB,
+    DLT_IPV4,
+    DLT_IPV6,
+    DLT_RAW,
+    bpf_program,
+    compile_filter,
+    compiled,
+)
 from ncebpf.filter.translate import pull_len
 from ncebpf.libpcap import BpfProgram, Handler, PktHdr, Stat, lib
-from ncebpf.packet import addresses
+from ncebpf.packet import NOT_IP, Unparsed, addresses, ip_addresses
 from ncebpf.payload import accepts
 
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 64 << 20
-HEADERS_SNAPLEN = 128  # enough for Ethernet, two VLAN tags and an IPv6 header
+HEADERS_SNAPLEN = 128  # enough for Ethernet, 8 VLAN tags, 8 MPLS labels and an IPv6 header
 
 
 class CaptureError(NcebpfError):
@@ -53,7 +63,7 @@ class PcapSource:
 
     def __init__(self, iface: str, expression: str, netmask: int, promiscuous: bool,
                  match: bytes, nomatch: bytes, payload: int, snaplen: int,
-                 capacity: int) -> None:
+                 capacity: int, dlt: int = DLT_EN10MB) -> None:
         self.iface = iface
         self.expression = expression
         self.netmask = netmask
@@ -61,6 +71,8 @@ class PcapSource:
         self.match, self.nomatch = match, nomatch
         self.payload, self.snaplen = payload, snaplen
         self._capacity = capacity
+        self._dlt = dlt  # DLT_EN10MB, or DLT_RAW: frames start at the IP header
+        self._parse = addresses if dlt == DLT_EN10MB else ip_addresses
         self._searching = bool(match or nomatch)
         self._handle: int | None = None
         self._local: set[bytes] = set()
@@ -68,7 +80,7 @@ class PcapSource:
         self._peers: dict[bytes, list[int]] = {}
         self._totals = Totals()
         self._callback = Handler(self._frame)
-        insns = compile_filter(expression, netmask) if expression.strip() else ()
+        insns = compile_filter(expression, netmask, dlt) if expression.strip() else ()
         metadata = socket_metadata(insns)
         # The filter run on each frame here, kept alive for its address, which the frame
         # handler passes; none (address 0): every frame passes, or the socket filters.
@@ -103,7 +115,7 @@ class PcapSource:
             if status < 0:
                 raise CaptureError(f"cannot capture on {self.iface}: "
                                    f"{self._error(status)}")
-            self._require_ethernet()
+            self._require_link()
             if self._socket_filter:
                 self._set_filter()
             pcap.pcap_setnonblock(handle, 1, errbuf)
@@ -120,13 +132,15 @@ class PcapSource:
         return detail.decode(errors="replace") or \
             (lib().pcap_statustostr(status) or b"").decode()
 
-    def _require_ethernet(self) -> None:
-        """The filter is compiled for Ethernet, and frames are parsed as Ethernet."""
+    def _require_link(self) -> None:
+        """libpcap hands over frames of the link type the filter was compiled for and the
+        parser reads: Ethernet, or raw IP (one family or both)."""
         link = lib().pcap_datalink(self._handle)
-        if link != DLT_EN10MB:
-            name = (lib().pcap_datalink_val_to_name(link) or str(link).encode()).decode()
-            raise CaptureError(f"{self.iface} is not an Ethernet interface (libpcap link type "
-                               f"{name}): ncebpf counts Ethernet interfaces only")
+        if link == self._dlt or (self._dlt == DLT_RAW and link in (DLT_IPV4, DLT_IPV6)):
+            return
+        name = (lib().pcap_datalink_val_to_name(link) or str(link).encode()).decode()
+        raise CaptureError(f"libpcap captures {self.iface} as link type {name}, which the "
+                           "pcap mode does not parse: count it with --mode xdp or tc")
 
     def _set_filter(self) -> None:
         """The filter as the capture socket's, compiled for the live handle (socket metadata)."""
@@ -158,9 +172,12 @@ class PcapSource:
                                            self.snaplen):
             totals.filtered_out += 1
             return
-        found = addresses(frame)
-        if found is None:
-            totals.unparsed += 1
+        found = self._parse(frame)
+        if isinstance(found, Unparsed):
+            if found is NOT_IP:
+                totals.unparsed += 1
+            else:
+                totals.unattributed += 1
             return
         source, destination = found
         peer = destination if source in self._local else source
@@ -191,9 +208,7 @@ class PcapSource:
         dropped = 0
         if lib().pcap_stats(self._handle, ct.byref(stats)) == 0:
             dropped = stats.ps_drop + stats.ps_ifdrop
-        return Totals(self._totals.packets, self._totals.bytes, self._totals.filtered_out,
-                      self._totals.unparsed, self._totals.overflow, dropped,
-                      self._totals.unknown)
+        return replace(self._totals, dropped=dropped)
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         for key in keys:

@@ -48,7 +48,7 @@ def test_json_document_follows_schema_version_1() -> None:
     assert doc["version"] == 1 and doc["start"] == 1000 and doc["current"] == 2000
     assert doc["users"] == 4
     assert doc["totals"] == {"packets": 12, "bytes": 1150, "filtered_out": 0, "unparsed": 4,
-                             "overflow": 0, "dropped": 0}
+                             "unattributed": 0, "overflow": 0, "dropped": 0}
     assert list(doc["peers"]) == ["10.77.0.9", "10.77.0.10", "192.168.100.200", "fd77::2"]
     peer = doc["peers"]["fd77::2"]
     assert list(peer) == ["B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes"]

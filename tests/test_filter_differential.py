@@ -32,6 +32,7 @@ pytestmark = pytest.mark.privileged
 
 NETMASK = 0xFFFFFF00  # for 'ip broadcast'
 XDP_PASS, TC_ACT_OK = 2, 0
+VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")  # what the kernel moves into metadata
 HARNESS = Path(__file__).parent / "bpf" / "filter_harness.c"
 
 
@@ -41,6 +42,7 @@ class LoadedFilter:
     insns: tuple[Insn, ...]
     xdp_fd: int
     tc_fd: int
+    tagged_fd: int
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def filters(privileged: None, tmp_path_factory: pytest.TempPathFactory
     try:
         yield [LoadedFilter(expression, insns,
                             module.load_func(f"{name}_xdp".encode(), bcc.BPF.XDP).fd,
-                            module.load_func(f"{name}_tc".encode(), bcc.BPF.SCHED_CLS).fd)
+                            module.load_func(f"{name}_tc".encode(), bcc.BPF.SCHED_CLS).fd,
+                            module.load_func(f"{name}_tagged".encode(), bcc.BPF.XDP).fd)
                for (expression, insns), name in zip(compiled, names, strict=True)]
     finally:
         module.cleanup()
@@ -83,9 +86,13 @@ def disagreements(loaded: LoadedFilter, frames: list[bytes]) -> list[str]:
         expected = pcap_verdict(loaded.insns, packet) != 0
         xdp = libbpf.prog_test_run(loaded.xdp_fd, packet).retval == XDP_PASS
         tc = tc_verdict(loaded, packet)
-        if xdp != expected or tc not in (expected, None):
-            found.append(f"{loaded.expression!r}: libpcap {expected}, xdp {xdp}, tc {tc}: "
-                         f"{packet.hex()}")
+        tagged = None
+        # The kernel untags only frames that keep an Ethernet header after it.
+        if len(packet) >= 18 and packet[12:14] in VLAN_TPIDS:
+            tagged = libbpf.prog_test_run(loaded.tagged_fd, packet).retval == XDP_PASS
+        if xdp != expected or tc not in (expected, None) or tagged not in (expected, None):
+            found.append(f"{loaded.expression!r}: libpcap {expected}, xdp {xdp}, tc {tc}, "
+                         f"tag in metadata {tagged}: {packet.hex()}")
     return found
 
 

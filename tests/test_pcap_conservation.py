@@ -20,7 +20,7 @@ from ncebpf.dump import DumpContext, json_document
 from ncebpf.filter.cbpf import socket_metadata
 from ncebpf.filter.frames import ETH_P_ARP, arp_request, ethernet, ip_frame
 from ncebpf.filter.pcap import compile_filter
-from tests.netns import NCEBPF, DaemonProcess, NetnsPair
+from tests.netns import DaemonProcess, NetnsPair
 
 NON_IP_ETHERTYPE = 0x88B5  # IEEE local experimental
 
@@ -165,21 +165,5 @@ def test_an_unknown_total_is_null_with_its_reason() -> None:
                           unknown={"filtered_out": "the socket filter does not say"})
     totals = json_document(table, DumpContext("n", "eth1", "pcap"), 1200.0)["totals"]
     assert totals == {"packets": 2, "bytes": 200, "filtered_out": None, "unparsed": 1,
-                      "overflow": 0, "dropped": 0,
+                      "unattributed": 0, "overflow": 0, "dropped": 0,
                       "unknown": {"filtered_out": "the socket filter does not say"}}
-
-
-@pytest.mark.privileged
-def test_pcap_mode_refuses_an_interface_without_ethernet_frames(silent_pair: NetnsPair,
-                                                                workdir: Path) -> None:
-    """The filter is compiled for Ethernet, as the kernel modes compile it: a tun has none."""
-    pair = silent_pair
-    pair.ns(pair.local, "ip", "tuntap", "add", "nctun0", "mode", "tun")
-    pair.ns(pair.local, "ip", "link", "set", "nctun0", "up")
-    out = pair.ns(pair.local, *NCEBPF, "attach", "--iface", "nctun0", "--mode", "pcap",
-                  "--no-resolve", "--name", "tun", "--statedir", str(workdir),
-                  "--piddir", str(workdir), "udp", check=False, timeout=30)
-    assert out.returncode == 1, out.stderr
-    assert out.stderr.strip().splitlines()[-1].endswith(
-        "nctun0 is not an Ethernet interface (libpcap link type RAW): ncebpf counts Ethernet "
-        "interfaces only")

@@ -20,7 +20,7 @@ int translated_verdict(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	return ncebpf_filter(data, data_end, data_end - data) ? XDP_PASS : XDP_DROP;
+	return ncebpf_filter(data, data_end, data_end - data, 0) ? XDP_PASS : XDP_DROP;
 }
 
 int handwritten_verdict(struct xdp_md *ctx)

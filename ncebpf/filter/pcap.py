@@ -1,9 +1,10 @@
 """libpcap through ctypes: compile a filter to classic BPF, and libpcap's own verdict.
 
-Compiling on a dead DLT_EN10MB handle, as `tcpdump -r` does, makes libpcap
-test VLAN tags in the packet bytes rather than through Linux ancillary loads
-that only a live socket filter can run. Host names resolve inside
-pcap_compile exactly as they do for tcpdump.
+Compiling on a dead handle of the interface's link type, as `tcpdump -r`
+does (DLT_EN10MB on Ethernet, DLT_RAW where frames start at the IP header),
+makes libpcap test VLAN tags in the packet bytes rather than through Linux
+ancillary loads that only a live socket filter can run. Host names resolve
+inside pcap_compile exactly as they do for tcpdump.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ncebpf.filter.cbpf import Insn
 from ncebpf.libpcap import BpfInsn, BpfProgram, lib
 
 DLT_EN10MB = 1
+DLT_RAW = 12  # raw IPv4 or IPv6, no link-layer header (libpcap's value on Linux)
+DLT_IPV4, DLT_IPV6 = 228, 229  # the same, one family only
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 SNAPLEN = 262144  # libpcap's and tcpdump's maximum: a match returns this
 
@@ -39,9 +42,12 @@ def compiled(handle: int, expression: str, netmask: int) -> Iterator[BpfProgram]
         pcap.pcap_freecode(ct.byref(program))
 
 
-def compile_filter(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN) -> tuple[Insn, ...]:
-    """Classic BPF for expression, optimised as tcpdump does; netmask serves `ip broadcast`."""
-    handle = lib().pcap_open_dead(DLT_EN10MB, SNAPLEN)
+def compile_filter(expression: str, netmask: int = PCAP_NETMASK_UNKNOWN,
+                   dlt: int = DLT_EN10MB) -> tuple[Insn, ...]:
+    """Classic BPF for expression on link type dlt, optimised as tcpdump does; netmask
+    serves `ip broadcast`. Raises FilterSyntaxError (exit 2), also for a filter that
+    makes no sense on the link type (`ether host` on DLT_RAW)."""
+    handle = lib().pcap_open_dead(dlt, SNAPLEN)
     try:
         with compiled(handle, expression, netmask) as program:
             return tuple(Insn(program.bf_insns[i].code, program.bf_insns[i].jt,

@@ -71,6 +71,7 @@ class BuildOptions:
     max_peers: int = 1 << 20  # capacity of the peer map; beyond it frames count as overflow
     filter: Translation | None = None  # the user's tcpdump filter, translated
     payload: PayloadOptions | None = None
+    raw_ip: bool = False  # frames start at the IP header (tun, WireGuard, PPP, ipip, GRE)
 
     def cflags(self, generated_dir: Path | None = None) -> list[str]:
         flags = [f"-I{bpf_source_dir()}", f"-DNCEBPF_MAX_PEERS={self.max_peers}"]
@@ -79,6 +80,8 @@ class BuildOptions:
             flags += [f"-I{generated_dir}", "-DNCEBPF_FILTER"]
         if self.payload is not None:
             flags += self.payload.cflags()
+        if self.raw_ip:
+            flags.append("-DNCEBPF_RAW_IP")
         return flags
 
 

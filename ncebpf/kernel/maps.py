@@ -36,6 +36,7 @@ class TotalsSlot(IntEnum):
     FILTERED_OUT = 1
     UNPARSED = 2
     OVERFLOW = 3
+    UNATTRIBUTED = 4
 
 
 def map_memory_bytes(map_fd: int) -> int:
@@ -134,6 +135,7 @@ class KernelCounterSource:
         return Totals(packets=packets[TotalsSlot.MATCHED], bytes=nbytes[TotalsSlot.MATCHED],
                       filtered_out=packets[TotalsSlot.FILTERED_OUT],
                       unparsed=packets[TotalsSlot.UNPARSED],
+                      unattributed=packets[TotalsSlot.UNATTRIBUTED],
                       overflow=packets[TotalsSlot.OVERFLOW])
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:

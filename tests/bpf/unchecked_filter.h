@@ -3,9 +3,10 @@
 #define NCEBPF_FILTER_PULL_LEN 64
 
 static __always_inline __u32 ncebpf_filter(const __u8 *data, const __u8 *data_end,
-					   __u32 wire_len)
+					   __u32 wire_len, __u32 vtag)
 {
 	(void)data_end;
 	(void)wire_len;
+	(void)vtag;
 	return data[40];
 }

@@ -1,0 +1,24 @@
+"""Attach tests/bpf/vlan_offload.c at TC egress of IFACE and exit; it stays attached.
+
+    python vlan_offload.py IFACE VLAN_ID
+
+Run inside a test namespace; removing the namespace removes the program.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bcc import BPF
+
+from ncebpf.kernel.attach import TcAttachment
+from ncebpf.kernel.build import bpf_source_dir
+from ncebpf.kernel.headers import ensure_headers
+
+ensure_headers()
+module = BPF(src_file=str(Path(__file__).parent / "bpf" / "vlan_offload.c").encode(),
+             cflags=[f"-I{bpf_source_dir()}", f"-DVLAN_ID={int(sys.argv[2])}"])
+program = module.load_func(b"vlan_offload", BPF.SCHED_CLS)
+# Entered and never left: the filter outlives this process, like a driver's setting.
+TcAttachment(sys.argv[1], program.fd, "vlan_offload", "egress").__enter__()
