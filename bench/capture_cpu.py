@@ -163,8 +163,9 @@ def main() -> None:
             "ncebpf, kernel: TC ingress + search": lambda: ncebpf_observer(pair, workdir, "tc"),
             "ncebpf, pcap mode": lambda: ncebpf_observer(pair, workdir, "pcap"),
             "tcpdump -w /dev/null": lambda: pair.popen(
-                pair.local, "tcpdump", "-i", pair.local_if, "-B", "65536", "-s", "298", "-w",
-                "/dev/null", "-Q", "in", FILTER),
+                # -Z root: dropping to user tcpdump would chown /dev/null to it.
+                pair.local, "tcpdump", "-Z", "root", "-i", pair.local_if, "-B", "65536", "-s",
+                "298", "-w", "/dev/null", "-Q", "in", FILTER),
         }
         baselines: list[float] = []
         per_packet: dict[str, list[float]] = {label: [] for label in observers}

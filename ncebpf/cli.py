@@ -343,11 +343,15 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
     path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
     with path.open() as dumped:  # a dump of a million peers is 170 MB: copy it in pieces
         pieces = iter(lambda: dumped.read(1 << 20), "")
+        target = Path(output)
         if output == "-":
             for piece in pieces:
                 click.echo(piece, nl=False)
+        elif target.exists() and not target.is_file():
+            with target.open("w") as out:  # /dev/null, a FIFO: never replaced by a file
+                out.writelines(pieces)
         else:
-            write_atomically(Path(output), pieces)
+            write_atomically(target, pieces)
 
 
 @main.command()

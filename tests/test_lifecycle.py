@@ -158,6 +158,28 @@ def test_dump_output_to_a_file(pair: NetnsPair, workdir: Path) -> None:
     assert json.loads(target.read_text())["peers"]["10.77.4.4"]["packets"] == 2
 
 
+def test_dump_output_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(pair: NetnsPair,
+                                                                    workdir: Path) -> None:
+    """`--output /dev/null` once replaced /dev/null with a regular file (atomic rename)."""
+    import stat
+    import threading
+
+    fifo = workdir / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    daemon = DaemonProcess(pair, workdir)
+    try:
+        pair.inject_ingress(frames_from("10.77.4.5", pair, 3), workdir)
+        run(*NCEBPF, "dump", "--output", str(fifo), *daemon.args)
+    finally:
+        assert daemon.stop() == 0
+    reader.join(timeout=30)
+    assert json.loads(received[0])["peers"]["10.77.4.5"]["packets"] == 3
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
 def test_named_instances_run_side_by_side(workdir: Path, privileged: None) -> None:
     with NetnsPair() as first, NetnsPair() as second:
         one = DaemonProcess(first, workdir, name="one")
