@@ -38,7 +38,13 @@ from ncebpf.errors import (
 from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.translate import UnsupportedFilter
-from ncebpf.kernel.attach import TcAttachment, XdpAttachment, refuse_foreign_xdp
+from ncebpf.kernel.attach import (
+    HookPlan,
+    TcAttachment,
+    XdpAttachment,
+    plan_hooks,
+    refuse_foreign_xdp,
+)
 from ncebpf.kernel.build import (
     BuildOptions,
     LoadedPrograms,
@@ -52,6 +58,7 @@ from ncebpf.kernel.netif import (
     ifindex_of,
     interface_addresses,
     ipv4_netmask,
+    link_of,
     promiscuous,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
@@ -128,6 +135,7 @@ class Daemon:
             file_mode(config.umask))
         self._stopping = False
         self._control: ControlServer | None = None
+        self._hooks: HookPlan | None = None
 
     def run(self) -> Path:
         """Count until a stop signal; return where the final dump went.
@@ -162,7 +170,6 @@ class Daemon:
         config = self.config
         if config.mode == "pcap":
             return "pcap", ""
-        kernel_mode = "tc" if config.mode == "tc" else "xdp"
         reason = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
         if reason is None:
             try:
@@ -178,9 +185,15 @@ class Daemon:
             if config.mode != "auto":
                 raise UsageError(reason)
             return "pcap", reason
-        if kernel_mode == "xdp" and config.ingress and not config.force:
+        hooks = self._hooks = plan_hooks(config.mode, config.xdp_mode, config.ingress,
+                                         config.egress, link_of(config.iface))
+        if hooks.ingress == "xdp" and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
-        return kernel_mode, ""
+        if hooks.choice:
+            log.info("%s", hooks.choice)
+        for note in hooks.notes:
+            log.warning("%s", note)
+        return hooks.mode, ""
 
     def _run(self, mode: str) -> Path:
         config = self.config
@@ -267,15 +280,16 @@ class Daemon:
                             filter=prepared.translation if prepared else None, payload=payload)
 
     def _attach(self, attached: ExitStack, programs: LoadedPrograms) -> None:
-        config = self.config
+        config, hooks = self.config, self._hooks
+        assert hooks is not None  # planned by _choose_mode for every kernel mode
         tc_name = programs.tc.name.decode()
-        if config.ingress and self._mode == "xdp":
+        if hooks.ingress == "xdp":
             attached.enter_context(XdpAttachment(config.iface, programs.xdp.fd,
-                                                 config.xdp_mode, config.force))
-        elif config.ingress:
+                                                 hooks.xdp_mode, config.force))
+        elif hooks.ingress == "tc":
             attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
                                                 "ingress"))
-        if config.egress:
+        if hooks.egress:
             attached.enter_context(TcAttachment(config.iface, programs.tc.fd, tc_name,
                                                 "egress"))
 

@@ -1,4 +1,4 @@
-"""What ncebpf needs to know about an interface: its index and its addresses."""
+"""What ncebpf needs to know about an interface: its index, kind and addresses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
@@ -40,6 +41,52 @@ def ipv4_netmask(ifname: str) -> int:
         if ipaddress.ip_address(address).version == 4:
             return int(ipaddress.IPv4Network(f"0.0.0.0/{prefixlen}").netmask)
     return PCAP_NETMASK_UNKNOWN
+
+
+IFF_LOOPBACK = 0x8
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network device as rtnetlink describes it.
+
+    kind is IFLA_INFO_KIND ("veth", "bridge", "bond", "vlan", "tun", ...),
+    "" for a device a hardware driver registered; master is the bridge or
+    bond it is a port of (IFLA_MASTER), lower the device a vlan or macvlan
+    sits on (IFLA_LINK, only when it is in this namespace), 0 when none.
+    """
+
+    index: int
+    name: str
+    kind: str
+    loopback: bool
+    master: int
+    lower: int
+
+
+def _links() -> dict[int, Link]:
+    with IPRoute() as ipr:
+        found = {}
+        for msg in ipr.get_links():
+            info = msg.get_attr("IFLA_LINKINFO")
+            kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+            # A veth names its peer in IFLA_LINK, often in another namespace.
+            lower = 0 if msg.get_attr("IFLA_LINK_NETNSID") is not None else \
+                msg.get_attr("IFLA_LINK") or 0
+            found[msg["index"]] = Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind,
+                                       bool(msg["flags"] & IFF_LOOPBACK),
+                                       msg.get_attr("IFLA_MASTER") or 0,
+                                       lower if lower != msg["index"] else 0)
+        return found
+
+
+def link_of(ifname: str) -> Link:
+    """The device named ifname; InterfaceNotFound if there is none."""
+    ifindex = ifindex_of(ifname)
+    link = _links().get(ifindex)
+    if link is None:
+        raise InterfaceNotFound(ifname)
+    return link
 
 
 def all_addresses() -> list[tuple[str, str, int]]:
