@@ -56,9 +56,9 @@ from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
     all_addresses,
     ifindex_of,
-    interface_addresses,
     ipv4_netmask,
     link_of,
+    local_side,
     promiscuous,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
@@ -136,6 +136,7 @@ class Daemon:
         self._stopping = False
         self._control: ControlServer | None = None
         self._hooks: HookPlan | None = None
+        self._local_reason = ""
 
     def run(self) -> Path:
         """Count until a stop signal; return where the final dump went.
@@ -374,8 +375,14 @@ class Daemon:
                 next_purge = now + PURGE_EVERY_S
 
     def _local_addresses(self) -> list[str]:
-        """The peer rule's local side: the interface's addresses and the filter's host."""
-        return [*interface_addresses(self.config.iface), *self._filter_hosts]
+        """The peer rule's local side: the host's addresses for this interface's traffic
+        (netif.choose_local_side), and the filter's host. Logs the choice when it changes."""
+        side = local_side(self.config.iface)
+        if side.reason != self._local_reason:
+            self._local_reason = side.reason
+            log.info("local side of the peer rule: %s (%s)", side.reason,
+                     ", ".join(side.addresses) or "none yet")
+        return [*side.addresses, *self._filter_hosts]
 
     def _serve(self, clients: list[DumpClient], collector: Collector, table: PeerTable) -> None:
         """Answer dump requests on the control socket, each with a dump drained after it.

@@ -1,5 +1,5 @@
-"""Issue 10, items 2, 6, 7, 9: the hook auto picks, one count per frame on loopback,
-GRO/TSO super-packets at ingress, and start's exit status."""
+"""Issue 10, items 2, 6, 7, 8, 9: the hook auto picks, one count per frame on loopback,
+GRO/TSO super-packets at ingress, the local side on bridge ports, and start's exit status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ncebpf.kernel.attach import plan_hooks
-from ncebpf.kernel.netif import Link
+from ncebpf.kernel.netif import Link, choose_local_side, upper_links
 from tests.netns import NCEBPF, DaemonProcess, NetnsPair
 from tests.tcp_stream import tcp_stream
 
@@ -50,6 +50,41 @@ def test_plan_counts_loopback_once() -> None:
     # One direction asked: that one.
     assert plan_hooks("tc", "auto", True, False, LO).ingress == "tc"
     assert plan_hooks("tc", "auto", False, True, LO).egress
+
+
+# -- the local side (pure) ----------------------------------------------------------------
+
+def _links(*links: Link) -> dict[int, Link]:
+    return {link.index: link for link in links}
+
+
+def test_local_side_of_a_bridge_port_is_the_bridge() -> None:
+    port = Link(3, "veth0", "veth", False, 10, 0)
+    bond_member = Link(4, "eth1", "", False, 11, 0)
+    links = _links(LO, port, bond_member, Link(10, "br0", "bridge", False, 0, 0),
+                   Link(11, "bond0", "bond", False, 10, 0),
+                   Link(12, "br0.7", "vlan", False, 0, 10),
+                   Link(13, "mv0", "macvlan", False, 0, 4),
+                   Link(14, "other", "veth", False, 0, 4))  # a veth naming 4 is no upper
+    assert [u.name for u in upper_links(links, 4)] == ["bond0", "mv0", "br0", "br0.7"]
+    addresses = {1: ["127.0.0.1"], 10: ["10.77.0.1"], 12: ["10.77.7.1"], 14: ["10.77.9.9"]}
+    side = choose_local_side(links, addresses, 3)
+    assert side.addresses == ("10.77.0.1", "10.77.7.1")
+    assert side.reason == "the addresses of veth0 and of br0, br0.7 above it"
+    assert choose_local_side(links, addresses, 4).addresses == ("10.77.0.1", "10.77.7.1")
+
+
+def test_local_side_is_every_host_address_on_loopback_or_when_in_doubt() -> None:
+    port = Link(3, "veth0", "veth", False, 10, 0)
+    links = _links(LO, port, Link(10, "br0", "bridge", False, 0, 0),
+                   Link(20, "eth0", "", False, 0, 0))
+    addresses = {1: ["127.0.0.1"], 20: ["10.77.5.1", "fd77::5"]}
+    host = ("127.0.0.1", "10.77.5.1", "fd77::5")
+    assert choose_local_side(links, addresses, 1).addresses == host
+    side = choose_local_side(links, addresses, 3)
+    assert side.addresses == host
+    assert side.reason == "no address on veth0 nor on br0 above it: every address of this host"
+    assert choose_local_side(links, addresses, 20).addresses == ("10.77.5.1", "fd77::5")
 
 
 # -- item 9: start's exit status ----------------------------------------------------------
@@ -171,3 +206,45 @@ def test_loopback_counts_each_frame_once(silent_pair: NetnsPair, workdir: Path,
     peers = {peer: [c["packets"], c["bytes"]] for peer, c in dump["peers"].items()}
     assert peers == {pair.local_v4: [20, 20 * 98]}
     assert dump["totals"]["unparsed"] == 0
+
+
+# -- item 8: a bridge port ----------------------------------------------------------------
+
+def _bridge(pair: NetnsPair) -> str:
+    """Move the local address onto a bridge whose port is the local veth; return its name."""
+    bridge = pair.local_if[:-1] + "w"
+    ns = pair.local
+    pair.ns(ns, "ip", "addr", "flush", "dev", pair.local_if)
+    pair.ns(ns, "ip", "link", "add", "name", bridge, "address", pair.local_mac.hex(":"),
+            "type", "bridge")
+    pair.ns(ns, "ip", "link", "set", pair.local_if, "master", bridge)
+    pair.ns(ns, "ip", "addr", "add", f"{pair.local_v4}/24", "dev", bridge)
+    pair.ns(ns, "ip", "link", "set", bridge, "up")
+    pair.ns(ns, "ip", "neigh", "replace", pair.remote_v4, "lladdr",
+            pair.remote_mac.hex(":"), "dev", bridge, "nud", "permanent")
+    return bridge
+
+
+@privileged
+@pytest.mark.parametrize("mode", ["auto", "xdp", "tc", "pcap"])
+@pytest.mark.parametrize("on", ["port", "bridge"])
+def test_bridge_port_has_the_bridge_as_its_local_side(silent_pair: NetnsPair, workdir: Path,
+                                                      mode: str, on: str) -> None:
+    """5 pings from the bridge's address out of its port: one peer, 10 frames of 98 bytes,
+    on the port as on the bridge."""
+    pair = silent_pair
+    bridge = _bridge(pair)
+    where = pair.local_if if on == "port" else bridge
+    daemon = DaemonProcess(pair, workdir, "--iface", where, "--mode", mode, "--interval", "0.2",
+                           with_iface=False)
+    try:
+        ping(pair, pair.local, pair.remote_v4, 5)
+        dump = daemon.dump()
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+    # A new bridge reports its multicast groups (IGMP to 224.0.0.22) for a while.
+    peers = {peer: [c["packets"], c["bytes"]] for peer, c in dump["peers"].items()
+             if peer != "224.0.0.22"}
+    assert peers == {pair.remote_v4: [10, 10 * 98]}
+    if on == "port":
+        assert f"the addresses of {pair.local_if} and of {bridge} above it" in daemon.stderr

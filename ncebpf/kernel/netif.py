@@ -1,4 +1,4 @@
-"""What ncebpf needs to know about an interface: its index, kind and addresses."""
+"""What ncebpf needs to know about an interface: its index, kind, upper devices, addresses."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def ipv4_netmask(ifname: str) -> int:
 
 IFF_LOOPBACK = 0x8
 
+# Devices stacked on a lower one that they name in IFLA_LINK, and that the
+# host's addresses can live on: the lower device carries their traffic.
+STACKED_KINDS = frozenset({"vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+
 
 @dataclass(frozen=True)
 class Link:
@@ -87,6 +91,80 @@ def link_of(ifname: str) -> Link:
     if link is None:
         raise InterfaceNotFound(ifname)
     return link
+
+
+def upper_links(links: dict[int, Link], index: int) -> list[Link]:
+    """The devices whose traffic passes through device `index`, nearest first.
+
+    Its bridge or bond master and theirs, and the vlan/macvlan devices
+    stacked on it or on them: the host's addresses for traffic on a bridge
+    port or bond member live there. Pure: links as _links() returns them.
+    """
+    found: list[Link] = []
+    todo, seen = [index], {index}
+    while todo:
+        current = links.get(todo.pop(0))
+        if current is None:
+            continue
+        above = [links[current.master]] if current.master in links else []
+        above += [link for link in links.values()
+                  if link.lower == current.index and link.kind in STACKED_KINDS]
+        for link in above:
+            if link.index not in seen:
+                seen.add(link.index)
+                found.append(link)
+                todo.append(link.index)
+    return found
+
+
+@dataclass(frozen=True)
+class LocalSide:
+    """The addresses this host owns for the traffic on one interface, and why these."""
+
+    addresses: tuple[str, ...]
+    reason: str
+
+
+def choose_local_side(links: dict[int, Link], addresses: dict[int, list[str]],
+                      index: int) -> LocalSide:
+    """The local side of the peer rule (design §2) for traffic on device `index`.
+
+    The device's own addresses and those of its upper devices (bridge,
+    bond, vlan, macvlan; upper_links). On loopback, and where none of
+    these has an address (a port of a bridge without one, a port of a
+    switch ncebpf cannot see into), every address of this host: a frame
+    there is this host's only if it is to or from one of them. Pure:
+    addresses maps ifindex to its addresses as text.
+    """
+    link = links[index]
+    host = tuple(dict.fromkeys(a for index_addresses in addresses.values()
+                               for a in index_addresses))
+    if link.loopback:
+        return LocalSide(host, f"{link.name} is loopback: every address of this host")
+    uppers = upper_links(links, index)
+    owned = tuple(dict.fromkeys(a for i in (index, *(u.index for u in uppers))
+                                for a in addresses.get(i, [])))
+    names = ", ".join(u.name for u in uppers)
+    if not owned:
+        where = f" nor on {names} above it" if uppers else ""
+        return LocalSide(host, f"no address on {link.name}{where}: every address of this host")
+    if uppers:
+        return LocalSide(owned, f"the addresses of {link.name} and of {names} above it")
+    return LocalSide(owned, f"the addresses of {link.name}")
+
+
+def local_side(ifname: str) -> LocalSide:
+    """choose_local_side for the interface named ifname; InterfaceNotFound if it is gone."""
+    index = ifindex_of(ifname)
+    links = _links()
+    if index not in links:
+        raise InterfaceNotFound(ifname)
+    addresses: dict[int, list[str]] = {}
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addresses.setdefault(msg["index"], []).append(
+                msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+    return choose_local_side(links, addresses, index)
 
 
 def all_addresses() -> list[tuple[str, str, int]]:
