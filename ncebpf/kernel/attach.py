@@ -39,8 +39,7 @@ GENERIC_XDP_INEXACT = ("generic XDP sees a GRO or GSO super-packet as one frame 
                       "length: a TCP stream in counts fewer packets and bytes than the wire "
                       "carried (--mode tc counts its segments)")
 VETH_NATIVE_XDP = ("native XDP on a veth switches its peer to XDP's receive path while it is "
-                   "attached: the peer loses TSO and its MTU is capped near 3,500 bytes, and it "
-                   "costs more CPU than TC there")
+                   "attached: the peer loses TSO and its MTU is capped near 3,500 bytes")
 
 
 @dataclass(frozen=True)
