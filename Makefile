@@ -63,6 +63,7 @@ test: lint typecheck
 bench: install-dev
 	$(PY) bench/run.py
 	$(PY) bench/capture_cpu.py
+	$(PY) bench/hooks_cpu.py
 	$(PY) bench/dump_bench.py
 
 # ncebpf@NAME.service runs $(PREFIX)/bin/ncebpf: its own venv (Debian's python3 with system

@@ -39,7 +39,13 @@ from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
-from ncebpf.kernel.attach import TcAttachment, XdpAttachment, refuse_foreign_xdp
+from ncebpf.kernel.attach import (
+    HookPlan,
+    TcAttachment,
+    XdpAttachment,
+    plan_hooks,
+    refuse_foreign_xdp,
+)
 from ncebpf.kernel.build import (
     BuildOptions,
     LoadedPrograms,
@@ -51,9 +57,10 @@ from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
     all_addresses,
     ifindex_of,
-    interface_addresses,
     ipv4_netmask,
     link_dlt,
+    link_of,
+    local_side,
     promiscuous,
     rx_vlan_offload,
 )
@@ -133,6 +140,8 @@ class Daemon:
             file_mode(config.umask))
         self._stopping = False
         self._control: ControlServer | None = None
+        self._hooks: HookPlan | None = None
+        self._local_reason = ""
 
     def run(self) -> Path:
         """Count until a stop signal; return where the final dump went.
@@ -172,7 +181,6 @@ class Daemon:
                      "filter is compiled for raw IP, as tcpdump does there", config.iface)
         if config.mode == "pcap":
             return "pcap", ""
-        kernel_mode = "tc" if config.mode == "tc" else "xdp"
         reason = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
         if reason is None:
             try:
@@ -188,9 +196,15 @@ class Daemon:
             if config.mode != "auto":
                 raise UsageError(reason)
             return "pcap", reason
-        if kernel_mode == "xdp" and config.ingress and not config.force:
+        hooks = self._hooks = plan_hooks(config.mode, config.xdp_mode, config.ingress,
+                                         config.egress, link_of(config.iface))
+        if hooks.ingress == "xdp" and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
-        return kernel_mode, ""
+        if hooks.choice:
+            log.info("%s", hooks.choice)
+        for note in hooks.notes:
+            log.warning("%s", note)
+        return hooks.mode, ""
 
     def _run(self, mode: str) -> Path:
         config = self.config
@@ -283,19 +297,20 @@ class Daemon:
 
     def _attach(self, attached: ExitStack, held: InterfaceLock,
                 programs: LoadedPrograms) -> None:
-        config = self.config
+        config, hooks = self.config, self._hooks
+        assert hooks is not None  # planned by _choose_mode for every kernel mode
         tc_name = programs.tc.name.decode()
-        if config.ingress and self._mode == "xdp":
-            attached.enter_context(XdpAttachment(held, programs.xdp.fd,
-                                                 config.xdp_mode, config.force))
+        if hooks.ingress == "xdp":
+            attached.enter_context(XdpAttachment(held, programs.xdp.fd, hooks.xdp_mode,
+                                                 config.force))
             if rx_vlan_offload(config.iface):
                 log.warning("%s has rx-vlan-offload on: XDP cannot read a VLAN tag the driver "
                             "keeps in metadata, so such frames count without the tag's 4 bytes "
                             "and `vlan` filters miss them; --mode tc and pcap see the tag",
                             config.iface)
-        elif config.ingress:
+        elif hooks.ingress == "tc":
             attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "ingress"))
-        if config.egress:
+        if hooks.egress:
             attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "egress"))
 
     def _start_resolver(self) -> ReverseResolver | None:
@@ -379,8 +394,14 @@ class Daemon:
                 next_purge = now + PURGE_EVERY_S
 
     def _local_addresses(self) -> list[str]:
-        """The peer rule's local side: the interface's addresses and the filter's host."""
-        return [*interface_addresses(self.config.iface), *self._filter_hosts]
+        """The peer rule's local side: the host's addresses for this interface's traffic
+        (netif.choose_local_side), and the filter's host. Logs the choice when it changes."""
+        side = local_side(self.config.iface)
+        if side.reason != self._local_reason:
+            self._local_reason = side.reason
+            log.info("local side of the peer rule: %s (%s)", side.reason,
+                     ", ".join(side.addresses) or "none yet")
+        return [*side.addresses, *self._filter_hosts]
 
     def _serve(self, clients: list[DumpClient], collector: Collector, table: PeerTable) -> None:
         """Answer dump requests on the control socket, each with a dump drained after it.

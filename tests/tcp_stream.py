@@ -47,11 +47,14 @@ class TcpStats(NamedTuple):
     data_segs_out: int  # segments that carried payload
 
 
-def tcp_stream(pair: NetnsPair) -> TcpStats:
-    """Send 4 MiB from the local side to the remote one; return the sender's counts."""
-    with pair.popen(pair.remote, sys.executable, "-c", TCP_SINK, pair.remote_v4) as server:
+def tcp_stream(pair: NetnsPair, inbound: bool = False) -> TcpStats:
+    """Send 4 MiB from the local side to the remote one (inbound: the other way round);
+    return the sender's counts."""
+    sender, receiver = (pair.remote, pair.local) if inbound else (pair.local, pair.remote)
+    to, source, ifname = ((pair.local_v4, pair.remote_v4, pair.remote_if) if inbound
+                          else (pair.remote_v4, pair.local_v4, pair.local_if))
+    with pair.popen(receiver, sys.executable, "-c", TCP_SINK, to) as server:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        out = pair.ns(pair.local, sys.executable, "-c", TCP_SOURCE, pair.remote_v4,
-                      pair.local_v4, pair.local_if).stdout
+        out = pair.ns(sender, sys.executable, "-c", TCP_SOURCE, to, source, ifname).stdout
         server.wait(timeout=10)
     return TcpStats(*(int(x) for x in out.split()))

@@ -63,6 +63,8 @@ def test_counts_equal_tcpdump_with_the_same_filter(silent_pair: NetnsPair, workd
     try:
         assert tcpdump.stderr is not None
         assert "listening on" in tcpdump.stderr.readline()
+        # auto counts ingress at TC, where the stack has moved the VLAN tag into metadata:
+        # the filter still sees the frame as on the wire, as tcpdump -r does.
         daemon = DaemonProcess(pair, workdir, expression)
         try:
             ingress, egress = live_mix(pair)

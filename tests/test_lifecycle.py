@@ -22,13 +22,13 @@ def frames_from(peer: str, pair: NetnsPair, count: int) -> list[bytes]:
 
 def test_kill_9_leaves_programs_that_the_next_run_replaces(pair: NetnsPair,
                                                           workdir: Path) -> None:
-    first = DaemonProcess(pair, workdir)
+    first = DaemonProcess(pair, workdir, "--mode", "xdp")
     pair.inject_ingress(frames_from("10.77.4.1", pair, 5), workdir)
     first.kill()
     assert "ncebpf_xdp" in pair.xdp_attached()
     assert "ncebpf_tc" in pair.tc_egress_filters()
 
-    second = DaemonProcess(pair, workdir)
+    second = DaemonProcess(pair, workdir, "--mode", "xdp")
     try:
         assert "replaced ncebpf's XDP program" in _stderr_so_far(second)
         pair.inject_ingress(frames_from("10.77.4.2", pair, 7), workdir)
@@ -49,7 +49,7 @@ def _stderr_so_far(daemon: DaemonProcess) -> str:
 
 
 def test_detach_removes_what_a_killed_run_left(pair: NetnsPair, workdir: Path) -> None:
-    DaemonProcess(pair, workdir).kill()
+    DaemonProcess(pair, workdir, "--mode", "xdp").kill()
     assert "ncebpf_xdp" in pair.xdp_attached()
     out = pair.ns(pair.local, *NCEBPF, "detach", "--iface", pair.local_if, "--name", "t",
                   "--piddir", str(workdir / "run")).stdout
@@ -65,14 +65,14 @@ def test_foreign_xdp_program_is_kept_unless_forced(pair: NetnsPair, workdir: Pat
     pair.ns(pair.local, sys.executable, str(TESTS / "foreign_xdp.py"), pair.local_if)
     assert "foreign_pass" in pair.xdp_attached()
 
-    refused = pair.ns(pair.local, *NCEBPF, "attach", "--iface", pair.local_if, "--statedir",
-                      str(workdir), "--piddir", str(workdir), check=False)
+    refused = pair.ns(pair.local, *NCEBPF, "attach", "--mode", "xdp", "--iface", pair.local_if,
+                      "--statedir", str(workdir), "--piddir", str(workdir), check=False)
     assert refused.returncode == 2
     assert "foreign_pass" in refused.stderr and "--force" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert "foreign_pass" in pair.xdp_attached()
 
-    forced = DaemonProcess(pair, workdir, "--force")
+    forced = DaemonProcess(pair, workdir, "--mode", "xdp", "--force")
     try:
         assert "ncebpf_xdp" in pair.xdp_attached()
     finally:
@@ -88,7 +88,7 @@ def test_sigint_detaches_like_sigterm(pair: NetnsPair, workdir: Path) -> None:
 
 
 def test_second_instance_with_the_same_name_is_refused(pair: NetnsPair, workdir: Path) -> None:
-    daemon = DaemonProcess(pair, workdir)
+    daemon = DaemonProcess(pair, workdir, "--mode", "xdp")
     try:
         again = pair.ns(pair.local, *NCEBPF, "attach", "--iface", pair.local_if, *daemon.args,
                         check=False)

@@ -82,7 +82,7 @@ def test_a_full_disk_costs_no_count_and_the_daemon_lives(silent_pair: NetnsPair,
         assert "No space left on device" in failed.stderr and "t.json" in failed.stderr
         assert "still counting" in failed.stderr
         assert is_ncebpf_process(pid)
-        assert "ncebpf_xdp" in pair.xdp_attached()
+        assert "ncebpf_tc" in pair.tc_egress_filters()
         assert not [p for p in state.iterdir() if p.name.startswith(".t.")]  # no scratch
 
         pair.inject_ingress(frames_from(pair, "10.77.9.1", 4), workdir)

@@ -160,7 +160,7 @@ def test_start_status_restart_stop(pair: NetnsPair, workdir: Path) -> None:
     started = ncebpf(pair, workdir, "start", "--iface", pair.local_if)
     assert started.returncode == 0, started.stderr
     pid = int(started.stdout.split()[-1])
-    assert "ncebpf_xdp" in pair.xdp_attached()  # counting when start returns
+    assert "ncebpf_tc" in pair.tc_egress_filters()  # counting when start returns
     status = ncebpf(pair, workdir, "status")
     assert (status.returncode, status.stdout.strip()) == (0, f"bg running, pid {pid}")
     again = ncebpf(pair, workdir, "start", "--iface", pair.local_if)

@@ -1,4 +1,5 @@
-"""What ncebpf needs to know about an interface: index, link type, addresses, offloads."""
+"""What ncebpf needs to know about an interface: index, link type, kind, upper devices,
+addresses, offloads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -67,6 +69,130 @@ def ipv4_netmask(ifname: str) -> int:
         if ipaddress.ip_address(address).version == 4:
             return int(ipaddress.IPv4Network(f"0.0.0.0/{prefixlen}").netmask)
     return PCAP_NETMASK_UNKNOWN
+
+
+IFF_LOOPBACK = 0x8
+
+# Devices stacked on a lower one that they name in IFLA_LINK, and that the
+# host's addresses can live on: the lower device carries their traffic.
+STACKED_KINDS = frozenset({"vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network device as rtnetlink describes it.
+
+    kind is IFLA_INFO_KIND ("veth", "bridge", "bond", "vlan", "tun", ...),
+    "" for a device a hardware driver registered; master is the bridge or
+    bond it is a port of (IFLA_MASTER), lower the device a vlan or macvlan
+    sits on (IFLA_LINK, only when it is in this namespace), 0 when none.
+    """
+
+    index: int
+    name: str
+    kind: str
+    loopback: bool
+    master: int
+    lower: int
+
+
+def _links() -> dict[int, Link]:
+    with IPRoute() as ipr:
+        found = {}
+        for msg in ipr.get_links():
+            info = msg.get_attr("IFLA_LINKINFO")
+            kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+            # A veth names its peer in IFLA_LINK, often in another namespace.
+            lower = 0 if msg.get_attr("IFLA_LINK_NETNSID") is not None else \
+                msg.get_attr("IFLA_LINK") or 0
+            found[msg["index"]] = Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind,
+                                       bool(msg["flags"] & IFF_LOOPBACK),
+                                       msg.get_attr("IFLA_MASTER") or 0,
+                                       lower if lower != msg["index"] else 0)
+        return found
+
+
+def link_of(ifname: str) -> Link:
+    """The device named ifname; InterfaceNotFound if there is none."""
+    ifindex = ifindex_of(ifname)
+    link = _links().get(ifindex)
+    if link is None:
+        raise InterfaceNotFound(ifname)
+    return link
+
+
+def upper_links(links: dict[int, Link], index: int) -> list[Link]:
+    """The devices whose traffic passes through device `index`, nearest first.
+
+    Its bridge or bond master and theirs, and the vlan/macvlan devices
+    stacked on it or on them: the host's addresses for traffic on a bridge
+    port or bond member live there. Pure: links as _links() returns them.
+    """
+    found: list[Link] = []
+    todo, seen = [index], {index}
+    while todo:
+        current = links.get(todo.pop(0))
+        if current is None:
+            continue
+        above = [links[current.master]] if current.master in links else []
+        above += [link for link in links.values()
+                  if link.lower == current.index and link.kind in STACKED_KINDS]
+        for link in above:
+            if link.index not in seen:
+                seen.add(link.index)
+                found.append(link)
+                todo.append(link.index)
+    return found
+
+
+@dataclass(frozen=True)
+class LocalSide:
+    """The addresses this host owns for the traffic on one interface, and why these."""
+
+    addresses: tuple[str, ...]
+    reason: str
+
+
+def choose_local_side(links: dict[int, Link], addresses: dict[int, list[str]],
+                      index: int) -> LocalSide:
+    """The local side of the peer rule (design §2) for traffic on device `index`.
+
+    The device's own addresses and those of its upper devices (bridge,
+    bond, vlan, macvlan; upper_links). On loopback, and where none of
+    these has an address (a port of a bridge without one, a port of a
+    switch ncebpf cannot see into), every address of this host: a frame
+    there is this host's only if it is to or from one of them. Pure:
+    addresses maps ifindex to its addresses as text.
+    """
+    link = links[index]
+    host = tuple(dict.fromkeys(a for index_addresses in addresses.values()
+                               for a in index_addresses))
+    if link.loopback:
+        return LocalSide(host, f"{link.name} is loopback: every address of this host")
+    uppers = upper_links(links, index)
+    owned = tuple(dict.fromkeys(a for i in (index, *(u.index for u in uppers))
+                                for a in addresses.get(i, [])))
+    names = ", ".join(u.name for u in uppers)
+    if not owned:
+        where = f" nor on {names} above it" if uppers else ""
+        return LocalSide(host, f"no address on {link.name}{where}: every address of this host")
+    if uppers:
+        return LocalSide(owned, f"the addresses of {link.name} and of {names} above it")
+    return LocalSide(owned, f"the addresses of {link.name}")
+
+
+def local_side(ifname: str) -> LocalSide:
+    """choose_local_side for the interface named ifname; InterfaceNotFound if it is gone."""
+    index = ifindex_of(ifname)
+    links = _links()
+    if index not in links:
+        raise InterfaceNotFound(ifname)
+    addresses: dict[int, list[str]] = {}
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addresses.setdefault(msg["index"], []).append(
+                msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+    return choose_local_side(links, addresses, index)
 
 
 def all_addresses() -> list[tuple[str, str, int]]:
