@@ -44,7 +44,8 @@ def ncebpf(pair: NetnsPair, workdir: Path, name: str, *args: str) -> Any:
 
 
 def start(pair: NetnsPair, workdir: Path, name: str) -> int:
-    started = ncebpf(pair, workdir, name, "start", "--iface", pair.local_if)
+    # XDP and TC both: ownership must hold for every program ncebpf attaches.
+    started = ncebpf(pair, workdir, name, "start", "--iface", pair.local_if, "--mode", "xdp")
     assert started.returncode == 0, started.stderr
     return int(started.stdout.split()[-1])
 
@@ -100,7 +101,7 @@ def test_a_second_instance_on_the_interface_is_refused_and_the_first_keeps_count
 
 def test_a_foreground_attach_on_a_counted_interface_is_refused(pair: NetnsPair,
                                                                 workdir: Path) -> None:
-    daemon = DaemonProcess(pair, workdir, name="a")
+    daemon = DaemonProcess(pair, workdir, "--mode", "xdp", name="a")
     try:
         b = ncebpf(pair, workdir, "b", "attach", "--iface", pair.local_if, "--mode", "tc")
         assert b.returncode == 2
@@ -194,7 +195,7 @@ def test_stop_leaves_programs_of_a_live_instance_that_took_over_the_interface(
 
 def test_detach_refuses_while_an_instance_counts_on_the_interface(pair: NetnsPair,
                                                                   workdir: Path) -> None:
-    daemon = DaemonProcess(pair, workdir, name="a")
+    daemon = DaemonProcess(pair, workdir, "--mode", "xdp", name="a")
     try:
         refused = pair.ns(pair.local, *NCEBPF, "detach", "--iface", pair.local_if, check=False)
         assert refused.returncode == 2
