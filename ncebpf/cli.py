@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -28,6 +29,22 @@ from ncebpf.errors import NcebpfError
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+
+
+class _Seconds(click.FloatRange):
+    """A number of seconds, 0.1 to a day; NaN passes click's range check, not this one."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+TIMEOUT = _Seconds(min=0.1, max=86400.0)
 EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
@@ -245,9 +262,9 @@ def start(ctx: click.Context, /, **_: Any) -> None:
 
 @main.command()
 @instance_options
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="SIGKILL after this many seconds in which the daemon wrote nothing; "
-                   "while it writes its final dump it is never killed.")
+@click.option("--timeout", type=TIMEOUT, default=15.0, show_default=True,
+              help="SIGKILL after this many seconds in which the daemon neither wrote nor "
+                   "used CPU; while it drains and writes its final dump it is never killed.")
 def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
          timeout: float) -> None:
     """Stop a background instance: SIGTERM, final dump, detach.
@@ -263,8 +280,8 @@ def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str 
 
 @main.command()
 @run_options
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
-              help="SIGKILL the old daemon after this many seconds in which it wrote nothing.")
+@click.option("--timeout", type=TIMEOUT, default=15.0, show_default=True,
+              help="SIGKILL the old daemon after this many seconds without progress.")
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
     """Stop, wait until gone, start: never two daemons at once."""
@@ -273,7 +290,14 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 
     require_capture_privileges("ncebpf restart")
     config = _run_config(ctx)
-    click.echo(lifecycle.stop(config.instance, timeout))
+    try:
+        click.echo(lifecycle.stop(config.instance, timeout))
+    except NcebpfError as exc:
+        if lifecycle.running_pid(config.instance) is not None:
+            raise
+        # The old run is gone, but ended badly (killed, or its final dump went elsewhere):
+        # say so, and start the new one as asked.
+        click.echo(f"ncebpf: {exc}", err=True)
     click.echo(f"{config.instance.name} started, pid {lifecycle.start(config)}")
 
 
@@ -326,7 +350,7 @@ def config(ctx: click.Context, /, **_: Any) -> None:
               show_default=True, help="json, or the upstream Perl layout (.stats).")
 @click.option("--output", "-o", default="-", show_default=True,
               help="Write the dump to this file instead of standard output.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
               help="Give up after this many seconds without an answer or progress from the "
                    "instance (a large table takes long to write, and says how far it got).")
 @instance_options

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ Mode = Literal["auto", "xdp", "tc", "pcap"]
 XdpModeName = Literal["auto", "native", "generic"]
 
 DEFAULT_NAME = "ncebpf"
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 DEFAULT_CONFIG_DIR = Path("/etc/ncebpf")
 DEFAULT_STATEDIR = Path("/var/lib/ncebpf")
 DEFAULT_PIDDIR = Path("/run/ncebpf")
@@ -214,6 +216,13 @@ class Instance:
     statedir: Path = DEFAULT_STATEDIR  # dumps: <statedir>/<name>.stats and <name>.json
     piddir: Path = DEFAULT_PIDDIR  # <name>.pid, the control socket <name>.sock
 
+    def __post_init__(self) -> None:
+        # The name becomes file names (and a socket path of at most 107 bytes): no
+        # directories, no hidden files, nothing a shell or systemd's %i would mangle.
+        if not INSTANCE_NAME.fullmatch(self.name):
+            raise UsageError(f"invalid instance name {self.name!r}: use 1 to 64 letters, digits "
+                             "and . _ - @, starting with a letter or digit")
+
     def dump_path(self, fmt: str) -> Path:
         return self.statedir / f"{self.name}.{'stats' if fmt == 'perl' else 'json'}"
 
@@ -295,7 +304,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("direction", "direction", "--direction", "choice",
             "Ingress is counted by XDP, egress by TC.", choices=("both", "ingress", "egress")),
     Setting("interval_s", "interval", "--interval", "number",
-            "Seconds between drains of the kernel counters.", minimum=0.05, unit="seconds"),
+            "Seconds between drains of the kernel counters.", minimum=0.05, maximum=3600,
+            unit="seconds"),
     Setting("xdp_mode", "xdp_mode", "--xdp-mode", "choice",
             "auto: native (driver) XDP where supported, else generic.",
             choices=("auto", "native", "generic")),
@@ -334,7 +344,7 @@ SETTINGS: tuple[Setting, ...] = (
             "DNS server for peer names; repeatable, tried in turn [default: /etc/resolv.conf].",
             allowed_text="an array of ADDR, ADDR:PORT or [V6ADDR]:PORT, in quotes"),
     Setting("dns_rate", "dns_rate", "--dns-rate", "number",
-            "At most this many name lookups per second.", minimum=0.1,
+            "At most this many name lookups per second.", minimum=0.1, maximum=100000,
             unit="lookups per second"),
     Setting("umask", "umask", "--umask", "octal",
             "Permission mask, in octal, of the files the daemon creates (dumps, log); in the "

@@ -14,6 +14,8 @@ import contextlib
 import errno
 import os
 import socket
+import struct
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +24,7 @@ from ncebpf.dump import FORMATS
 from ncebpf.errors import InstanceRunning, NcebpfError, NotRunning
 
 REQUEST_TIMEOUT_S = 2.0
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_LINE = 512
 
 
@@ -82,6 +85,7 @@ def request_dump(instance: Instance, fmt: str, timeout_s: float) -> Path:
             "with the same --name and --piddir"
         )
     with sock:
+        _check_peer(sock, instance)
         try:
             sock.sendall(f"dump {fmt}\n".encode())
             reply = "progress"
@@ -101,6 +105,17 @@ def request_dump(instance: Instance, fmt: str, timeout_s: float) -> Path:
     if status != "ok":
         raise NcebpfError(f"instance {instance.name!r} could not dump: {detail or reply}")
     return Path(detail)
+
+
+def _check_peer(sock: socket.socket, instance: Instance) -> None:
+    """Only root or our own user may answer for an instance: in a pid directory others can
+    write, anyone could listen at the socket's path and hand us any file to print."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _ = _UCRED.unpack(creds)
+    if uid not in (0, os.geteuid()):
+        raise NcebpfError(f"{instance.control_path} is held by uid {uid} (pid {pid}), not by "
+                          "an ncebpf instance: remove it, and give ncebpf a pid directory of "
+                          "its own")
 
 
 class DumpClient:
@@ -124,14 +139,30 @@ class DumpClient:
         self.conn.close()
 
 
+class _Reading:
+    """A connection whose request line has not fully arrived yet."""
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.data = b""
+        self.deadline = deadline  # time.monotonic()
+
+
 class ControlServer:
-    """The daemon's end; a context manager that removes the socket it made."""
+    """The daemon's end; a context manager that removes the socket it made.
+
+    Nothing here ever blocks the daemon: connections are accepted and read
+    without blocking, a request line may arrive in pieces, and a client that
+    has not sent its line within REQUEST_TIMEOUT_S is dropped. The daemon
+    selects on `fds()` and calls `requests()` when one is ready.
+    """
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
         self.path = instance.control_path
         self._sock: socket.socket | None = None
         self._inode = 0
+        self._reading: dict[int, _Reading] = {}
 
     def __enter__(self) -> ControlServer:
         ensure_not_running(self.instance)
@@ -153,32 +184,69 @@ class ControlServer:
         assert self._sock is not None
         return self._sock.fileno()
 
-    def accept_requests(self) -> list[DumpClient]:
-        """Every client waiting to connect, with its request read; never blocks on accept.
+    def fds(self) -> list[int]:
+        """The listening socket and every connection still sending its request."""
+        return [self.fileno(), *self._reading]
 
-        A request other than `dump <format>` is answered with an error at once.
+    def next_deadline(self) -> float | None:
+        """When requests() must run to drop a client that is too slow (time.monotonic())."""
+        return min((r.deadline for r in self._reading.values()), default=None)
+
+    def requests(self) -> list[DumpClient]:
+        """Every client whose request line has arrived; never blocks.
+
+        A request other than `dump <format>` is answered with an error at once;
+        a client silent past its deadline is dropped.
         """
         assert self._sock is not None
-        clients: list[DumpClient] = []
+        now = time.monotonic()
         while True:
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
-                return clients
-            conn.settimeout(REQUEST_TIMEOUT_S)
-            try:
-                verb, _, fmt = _read_line(conn).partition(" ")
-            except OSError:
-                conn.close()
+                break
+            conn.setblocking(False)
+            self._reading[conn.fileno()] = _Reading(conn, now + REQUEST_TIMEOUT_S)
+        clients: list[DumpClient] = []
+        for fd, reading in list(self._reading.items()):
+            line = self._read_some(reading)
+            if line is None and now < reading.deadline:
                 continue
-            client = DumpClient(conn, fmt)
+            del self._reading[fd]
+            if line is None:  # gone, or too slow: a stalled client must not stall counting
+                reading.conn.close()
+                continue
+            verb, _, fmt = line.partition(" ")
+            client = DumpClient(reading.conn, fmt)
             if verb == "dump" and fmt in FORMATS:
                 clients.append(client)
             else:
-                client.finish(None, f"unknown request {(verb + ' ' + fmt)[:40]!r}")
+                client.finish(None, f"unknown request {line[:40]!r}")
+        return clients
+
+    @staticmethod
+    def _read_some(reading: _Reading) -> str | None:
+        """The request line once whole; None while it is incomplete or the client left."""
+        try:
+            while not reading.data.endswith(b"\n") and len(reading.data) < MAX_LINE:
+                chunk = reading.conn.recv(MAX_LINE)
+                if not chunk:
+                    reading.deadline = 0.0  # hung up
+                    break
+                reading.data += chunk
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            reading.deadline = 0.0
+        if reading.data.endswith(b"\n") or len(reading.data) >= MAX_LINE:
+            return reading.data.decode(errors="replace").strip()
+        return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        for reading in self._reading.values():
+            reading.conn.close()
+        self._reading.clear()
         if self._sock is not None:
             self._sock.close()
         with contextlib.suppress(FileNotFoundError):

@@ -26,7 +26,13 @@ from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig
 from ncebpf.control import ControlServer, DumpClient
 from ncebpf.dump import DumpContext, write_atomically
-from ncebpf.dumpfiles import DumpWriter, OutputError, file_mode, shared_directory
+from ncebpf.dumpfiles import (
+    DumpWriter,
+    OutputError,
+    file_mode,
+    scratch_files,
+    shared_directory,
+)
 from ncebpf.errors import (
     AttachError,
     BccMissing,
@@ -161,6 +167,9 @@ class Daemon:
                             "its own", what, directory, why)
         # First of all: a second run of this name must fail before it touches anything.
         with InstanceLock(self.instance):
+            for scratch in scratch_files(self.instance):  # a killed run's half-written dump
+                with contextlib.suppress(OSError):
+                    scratch.unlink()
             mode, reason = self._choose_mode()
             if reason:
                 log.warning("counting with libpcap in user space, not in the kernel: %s", reason)
@@ -340,7 +349,7 @@ class Daemon:
         next_purge = time.monotonic() + PURGE_EVERY_S
         resolver, capture = self._resolver, self._capture
         self._control = control
-        watched = [control.fileno(), signals.fileno()]
+        watched = [signals.fileno()]
         if listener:
             watched.append(listener.fileno())
         if capture:
@@ -350,7 +359,10 @@ class Daemon:
             lookups = resolver.fds() if resolver else []
             if resolver and (deadline := resolver.next_deadline()) is not None:
                 timeout = min(timeout, max(0.0, deadline - time.time()))
-            ready, _, _ = select.select(watched + lookups, [], [], timeout)
+            if (deadline := control.next_deadline()) is not None:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            controls = control.fds()
+            ready, _, _ = select.select(watched + controls + lookups, [], [], timeout)
             if capture and capture.fileno() in ready:
                 capture.service()
             if resolver:
@@ -368,8 +380,8 @@ class Daemon:
                         table.reset(int(time.time()))
                 elif signal.SIGUSR1 in received:
                     self._try_dump(collector, table)
-            if control.fileno() in ready:
-                self._serve(control.accept_requests(), collector, table)
+            if len(controls) > 1 or control.fileno() in ready:
+                self._serve(control.requests(), collector, table)
             if listener and listener.fileno() in ready:
                 self._answer(listener, collector, table)
             now = time.monotonic()
@@ -475,7 +487,7 @@ class Daemon:
                 return
             last = now
             if arriving is not None and self._control is not None:
-                arriving.extend(self._control.accept_requests())
+                arriving.extend(self._control.requests())
             for client in serving + (arriving or []):
                 client.progress(done, total)
             if self._stopping:

@@ -37,8 +37,21 @@ class OutputError(NcebpfError):
 
 
 def describe(exc: OSError, path: Path) -> str:
-    """`could not write PATH: No space left on device` — the real error, one line."""
-    return f"could not write {exc.filename or path}: {exc.strerror or exc}"
+    """`could not write PATH: No space left on device` — the real error, one line, naming
+    the file the user knows (not the scratch file beside it)."""
+    return f"could not write {path}: {exc.strerror or exc}"
+
+
+def scratch_files(instance: Instance) -> list[Path]:
+    """Scratch files of this instance's dumps that a killed run left half written.
+
+    Only the holder of the instance lock may remove them: a live run's are in use.
+    """
+    found: list[Path] = []
+    for fmt in FORMATS:
+        target = instance.dump_path(fmt)
+        found += target.parent.glob(f".{target.name}.*")
+    return found
 
 
 @dataclass(frozen=True)

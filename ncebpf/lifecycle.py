@@ -34,11 +34,27 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 
 
-def read_pid(path: Path) -> int | None:
+def read_small_file(path: Path, limit: int = 4096) -> str | None:
+    """The text of a small plain file in a pid directory; None for anything else.
+
+    Never blocks on a FIFO planted there and never follows a link.
+    """
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_pid(path: Path) -> int | None:
+    text = (read_small_file(path) or "").strip()
     return int(text) if text.isdigit() else None
 
 
@@ -91,11 +107,14 @@ def open_log(path: Path) -> int:
     a hard link to someone else's file is refused by its owner and link count.
     """
     try:
+        # O_NONBLOCK: a FIFO planted at the name fails at once (ENXIO) instead of
+        # blocking the start until someone reads it; cleared below for a plain file.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW |
-                     os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+                     os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NcebpfError(f"refusing to log to {path}: it is a symbolic link; remove it, "
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            what = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
+            raise NcebpfError(f"refusing to log to {path}: it is {what}; remove it, "
                               "and give ncebpf a state directory of its own") from None
         raise
     st = os.fstat(fd)
@@ -106,6 +125,7 @@ def open_log(path: Path) -> int:
         os.close(fd)
         raise NcebpfError(f"refusing to log to {path}: {problem}; remove it, and give "
                           "ncebpf a state directory of its own")
+    os.set_blocking(fd, True)
     return fd
 
 
@@ -181,9 +201,10 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
 
     SIGTERM, then wait for as long as the daemon makes progress — its final
     drain and dump of a large table can take minutes, and killing it then
-    would lose every count. SIGKILL only after timeout_s in which it wrote
-    nothing. Raises NcebpfError (exit 1) when the daemon could not write its
-    final dump where it belongs; the message says where the counts went.
+    would lose every count. SIGKILL only after timeout_s in which it neither
+    wrote nor used CPU. Raises NcebpfError (exit 1) when it had to kill, or
+    when the daemon could not write its final dump where it belongs; the
+    message says where the counts went.
     """
     pid = running_pid(instance)
     if pid is None:
@@ -197,12 +218,13 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
                               f"{outcome.partition(' ')[2]}")
         return f"{instance.name} stopped (pid {pid})" + \
             (f"; {outcome.partition(' ')[2]}" if outcome else "")
-    log.warning("pid %d wrote nothing for %g s: SIGKILL", pid, timeout_s)
     _signal(instance, pid, signal.SIGKILL)
     _wait_gone(pid, 10.0)
     _wait_released(instance)
     removed = _clean_up_after_kill(instance)
-    return f"{instance.name} killed (pid {pid}){'; removed ' + removed if removed else ''}"
+    raise NcebpfError(f"{instance.name} (pid {pid}) made no progress for {timeout_s:g} s after "
+                      "SIGTERM and was killed: its counts since the last dump are lost"
+                      f"{'; removed ' + removed if removed else ''}")
 
 
 def _signal(instance: Instance, pid: int, sig: int) -> None:
@@ -234,36 +256,40 @@ def _remove_remains(instance: Instance) -> str:
 
 
 def _read_outcome(instance: Instance) -> str:
-    try:
-        text = instance.outcome_path.read_text().strip()
-    except OSError:
+    text = (read_small_file(instance.outcome_path) or "").strip()
+    if not text:
         return ""
     instance.outcome_path.unlink(missing_ok=True)
     return text
 
 
-def _bytes_written(pid: int) -> int | None:
-    """Bytes the process has written so far (/proc/PID/io wchar), None if unreadable."""
+def progress_of(pid: int) -> tuple[int, int] | None:
+    """(bytes written, CPU ticks) of a process so far; None when it cannot be read.
+
+    Either moving means the daemon is at work: its final drain of a large table
+    uses CPU and writes nothing for seconds, then its dump writes for longer.
+    """
     try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+        written = next(int(line.split()[1]) for line in
+                       Path(f"/proc/{pid}/io").read_text().splitlines()
+                       if line.startswith("wchar:"))
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return written, int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _wait_gone(pid: int, idle_timeout_s: float) -> bool:
-    """Wait until pid has exited; give up after idle_timeout_s in which it wrote nothing."""
-    written = _bytes_written(pid)
+    """Wait until pid has exited; give up after idle_timeout_s in which it made no progress."""
+    progress = progress_of(pid)
     deadline = time.monotonic() + idle_timeout_s
     while time.monotonic() < deadline:
         if not is_ncebpf_process(pid):
             return True
         time.sleep(0.05)
-        now_written = _bytes_written(pid)
-        if now_written != written:
-            written, deadline = now_written, time.monotonic() + idle_timeout_s
+        now_progress = progress_of(pid)
+        if now_progress != progress:
+            progress, deadline = now_progress, time.monotonic() + idle_timeout_s
     return not is_ncebpf_process(pid)
 
 

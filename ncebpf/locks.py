@@ -66,14 +66,19 @@ class InstanceLock:
     the same name then fails before it can touch what the first one owns.
     """
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, tidying: bool = False) -> None:
         self.instance = instance
         self.path = lock_path(instance)
+        # A command removing a dead run's remains holds the lock too, but is no instance:
+        # it writes its pid negated, and instance_holder() does not call it running.
+        self.tidying = tidying
         self._fd: int | None = None
 
     def __enter__(self) -> InstanceLock:
         # O_NOFOLLOW: a symbolic link planted in the pid directory is refused, not followed.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # O_NONBLOCK: a FIFO planted at the name must not block us (it is refused below).
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC |
+                     os.O_NONBLOCK, 0o644)
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
         except OSError as exc:
@@ -91,7 +96,7 @@ class InstanceLock:
             raise NcebpfError(f"refusing to lock {self.path}: {problem}; remove it, and give "
                               "ncebpf a pid directory of its own")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{-os.getpid() if self.tidying else os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -116,9 +121,14 @@ def instance_holder(instance: Instance) -> int | None:
     Never takes the lock, so it cannot make a concurrent start fail.
     """
     try:
-        fd = os.open(lock_path(instance), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(lock_path(instance), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
+                     os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NcebpfError(f"{lock_path(instance)} is not a plain file: remove it, and give "
+                          "ncebpf a pid directory of its own")
     try:
         deadline = time.monotonic() + HOLDER_WAIT_S
         while True:
@@ -128,6 +138,8 @@ def instance_holder(instance: Instance) -> int | None:
             text = os.pread(fd, 32, 0).decode(errors="replace").strip()
             if text.isdigit():
                 return int(text)
+            if text.startswith("-") and text[1:].isdigit():
+                return None  # a command tidying up after a dead run: nothing runs
             if time.monotonic() >= deadline:
                 raise NcebpfError(f"{lock_path(instance)} is locked, but its holder has not "
                                   "written its pid: try again in a moment")

@@ -18,8 +18,9 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ncebpf.config import Instance
+from ncebpf.dumpfiles import scratch_files
 from ncebpf.errors import InterfaceNotFound, KernelError, NcebpfError, PrivilegeError
-from ncebpf.lifecycle import is_ncebpf_process, read_pid
+from ncebpf.lifecycle import is_ncebpf_process, read_pid, read_small_file
 from ncebpf.locks import (
     InstanceLock,
     InterfaceBusy,
@@ -63,10 +64,7 @@ def _look(instance: Instance) -> Remains | None:
     files = _files(instance)
     if not files:
         return None
-    try:
-        iface = instance.iface_path.read_text().strip()
-    except OSError:
-        iface = ""
+    iface = (read_small_file(instance.iface_path) or "").strip()
     programs: list[str] = []
     owner = None
     unchecked = ""
@@ -143,7 +141,7 @@ def remove(instance: Instance) -> Removed:
     Raises InstanceRunning if the instance is alive after all, PrivilegeError
     when its programs need root to remove.
     """
-    with InstanceLock(instance):
+    with InstanceLock(instance, tidying=True):
         remains = _look(instance)
         if remains is None:
             return Removed(None, "", (), (), None)
@@ -167,6 +165,6 @@ def remove(instance: Instance) -> Removed:
                     f"CAP_BPF and CAP_NET_ADMIN ({exc}): run it as root") from exc
             except NcebpfError as exc:
                 log.warning("could not clean %s: %s", remains.iface, exc)
-        for path in remains.files:
+        for path in (*remains.files, *scratch_files(instance)):
             path.unlink(missing_ok=True)
         return Removed(remains.pid, remains.iface, tuple(programs), remains.files, kept_for)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ncebpf.cli import main
@@ -50,3 +51,25 @@ def test_a_missing_privilege_is_not_blamed_on_a_directory() -> None:
 
     message = _describe_os_error(PermissionError(1, "Operation not permitted"))
     assert "--statedir" not in message and "CAP_NET_RAW" in message
+
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "0"])
+def test_timeouts_are_seconds_from_a_tenth_to_a_day(value: str) -> None:
+    from click.testing import CliRunner
+
+    from ncebpf.cli import main
+
+    for command in ("stop", "dump"):
+        result = CliRunner().invoke(main, [command, "--timeout", value, "--piddir", "/tmp"])
+        assert result.exit_code == 2 and "--timeout" in result.output
+
+
+@pytest.mark.parametrize("name", ["../esc", "", ".hidden", "a/b", "x" * 65, "sp ace"])
+def test_instance_names_cannot_leave_their_directories(name: str) -> None:
+    from click.testing import CliRunner
+
+    from ncebpf.cli import main
+
+    result = CliRunner().invoke(main, ["status", "--name", name, "--piddir", "/tmp"])
+    assert result.exit_code == 2 and "invalid instance name" in result.output

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -264,3 +267,91 @@ def test_a_client_hears_when_the_daemon_dies_mid_answer(pair: NetnsPair,
     _, err = client.communicate(timeout=30)
     assert client.returncode == 1
     assert "closed the connection without answering" in err and "status" in err
+
+
+SLOW_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.send(b"d")  # and then nothing: a request line that never ends
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_client_that_never_finishes_its_request_stalls_nothing(pair: NetnsPair,
+                                                                 workdir: Path) -> None:
+    """A hung script on the control socket once blocked the loop, and `stop` then killed
+    the daemon and lost every count."""
+    daemon = DaemonProcess(pair, workdir)
+    socket_path = str(workdir / "run" / "t.sock")
+    slow = [subprocess.Popen([sys.executable, "-c", SLOW_CLIENT, socket_path, "60"])
+            for _ in range(3)]
+    try:
+        pair.inject_ingress(frames_from(pair, "10.77.9.4", 5), workdir)
+        began = time.monotonic()
+        dumped = run(*NCEBPF, "dump", "--timeout", "1", *daemon.args, check=False)
+        assert dumped.returncode == 0, dumped.stderr
+        assert json.loads(dumped.stdout)["peers"]["10.77.9.4"]["packets"] == 5
+        assert time.monotonic() - began < 5
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+        for client in slow:
+            client.kill()
+            client.wait()
+
+
+SQUATTER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(4)
+print("ready", flush=True)
+while True:
+    conn, _ = s.accept(); conn.recv(64); conn.sendall(b"ok /etc/shadow\\n"); conn.close()
+"""
+
+
+def test_a_control_socket_held_by_another_user_is_not_believed(workdir: Path,
+                                                               privileged: None) -> None:
+    # A pid directory every user can write (pytest's own tmp is root's alone).
+    shared = Path(tempfile.mkdtemp(prefix="ncebpf-shared-", dir="/tmp"))
+    os.chmod(shared, 0o1777)
+    squatter = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "/usr/bin/python3", "-c", SQUATTER, str(shared / "q.sock")],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "ready\n"
+        out = run(*NCEBPF, "dump", "--name", "q", "--statedir", str(workdir), "--piddir",
+                  str(shared), check=False)
+    finally:
+        squatter.kill()
+        squatter.communicate()
+        shutil.rmtree(shared, ignore_errors=True)
+    assert out.returncode == 1 and "root:" not in out.stdout
+    assert "is held by uid 65534" in out.stderr
+
+
+def test_a_fifo_planted_for_the_log_or_the_lock_blocks_nothing(pair: NetnsPair,
+                                                               workdir: Path) -> None:
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    os.mkfifo(workdir / "state" / "t.log")
+    began = time.monotonic()
+    started = ncebpf(pair, workdir, workdir / "state", "start", "--iface", pair.local_if)
+    assert started.returncode != 0 and "it is a FIFO" in started.stderr, started.stderr
+    assert time.monotonic() - began < 30
+    os.mkfifo(workdir / "run" / "u.lock")
+    status = run(*NCEBPF, "status", "--name", "u", "--piddir", str(workdir / "run"),
+                 check=False, timeout=20)
+    assert status.returncode != 0 and "not a plain file" in status.stderr
+
+
+def test_a_killed_runs_half_written_dump_is_removed_at_the_next_start(pair: NetnsPair,
+                                                                      workdir: Path) -> None:
+    (workdir / "state").mkdir()
+    scratch = workdir / "state" / ".t.json.half"
+    scratch.write_text("{\"version\": 1, ")
+    daemon = DaemonProcess(pair, workdir)
+    try:
+        assert not scratch.exists()
+    finally:
+        assert daemon.stop() == 0

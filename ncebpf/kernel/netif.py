@@ -29,7 +29,7 @@ IP_LINKS = {65534: "none (tun, WireGuard)", 519: "rawip", 512: "ppp", 768: "ipip
 def ifindex_of(ifname: str) -> int:
     try:
         return socket.if_nametoindex(ifname)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         raise InterfaceNotFound(ifname) from None
 
 
