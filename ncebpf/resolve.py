@@ -93,8 +93,15 @@ class Outcome:
 
 
 def reverse_name(key: bytes) -> dns.name.Name:
-    """The PTR query name of a peer key: in-addr.arpa for IPv4, ip6.arpa for IPv6."""
-    return dns.reversename.from_address(peer_text(key))
+    """The PTR query name of a peer key: in-addr.arpa for IPv4, ip6.arpa for IPv6.
+
+    From the key, not the text: dnspython sends ::ffff:a.b.c.d to in-addr.arpa,
+    but that peer is an IPv6 one, named (if at all) under ip6.arpa (RFC 3596 §2.5).
+    """
+    if key[0] == 4:
+        return dns.reversename.from_address(peer_text(key))
+    nibbles = key[4:].hex()[::-1]
+    return dns.name.from_text(".".join(nibbles), origin=dns.reversename.ipv6_reverse_domain)
 
 
 def clean_name(name: dns.name.Name) -> str | None:
