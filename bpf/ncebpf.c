@@ -24,7 +24,7 @@
 #include "ncebpf_filter.h"
 #endif
 
-/* Key: peer address. Value: that peer's counters, one copy per CPU.
+/* Key: peer address and family. Value: that peer's counters, one copy per CPU.
  * Preallocated: inserting a new peer costs about 1 us instead of about
  * 15 us for a per-CPU allocation, which matters under a spoofed-source flood. */
 BPF_TABLE("percpu_hash", struct peer_key, struct peer_counters, peers, NCEBPF_MAX_PEERS);
@@ -35,7 +35,8 @@ BPF_PERCPU_ARRAY(totals, struct total_counters, TOTALS_NR);
 /* Key: local_slot_of(address). Value: struct local_slot. Written by user space only. */
 BPF_ARRAY(local_slots, struct local_slot, NCEBPF_LOCAL_SLOTS);
 
-/* Key: an address of this host. Value: unused. Consulted only for shared slots. */
+/* Key: an address of this host, keyed as peers are. Value: unused.
+ * Consulted only for shared slots. */
 BPF_HASH(local_addrs, struct peer_key, __u8, NCEBPF_MAX_LOCAL_ADDRS);
 
 /* Key: 0. Value: the last clock sample ncebpf_clock took. */

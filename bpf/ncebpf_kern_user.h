@@ -16,8 +16,21 @@
 
 #define NCEBPF_MAX_LOCAL_ADDRS 256
 
-/* An IPv6 address, or an IPv4 address as ::ffff:a.b.c.d; network byte order. */
+/*
+ * A peer's address and its family. family is NCEBPF_FAMILY_IPV4 (addr holds
+ * ::ffff:a.b.c.d) or NCEBPF_FAMILY_IPV6 (addr holds the address as on the
+ * wire); pad is always 0. The family must be in the key: an IPv6 address can
+ * be any 128 bits, ::ffff:a.b.c.d included, and a frame from that address is
+ * not one from a.b.c.d (issue 10, item 5). First, so that keys sorted as
+ * bytes put IPv4 before IPv6. Network byte order; 20 bytes, which the hash
+ * map rounds up to 24 (8 more than a bare address, per peer).
+ */
+#define NCEBPF_FAMILY_IPV4 4
+#define NCEBPF_FAMILY_IPV6 6
+
 struct peer_key {
+	__u8 family;
+	__u8 pad[3];
 	__u8 addr[16];
 };
 
@@ -45,7 +58,7 @@ struct clock_sample {
  * Local addresses, hashed into NCEBPF_LOCAL_SLOTS slots by local_slot_of()
  * (user space computes the same fold). A slot holding exactly one address
  * answers "is this address local?" with an inlined array lookup and a
- * 16-byte compare; only when two local addresses share a slot does the
+ * 20-byte compare; only when two local addresses share a slot does the
  * program consult the local_addrs hash.
  */
 #define NCEBPF_LOCAL_SLOTS 256

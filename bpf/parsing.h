@@ -52,20 +52,23 @@ struct l3_info {
 	__u8 l4_proto;
 };
 
+/* A key is five 32-bit words: family and pad, then the address. */
 static __always_inline void v4_mapped(struct peer_key *key, __be32 addr)
 {
-	__u32 *words = (__u32 *)key->addr;
+	__u32 *words = (__u32 *)key;
 
 	words[0] = 0;
+	key->family = NCEBPF_FAMILY_IPV4;
 	words[1] = 0;
-	words[2] = ncebpf_be32(0x0000ffff);
-	words[3] = addr;
+	words[2] = 0;
+	words[3] = ncebpf_be32(0x0000ffff);
+	words[4] = addr;
 }
 
 static __always_inline __u32 local_slot_of(const struct peer_key *key)
 {
-	const __u32 *words = (const __u32 *)key->addr;
-	__u32 fold = words[0] ^ words[1] ^ words[2] ^ words[3];
+	const __u32 *words = (const __u32 *)key;
+	__u32 fold = words[0] ^ words[1] ^ words[2] ^ words[3] ^ words[4];
 
 	fold ^= fold >> 16;
 	fold ^= fold >> 8;
@@ -74,9 +77,9 @@ static __always_inline __u32 local_slot_of(const struct peer_key *key)
 
 static __always_inline int same_address(const struct peer_key *a, const struct peer_key *b)
 {
-	const __u32 *x = (const __u32 *)a->addr, *y = (const __u32 *)b->addr;
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
 
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, struct l3_info *l3)
@@ -98,6 +101,9 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, str
 
 	if ((void *)(ip6h + 1) > data_end || ip6h->version != 6)
 		return PARSE_UNATTRIBUTED;
+	*(__u32 *)&l3->src = 0;
+	l3->src.family = NCEBPF_FAMILY_IPV6;
+	*(__u32 *)&l3->dst = *(__u32 *)&l3->src;
 	__builtin_memcpy(l3->src.addr, &ip6h->saddr, sizeof(l3->src.addr));
 	__builtin_memcpy(l3->dst.addr, &ip6h->daddr, sizeof(l3->dst.addr));
 	l3->l4_off = off + sizeof(*ip6h);

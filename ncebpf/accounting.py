@@ -1,7 +1,9 @@
 """The peer table every source (kernel maps, pcap) feeds, with the upstream rate math. Pure.
 
-Peers are keyed by their 16-byte address (IPv4 as ::ffff:a.b.c.d), the key
-the kernel uses, so a drain never formats addresses.
+Peers are keyed by the kernel's struct peer_key (bpf/ncebpf_kern_user.h), so
+a drain never formats addresses: 20 bytes, a family byte (4 or 6) and three
+zero bytes, then the address (IPv4 as ::ffff:a.b.c.d). The family tells an
+IPv4 peer from its IPv4-mapped IPv6 twin, and puts IPv4 first in key order.
 
 Rates follow Net::Connection::Sniffer (spec §7) exactly when fed packet by
 packet. ncebpf feeds them per drain instead: the packets a peer sent since
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 ZERO_80 = bytes(10)
+KEY_SIZE = 20  # sizeof(struct peer_key)
+IPV4_KEY_PREFIX = b"\x04\0\0\0" + IPV4_MAPPED_PREFIX  # the 16 bytes before an IPv4 address
+IPV6_KEY_PREFIX = b"\x06\0\0\0"  # the 4 bytes before an IPv6 address
 PEER_INTERVAL_S = 300  # a peer's rates update at most this often
 GLOBAL_FIRST_INTERVAL_S = 300
 GLOBAL_INTERVAL_S = 60
@@ -28,25 +33,40 @@ PURGE_AGE_S = 86400  # a record whose E is more than a day old is dropped
 
 
 def peer_key(address: str) -> bytes:
-    """The 16-byte key of an IPv4 or IPv6 address given as text."""
+    """The KEY_SIZE-byte key of an IPv4 or IPv6 address given as text.
+
+    ::ffff:a.b.c.d is an IPv6 address here, with a key of its own.
+    """
     ip = ipaddress.ip_address(address)
     if ip.version == 4:
-        return IPV4_MAPPED_PREFIX + ip.packed
-    return ip.packed
+        return IPV4_KEY_PREFIX + ip.packed
+    return IPV6_KEY_PREFIX + ip.packed
+
+
+def ipv4_key(address: bytes) -> bytes:
+    """The key of a 4-byte IPv4 address as it is on the wire."""
+    return IPV4_KEY_PREFIX + address
+
+
+def ipv6_key(address: bytes) -> bytes:
+    """The key of a 16-byte IPv6 address as it is on the wire."""
+    return IPV6_KEY_PREFIX + address
 
 
 def peer_text(key: bytes) -> str:
     """Address text of a key: IPv4 dotted-quad, IPv6 in RFC 5952 form.
 
-    inet_ntop(3) writes what the ipaddress module writes, five times faster
-    (a dump formats a million of these), except for addresses in ::/80,
-    where glibc prefers a dotted tail (::1.2.3.4): those go the slow way.
+    An IPv4-mapped IPv6 address comes out with the dotted tail RFC 5952 §5
+    recommends (::ffff:10.77.0.3). inet_ntop(3) writes what the ipaddress
+    module writes, five times faster (a dump formats a million of these),
+    except for the rest of ::/80, where glibc prefers a dotted tail
+    (::1.2.3.4) and ipaddress, rightly, does not: those go the slow way.
     """
-    if key[:12] == IPV4_MAPPED_PREFIX:
-        return socket.inet_ntop(socket.AF_INET, key[12:])
-    if key[:10] == ZERO_80:
-        return str(ipaddress.IPv6Address(key))
-    return socket.inet_ntop(socket.AF_INET6, key)
+    if key[0] == 4:
+        return socket.inet_ntop(socket.AF_INET, key[16:])
+    if key[4:14] == ZERO_80 and key[14:16] != b"\xff\xff":
+        return str(ipaddress.IPv6Address(key[4:]))
+    return socket.inet_ntop(socket.AF_INET6, key[4:])
 
 
 class PeerRecord:

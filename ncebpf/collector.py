@@ -26,10 +26,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ncebpf.accounting import PeerTable, Totals
+from ncebpf.accounting import KEY_SIZE, PeerTable, Totals
 
 NS = 1_000_000_000
-KEY_SIZE = 16
 
 
 class PeerCounts(NamedTuple):
@@ -44,7 +43,7 @@ class PeerCounts(NamedTuple):
 
 @dataclass(frozen=True)
 class PeerBatch:
-    """A whole map read at once, as columns; row i belongs to keys[16 i : 16 i + 16]."""
+    """A whole map read at once, as columns; row i's key is keys[KEY_SIZE i:KEY_SIZE (i + 1)]."""
 
     keys: bytes
     packets: npt.NDArray[np.uint64]  # cumulative, summed over CPUs
@@ -58,7 +57,7 @@ class PeerBatch:
         return len(self.packets)
 
     def key_column(self) -> npt.NDArray[np.void]:
-        """The keys as one array; its .tolist() gives 16-byte bytes objects."""
+        """The keys as one array; its .tolist() gives KEY_SIZE-byte bytes objects."""
         return np.frombuffer(self.keys, dtype=f"V{KEY_SIZE}")
 
     @classmethod

@@ -4,8 +4,8 @@ Ethernet, up to MAX_TAGS VLAN tags (802.1Q, 802.1ad, 0x9100), then IPv4
 (with options) or IPv6: directly, in a PPPoE session (PPP protocol 0x0021 /
 0x0057), or under up to MAX_TAGS MPLS labels (the payload's version nibble
 after the bottom of stack). On links without a MAC header the frame starts
-at the IP header (`ip_addresses`). Addresses come back as peer keys (16
-bytes, IPv4 as ::ffff:a.b.c.d), as the kernel builds them; a frame that
+at the IP header (`ip_addresses`). Addresses come back as peer keys
+(accounting.peer_key: family, then address), as the kernel builds them; a frame that
 gives none comes back as NOT_IP or UNATTRIBUTED, the kernel's two totals.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from ncebpf.accounting import IPV4_MAPPED_PREFIX
+from ncebpf.accounting import ipv4_key, ipv6_key
 
 ETH_P_IP, ETH_P_IPV6 = b"\x08\x00", b"\x86\xdd"
 VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8", b"\x91\x00")
@@ -39,14 +39,14 @@ def _ipv4(frame: bytes, l3: int) -> Parsed:
     header = frame[l3:l3 + 20]
     if len(header) < 20 or header[0] >> 4 != 4 or header[0] & 0x0F < 5:
         return UNATTRIBUTED
-    return IPV4_MAPPED_PREFIX + header[12:16], IPV4_MAPPED_PREFIX + header[16:20]
+    return ipv4_key(header[12:16]), ipv4_key(header[16:20])
 
 
 def _ipv6(frame: bytes, l3: int) -> Parsed:
     header = frame[l3:l3 + 40]
     if len(header) < 40 or header[0] >> 4 != 6:
         return UNATTRIBUTED
-    return header[8:24], header[24:40]
+    return ipv6_key(header[8:24]), ipv6_key(header[24:40])
 
 
 def ip_addresses(frame: bytes, l3: int = 0) -> Parsed:

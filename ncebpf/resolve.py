@@ -92,6 +92,18 @@ class Outcome:
     ttl: int  # T = now + ttl
 
 
+def reverse_name(key: bytes) -> dns.name.Name:
+    """The PTR query name of a peer key: in-addr.arpa for IPv4, ip6.arpa for IPv6.
+
+    From the key, not the text: dnspython sends ::ffff:a.b.c.d to in-addr.arpa,
+    but that peer is an IPv6 one, named (if at all) under ip6.arpa (RFC 3596 §2.5).
+    """
+    if key[0] == 4:
+        return dns.reversename.from_address(peer_text(key))
+    nibbles = key[4:].hex()[::-1]
+    return dns.name.from_text(".".join(nibbles), origin=dns.reversename.ipv6_reverse_domain)
+
+
 def clean_name(name: dns.name.Name) -> str | None:
     """Printable text of a name, or None. dnspython escapes every special or
     unprintable byte (\\DDD, \\"), so what is left is plain ASCII."""
@@ -228,7 +240,7 @@ class ReverseResolver:
 
     def _send(self, key: bytes, server: int, tries: int, now: float) -> None:
         target = self.servers[server]
-        message = dns.message.make_query(dns.reversename.from_address(peer_text(key)),
+        message = dns.message.make_query(reverse_name(key),
                                          dns.rdatatype.PTR, use_edns=0, payload=1232)
         family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)

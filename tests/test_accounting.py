@@ -10,10 +10,13 @@ from hypothesis import strategies as st
 
 from ncebpf.accounting import (
     IPV4_MAPPED_PREFIX,
+    KEY_SIZE,
     GlobalRates,
     PeerRecord,
     PeerTable,
     Totals,
+    ipv4_key,
+    ipv6_key,
     peer_key,
     peer_text,
 )
@@ -23,19 +26,21 @@ from ncebpf.accounting import (
                                   "::1", "fe80::1:2"])
 def test_key_round_trip(text: str) -> None:
     key = peer_key(text)
-    assert len(key) == 16
+    assert len(key) == KEY_SIZE
     assert peer_text(key) == text
 
 
-def test_ipv4_is_v4_mapped() -> None:
-    assert peer_key("10.77.0.1") == bytes(10) + b"\xff\xff" + bytes([10, 77, 0, 1])
+def test_ipv4_is_family_4_then_v4_mapped() -> None:
+    assert peer_key("10.77.0.1") == bytes([4, 0, 0, 0]) + bytes(10) + b"\xff\xff" + \
+        bytes([10, 77, 0, 1])
 
 
-def test_a_v4_mapped_ipv6_address_shares_the_ipv4_key() -> None:
-    # The key space maps IPv4 into ::ffff:0:0/96; IPv6 packets must not carry such
-    # addresses (RFC 4291 2.5.5.2), so the ambiguity is accepted and printed as IPv4.
-    assert peer_key("::ffff:10.77.0.1") == peer_key("10.77.0.1")
-    assert peer_text(peer_key("::ffff:10.77.0.1")) == "10.77.0.1"
+def test_a_v4_mapped_ipv6_address_has_a_key_of_its_own() -> None:
+    # Anyone can send from ::ffff:a.b.c.d (issue 10, item 5): it is an IPv6 peer,
+    # printed in RFC 5952 §5's mixed notation.
+    assert peer_key("::ffff:10.77.0.1") == bytes([6, 0, 0, 0]) + IPV4_MAPPED_PREFIX + \
+        bytes([10, 77, 0, 1])
+    assert peer_text(peer_key("::ffff:10.77.0.1")) == "::ffff:10.77.0.1"
 
 
 def test_ipv4_keys_sort_numerically() -> None:
@@ -139,8 +144,10 @@ def test_totals_frames_adds_every_slot() -> None:
 
 @given(st.binary(min_size=16, max_size=16),
        st.sampled_from([b"", bytes(10), bytes(10) + b"\xff\xff", bytes(12), bytes(14)]))
-def test_peer_text_is_what_the_ipaddress_module_writes(key: bytes, prefix: bytes) -> None:
-    key = prefix + key[len(prefix):]
-    expected = str(ipaddress.IPv4Address(key[12:])) if key[:12] == IPV4_MAPPED_PREFIX \
-        else str(ipaddress.IPv6Address(key))
-    assert peer_text(key) == expected
+def test_peer_text_is_what_the_ipaddress_module_writes(address: bytes, prefix: bytes) -> None:
+    address = prefix + address[len(prefix):]
+    ip = ipaddress.IPv6Address(address)
+    # The one difference: a mapped address keeps its dotted tail (RFC 5952 §5).
+    expected = f"::ffff:{ip.ipv4_mapped}" if ip.ipv4_mapped else str(ip)
+    assert peer_text(ipv6_key(address)) == expected
+    assert peer_text(ipv4_key(address[12:])) == str(ipaddress.IPv4Address(address[12:]))

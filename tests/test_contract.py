@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ncebpf.accounting import KEY_SIZE, peer_key
 from ncebpf.kernel.build import bpf_source_dir
 from ncebpf.kernel.maps import TotalsSlot
 
@@ -29,5 +30,11 @@ def test_peer_counters_field_order_is_what_the_decoder_assumes() -> None:
     assert fields == ["packets", "bytes", "first_seen", "last_seen"]
 
 
-def test_peer_key_is_16_bytes() -> None:
-    assert "__u8 addr[16];" in _block("struct peer_key")
+def test_peer_key_is_family_then_address_as_accounting_builds_it() -> None:
+    fields = re.findall(r"__u8 (\w+(?:\[\d+\])?);", _block("struct peer_key"))
+    assert fields == ["family", "pad[3]", "addr[16]"]
+    assert KEY_SIZE == 1 + 3 + 16
+    text = HEADER.read_text()
+    assert "#define NCEBPF_FAMILY_IPV4 4" in text and "#define NCEBPF_FAMILY_IPV6 6" in text
+    assert peer_key("10.77.0.1")[:4] == bytes([4, 0, 0, 0])
+    assert peer_key("::ffff:10.77.0.1")[:4] == bytes([6, 0, 0, 0])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncebpf.accounting import peer_key, peer_text
+from ncebpf.accounting import KEY_SIZE, peer_key, peer_text
 from ncebpf.filter.frames import ip_frame
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import BuildOptions, LoadedPrograms, loaded_programs
@@ -39,7 +39,7 @@ def colliding_pair() -> tuple[str, str]:
 
 def peers_of(source: KernelCounterSource) -> dict[str, int]:
     batch = source.read_peers()
-    return {peer_text(batch.keys[i * 16:(i + 1) * 16]): int(batch.packets[i])
+    return {peer_text(batch.keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]): int(batch.packets[i])
             for i in range(len(batch))}
 
 

@@ -17,7 +17,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from ncebpf.accounting import Totals, peer_key
+from ncebpf.accounting import KEY_SIZE, Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import LoadedPrograms
@@ -50,8 +50,8 @@ def map_memory_bytes(map_fd: int) -> int:
 
 def local_slot_of(key: bytes) -> int:
     """The slot bpf/parsing.h's local_slot_of() gives the address key."""
-    w0, w1, w2, w3 = struct.unpack("=4I", key)
-    fold: int = w0 ^ w1 ^ w2 ^ w3
+    w0, w1, w2, w3, w4 = struct.unpack("=5I", key)
+    fold: int = w0 ^ w1 ^ w2 ^ w3 ^ w4
     fold ^= fold >> 16
     fold ^= fold >> 8
     return fold & (LOCAL_SLOTS - 1)
@@ -152,7 +152,7 @@ class KernelCounterSource:
     def set_local_addresses(self, addresses: Iterable[str]) -> None:
         """Make the kernel treat exactly these addresses as local."""
         wanted = {peer_key(a) for a in addresses}
-        present = {bytes(k.addr) for k in self._local.keys()}
+        present = {bytes(k) for k in self._local.keys()}
         one = bytes([1])
         # Hash first, slots next, removals last: a slot never points the
         # program at the hash before the hash holds the address.
@@ -163,11 +163,11 @@ class KernelCounterSource:
             slots.setdefault(local_slot_of(key), []).append(key)
         for slot in set(slots) | set(self._slots_written):
             members = slots.get(slot, [])
-            state = (len(members), members[0] if len(members) == 1 else bytes(16))
-            if self._slots_written.get(slot, (0, bytes(16))) == state:
+            state = (len(members), members[0] if len(members) == 1 else bytes(KEY_SIZE))
+            if self._slots_written.get(slot, (0, bytes(KEY_SIZE))) == state:
                 continue
             leaf = self._local_slots.Leaf()
-            ct.memmove(ct.addressof(leaf.addr), state[1], 16)
+            ct.memmove(ct.addressof(leaf.addr), state[1], KEY_SIZE)
             leaf.count = state[0]
             self._local_slots[ct.c_int(slot)] = leaf
             self._slots_written[slot] = state
