@@ -18,7 +18,6 @@ import logging
 import os
 import select
 import signal
-import stat
 import sys
 import time
 import traceback
@@ -27,30 +26,12 @@ from pathlib import Path
 from ncebpf.config import Instance, RunConfig
 from ncebpf.dump import write_atomically
 from ncebpf.errors import InstanceRunning, NcebpfError, PrivilegeError, UsageError
+from ncebpf.files import not_our_own, read_small_file
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
-
-
-def read_small_file(path: Path, limit: int = 4096) -> str | None:
-    """The text of a small plain file in a pid directory; None for anything else.
-
-    Never blocks on a FIFO planted there and never follows a link.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit).decode(errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def read_pid(path: Path) -> int | None:
@@ -117,11 +98,7 @@ def open_log(path: Path) -> int:
             raise NcebpfError(f"refusing to log to {path}: it is {what}; remove it, "
                               "and give ncebpf a state directory of its own") from None
         raise
-    st = os.fstat(fd)
-    problem = ("it is not a regular file" if not stat.S_ISREG(st.st_mode) else
-               f"it belongs to uid {st.st_uid}" if st.st_uid != os.geteuid() else
-               f"it has {st.st_nlink} hard links" if st.st_nlink != 1 else "")
-    if problem:
+    if problem := not_our_own(fd):
         os.close(fd)
         raise NcebpfError(f"refusing to log to {path}: {problem}; remove it, and give "
                           "ncebpf a state directory of its own")

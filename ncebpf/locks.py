@@ -39,6 +39,7 @@ from types import TracebackType
 
 from ncebpf.config import Instance
 from ncebpf.errors import InstanceRunning, NcebpfError, UsageError
+from ncebpf.files import not_our_own
 from ncebpf.kernel.netif import ifindex_of
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,8 @@ class InstanceLock:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             raise already_running(self.instance, instance_holder(self.instance)) from None
-        st = os.fstat(fd)
         # Truncated and written below: never someone else's file linked in here.
-        problem = ("it is not a regular file" if not stat.S_ISREG(st.st_mode) else
-                   f"it belongs to uid {st.st_uid}" if st.st_uid != os.geteuid() else
-                   f"it has {st.st_nlink} hard links" if st.st_nlink != 1 else "")
-        if problem:
+        if problem := not_our_own(fd):
             os.close(fd)
             raise NcebpfError(f"refusing to lock {self.path}: {problem}; remove it, and give "
                               "ncebpf a pid directory of its own")

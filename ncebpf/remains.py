@@ -20,7 +20,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ncebpf.config import Instance
 from ncebpf.dumpfiles import scratch_files
 from ncebpf.errors import InterfaceNotFound, KernelError, NcebpfError, PrivilegeError
-from ncebpf.lifecycle import is_ncebpf_process, read_pid, read_small_file
+from ncebpf.files import read_small_file
+from ncebpf.lifecycle import is_ncebpf_process, read_pid
 from ncebpf.locks import (
     InstanceLock,
     InterfaceBusy,
