@@ -192,9 +192,10 @@ def _run_config(ctx: click.Context) -> RunConfig:
 def main(ctx: click.Context, debug: bool) -> None:
     """Count network traffic per remote IP address, inside the kernel.
 
-    An XDP program (ingress) and a TC program (egress) add every IPv4 and IPv6
-    frame that passes a tcpdump filter to a counter for its peer, the address
-    on the far side. Counts are exact: nothing is sampled, nothing is lost.
+    A TC program on the interface's ingress and egress hooks (or, with
+    --mode xdp, an XDP program at ingress) adds every IPv4 and IPv6 frame that
+    passes a tcpdump filter to a counter for its peer, the address on the far
+    side. Counts are exact: nothing is sampled, nothing is lost.
 
     \b
     Typical use, as root:
