@@ -302,7 +302,8 @@ SETTINGS: tuple[Setting, ...] = (
             "xdp: XDP ingress + TC egress; tc: TC on both hooks; pcap: libpcap capture; "
             "auto: the kernel unless it cannot.", choices=_KERNEL_MODES),
     Setting("direction", "direction", "--direction", "choice",
-            "Which directions to count: ingress, egress or both.", choices=("both", "ingress", "egress")),
+            "Which directions to count: ingress, egress or both.",
+            choices=("both", "ingress", "egress")),
     Setting("interval_s", "interval", "--interval", "number",
             "Seconds between drains of the kernel counters.", minimum=0.05, maximum=3600,
             unit="seconds"),

@@ -126,10 +126,12 @@ def state_file(path: Path, text: str) -> Iterator[None]:
 
 
 class Daemon:
-    def __init__(self, config: RunConfig, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: RunConfig, on_ready: Callable[[], None] | None = None,
+                 on_drain: Callable[[], None] | None = None) -> None:
         self.config = config
         self.instance: Instance = config.instance
         self._on_ready = on_ready
+        self._on_drain = on_drain  # the background daemon follows its log file
         self._filter_hosts: tuple[str, ...] = ()
         self._last_dump = 0.0
         self._mode: str = config.mode
@@ -396,6 +398,8 @@ class Daemon:
                     source.set_local_addresses(self._local_addresses())
                 except InterfaceNotFound:
                     return True
+                if self._on_drain:
+                    self._on_drain()
                 next_drain = max(next_drain + interval, time.monotonic())
             if self._writer.retry_due(now):
                 self._try_dump(collector, table)

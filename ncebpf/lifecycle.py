@@ -113,13 +113,38 @@ def _become_daemon(log_path: Path, umask: int) -> None:
         os._exit(0)
     os.chdir("/")
     os.umask(umask)
-    logfile = open_log(log_path)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
+    _log_to(log_path)
+
+
+def _log_to(log_path: Path) -> None:
+    logfile = open_log(log_path)
     os.dup2(logfile, 1)
     os.dup2(logfile, 2)
-    os.close(null)
     os.close(logfile)
+
+
+def follow_log(log_path: Path) -> None:
+    """Open the log anew when it was removed or renamed (logrotate without copytruncate):
+    otherwise every later line would go to a file nobody can see. Never raises."""
+    try:
+        current = os.fstat(2)
+        on_disk = os.stat(log_path, follow_symlinks=False)
+        if current.st_nlink and (on_disk.st_dev, on_disk.st_ino) == \
+                (current.st_dev, current.st_ino):
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        _log_to(log_path)
+    except (OSError, NcebpfError) as exc:
+        log.warning("could not open the log %s anew: %s", log_path, exc)
+        return
+    log.info("log %s opened anew (it was moved or removed)", log_path)
 
 
 def start(config: RunConfig) -> int:
@@ -150,7 +175,8 @@ def start(config: RunConfig) -> int:
     instance.outcome_path.unlink(missing_ok=True)
     try:
         _become_daemon(instance.log_path, config.umask)
-        final = Daemon(config, on_ready=lambda: _report(writer, f"ok {os.getpid()}")).run()
+        final = Daemon(config, on_ready=lambda: _report(writer, f"ok {os.getpid()}"),
+                       on_drain=lambda: follow_log(instance.log_path)).run()
         code, outcome = 0, f"final dump in {final}"
     except NcebpfError as exc:
         log.error("%s", exc)

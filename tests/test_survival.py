@@ -355,3 +355,19 @@ def test_a_killed_runs_half_written_dump_is_removed_at_the_next_start(pair: Netn
         assert not scratch.exists()
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_rotated_log_is_opened_anew(pair: NetnsPair, workdir: Path) -> None:
+    """logrotate renames the log (or removes it): the daemon's next lines go to a new file."""
+    (workdir / "run").mkdir()
+    (workdir / "state").mkdir()
+    state = workdir / "state"
+    started = ncebpf(pair, workdir, state, "start", "--iface", pair.local_if, "--interval", "0.2")
+    assert started.returncode == 0, started.stderr
+    (state / "t.log").rename(state / "t.log.1")
+    deadline = time.monotonic() + 10
+    while not (state / "t.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "opened anew" in (state / "t.log").read_text()
+    assert ncebpf(pair, workdir, state, "stop").returncode == 0
+    assert "final dump in" in (state / "t.log").read_text()
