@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from figures import Figure, show_difference, show_ratio, stands_out  # noqa: E402
+from figures import Figure, print_machine_costs, show_ratio, stands_out  # noqa: E402
 
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
@@ -118,14 +118,7 @@ def report(baselines: list[float], per_packet: dict[str, list[float]], notes: di
     """Cost of each observer = its run minus the baseline of the same round, in ns/packet;
     a cost within the noise is said to be so, and ratios only between costs that stand out."""
     resolution = 1 / hz / count  # one clock tick spread over the run's frames
-    print(f"  {'no observer (baseline)':<40} "
-          f"{Figure.of(baselines).show('ns/packet', scale=1e9):>22} of machine CPU; "
-          f"median (min–max) of {ROUNDS} interleaved rounds")
-    for label, rounds in per_packet.items():
-        cost = show_difference(rounds, baselines, "ns/packet", more="above the baseline",
-                               less="below the baseline", scale=1e9, resolution=resolution)
-        print(f"  {label:<40} {Figure.of(rounds).show('ns/packet', scale=1e9):>22}; "
-              f"cost: {cost}   {notes[label]}")
+    print_machine_costs(baselines, per_packet, notes, resolution)
 
     def measurable(label: str) -> bool:
         return stands_out(per_packet[label], baselines, resolution) and \

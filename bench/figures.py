@@ -78,3 +78,18 @@ def show_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> str:
         raise ValueError("a ratio of costs needs positive costs")
     ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
     return Figure.of(ratios).show("×", digits=2).replace(" ×", "×")
+
+
+def print_machine_costs(baselines: Sequence[float], per_packet: dict[str, list[float]],
+                        notes: dict[str, str], resolution: float, width: int = 40) -> None:
+    """Machine CPU per packet (seconds per packet, one figure per round) of each observer
+    against the run with no observer of the same round: the rounds, and the cost or
+    "below the noise". resolution: one clock tick spread over a run's frames."""
+    print(f"  {'no observer (baseline)':<{width}} "
+          f"{Figure.of(baselines).show('ns/packet', scale=1e9):>22}; median (min–max) of "
+          f"{len(baselines)} interleaved rounds")
+    for label, rounds in per_packet.items():
+        cost = show_difference(rounds, baselines, "ns/packet", more="above the baseline",
+                               less="below the baseline", scale=1e9, resolution=resolution)
+        print(f"  {label:<{width}} {Figure.of(rounds).show('ns/packet', scale=1e9):>22}; "
+              f"cost: {cost}; {notes[label]}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from capture_cpu import measured, stop  # noqa: E402
-from figures import Figure, show_difference  # noqa: E402
+from figures import Figure, print_machine_costs  # noqa: E402
 
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
@@ -115,15 +115,7 @@ def main() -> None:
         for label, rounds in program.items():
             print(f"    {label:<46} {Figure.of(rounds).show('ns/packet'):>22}")
         print("  machine CPU per packet (/proc/stat, whole machine)")
-        resolution = 1 / hz / count  # one clock tick spread over the run's frames
-        print(f"  {'no observer (baseline)':<46} "
-              f"{Figure.of(baselines).show('ns/packet', scale=1e9):>22}; median (min–max) of "
-              f"{ROUNDS} interleaved rounds")
-        for label, rounds in per_packet.items():
-            cost = show_difference(rounds, baselines, "ns/packet", more="above the baseline",
-                                   less="below the baseline", scale=1e9, resolution=resolution)
-            print(f"  {label:<46} {Figure.of(rounds).show('ns/packet', scale=1e9):>22}; "
-                  f"cost: {cost}; {counted[label]}")
+        print_machine_costs(baselines, per_packet, counted, 1 / hz / count, width=46)
 
 
 if __name__ == "__main__":

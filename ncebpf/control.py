@@ -21,7 +21,7 @@ from types import TracebackType
 
 from ncebpf.config import Instance
 from ncebpf.dump import FORMATS
-from ncebpf.errors import InstanceRunning, NcebpfError, NotRunning
+from ncebpf.errors import NcebpfError, NotRunning
 
 REQUEST_TIMEOUT_S = 2.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -48,14 +48,6 @@ def is_running(instance: Instance) -> bool:
         return False
     sock.close()
     return True
-
-
-def ensure_not_running(instance: Instance) -> None:
-    if is_running(instance):
-        raise InstanceRunning(
-            f"an ncebpf instance named {instance.name!r} is already running "
-            f"({instance.control_path}): stop it, or choose another --name"
-        )
 
 
 def _read_line(sock: socket.socket) -> str:
@@ -165,9 +157,10 @@ class ControlServer:
         self._reading: dict[int, _Reading] = {}
 
     def __enter__(self) -> ControlServer:
-        ensure_not_running(self.instance)
+        # Only the holder of the instance lock gets here: a socket at the path is a
+        # leftover of a run that was killed.
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by a run that was killed
+            self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:

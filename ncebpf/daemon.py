@@ -146,7 +146,6 @@ class Daemon:
             filter=config.filter, promiscuous=config.promiscuous, match=config.match,
             nomatch=config.nomatch, payload=config.payload, snaplen=config.snaplen),
             file_mode(config.umask))
-        self._stopping = False
         self._control: ControlServer | None = None
         self._hooks: HookPlan | None = None
         self._local_reason = ""
@@ -274,18 +273,16 @@ class Daemon:
                 self._capture = source if isinstance(source, PcapSource) else None
                 vanished = self._loop(control, signals, listener, collector, source, table)
                 notify("STOPPING=1", "STATUS=writing the final dump")
-                self._stopping = True
             # Detached: the counters no longer move, so this last drain is complete.
             return self._final_dump(collector, table, vanished)
 
     def _final_dump(self, collector: Collector, table: PeerTable, vanished: bool) -> Path:
         config = self.config
         extend_stop_timeout()  # the drain of a large table takes seconds
-        if self._capture is not None:
-            self._capture.service()
-        collector.drain()
+        self._drain(collector)
         try:
-            final = self._writer.write_final(table, time.time(), self._progress([]))
+            final = self._writer.write_final(table, time.time(),
+                                             self._progress([], extend_stop=True))
         except OutputError as exc:
             raise NcebpfError(f"the final dump could not be written anywhere, its "
                               f"{len(table.peers)} peers and {table.totals.packets} packets "
@@ -466,22 +463,22 @@ class Daemon:
         arrive on the control socket are added to `arriving`. Raises
         OutputError after logging it and scheduling a retry.
         """
-        if self._capture is not None:
-            self._capture.service()
-        collector.drain()
+        self._drain(collector)
         now = time.time()
-        try:
-            path = self._writer.write(table, now, self._progress(serving, arriving))
-        except OutputError as exc:
-            delay = self._writer.failed(time.monotonic())
-            log.error("%s; still counting, next try in %.0f s", exc, delay)
-            raise
+        path = self._writer.write(table, now, self._progress(serving, arriving))
         self._last_dump = now
         return path
 
-    def _progress(self, serving: list[DumpClient], arriving: list[DumpClient] | None = None
-                  ) -> Callable[[int, int], None]:
-        """What a long dump does between pieces: keep its waiters and systemd informed."""
+    def _drain(self, collector: Collector) -> None:
+        """Everything counted so far into the table: the capture's buffer first, if any."""
+        if self._capture is not None:
+            self._capture.service()
+        collector.drain()
+
+    def _progress(self, serving: list[DumpClient], arriving: list[DumpClient] | None = None,
+                  extend_stop: bool = False) -> Callable[[int, int], None]:
+        """What a long dump does between pieces: keep its waiters informed, take requests
+        that arrive into `arriving`, and (the final dump) keep systemd's stop timer back."""
         last = time.monotonic()
 
         def tick(done: int, total: int) -> None:
@@ -494,6 +491,6 @@ class Daemon:
                 arriving.extend(self._control.requests())
             for client in serving + (arriving or []):
                 client.progress(done, total)
-            if self._stopping:
+            if extend_stop:
                 extend_stop_timeout()
         return tick

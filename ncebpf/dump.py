@@ -30,7 +30,6 @@ from ncebpf.accounting import PeerRecord, PeerTable, Totals, peer_text
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
 FORMATS = ("json", "perl")
-SUFFIX = {"json": ".json", "perl": ".stats"}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ class FinalDump:
 class DumpWriter:
     """Both dump files of one instance (JSON and Perl), with retries after a failure.
 
-    `write` raises OutputError and remembers that a dump is owed; the daemon
+    `write` logs a failure, raises OutputError and owes a dump; the daemon
     calls `retry_due` each turn and writes again when it says so, backing off
     from RETRY_FIRST_S to RETRY_MAX_S. `mode` is the files' permission bits.
     """
@@ -75,41 +76,25 @@ class DumpWriter:
         self.failures = 0  # consecutive failed writes; 0 = nothing owed
         self._next_retry = 0.0  # time.monotonic()
 
-    def write(self, table: PeerTable, now: float, progress: Progress,
-              statedir: Path | None = None) -> Path:
-        """Write both files into statedir (the instance's by default); return the JSON one."""
-        directory = statedir or self.instance.statedir
-        total = len(table.peers)
+    def write(self, table: PeerTable, now: float, progress: Progress) -> Path:
+        """Write both files into the state directory; return the JSON one."""
         try:
-            for fmt in FORMATS:
-                path = directory / self.instance.dump_path(fmt).name
-                try:
-                    write_atomically(path, _reporting(pieces(fmt, table, self.context, now),
-                                                      total, progress), self.mode)
-                except OSError as exc:
-                    raise OutputError(describe(exc, path)) from exc
-        except OutputError:
+            path = self._write_into(self.instance.statedir, table, now, progress)
+        except OutputError as exc:
             self.failures += 1
+            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** (self.failures - 1))
+            self._next_retry = time.monotonic() + delay
+            log.error("%s; still counting, next try in %.0f s", exc, delay)
             raise
         if self.failures:
-            log.info("dump written to %s after %d failed %s", directory, self.failures,
+            log.info("dump written to %s after %d failed %s", path.parent, self.failures,
                      "try" if self.failures == 1 else "tries")
         self.failures = 0
-        return directory / self.instance.json_path.name
-
-    @property
-    def owed(self) -> bool:
-        """The last write failed: a dump is owed and will be retried."""
-        return self.failures > 0
+        return path
 
     def retry_due(self, monotonic_now: float) -> bool:
-        return self.owed and monotonic_now >= self._next_retry
-
-    def failed(self, monotonic_now: float) -> float:
-        """Schedule the next retry after a failure; return the delay in seconds."""
-        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** (self.failures - 1))
-        self._next_retry = monotonic_now + delay
-        return delay
+        """The last write failed, and it is time to try again."""
+        return self.failures > 0 and monotonic_now >= self._next_retry
 
     def write_final(self, table: PeerTable, now: float, progress: Progress) -> FinalDump:
         """The last dump of a run: the state directory, else the first fallback that works.
@@ -119,12 +104,24 @@ class DumpWriter:
         refusals = []
         for directory in (self.instance.statedir, self.instance.piddir, *FALLBACK_DIRS):
             try:
-                path = self.write(table, now, progress, directory)
+                path = self._write_into(directory, table, now, progress)
             except OutputError as exc:
                 refusals.append(str(exc))
                 continue
             return FinalDump(path, refusals[0] if refusals else "")
         raise OutputError("; ".join(refusals))
+
+    def _write_into(self, directory: Path, table: PeerTable, now: float,
+                    progress: Progress) -> Path:
+        total = len(table.peers)
+        for fmt in FORMATS:
+            path = directory / self.instance.dump_path(fmt).name
+            try:
+                write_atomically(path, _reporting(pieces(fmt, table, self.context, now),
+                                                  total, progress), self.mode)
+            except OSError as exc:
+                raise OutputError(describe(exc, path)) from exc
+        return directory / self.instance.json_path.name
 
 
 def _reporting(texts: Iterator[tuple[str, int]], total: int,

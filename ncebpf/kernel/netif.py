@@ -58,11 +58,6 @@ def _addresses(ifname: str) -> list[tuple[str, int]]:
                 for msg in ipr.get_addr(index=ifindex)]
 
 
-def interface_addresses(ifname: str) -> list[str]:
-    """IPv4 and IPv6 addresses configured on ifname, as text."""
-    return [address for address, _ in _addresses(ifname)]
-
-
 def ipv4_netmask(ifname: str) -> int:
     """The first IPv4 netmask of ifname as libpcap wants it, for `ip broadcast`."""
     for address, prefixlen in _addresses(ifname):
