@@ -29,6 +29,7 @@ from ncebpf.errors import NcebpfError
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _Seconds(click.FloatRange):
@@ -45,7 +46,6 @@ class _Seconds(click.FloatRange):
 
 
 TIMEOUT = _Seconds(min=0.1, max=86400.0)
-EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _ExitError(click.ClickException):
