@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,7 @@ def test_a_tun_device_counts_from_the_ip_header(silent_pair: NetnsPair, tun: str
         try:
             pair.ns(pair.local, sys.executable, str(TESTS / "tun_traffic.py"), tun,
                     str(ICMP_IN), str(UDP_OUT), TUN_PEER, TUN_LOCAL)
+            time.sleep(0.3)  # let the last frames reach the capture (pcap mode), as elsewhere
             dump = daemon.dump()
         finally:
             assert daemon.stop() == 0, daemon.stderr
