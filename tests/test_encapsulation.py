@@ -245,8 +245,13 @@ def test_a_tun_device_counts_from_the_ip_header(silent_pair: NetnsPair, tun: str
         try:
             pair.ns(pair.local, sys.executable, str(TESTS / "tun_traffic.py"), tun,
                     str(ICMP_IN), str(UDP_OUT), TUN_PEER, TUN_LOCAL)
-            time.sleep(0.3)  # let the last frames reach the capture (pcap mode), as elsewhere
+            # Outgoing frames reach a capture through the tun's queue: under load they can
+            # arrive after the first dump is asked; a later dump has them.
+            deadline = time.monotonic() + 5
             dump = daemon.dump()
+            while peer_counts(dump) != {TUN_PEER: want} and time.monotonic() < deadline:
+                time.sleep(0.2)
+                dump = daemon.dump()
         finally:
             assert daemon.stop() == 0, daemon.stderr
         assert dump["mode"] == mode
