@@ -129,6 +129,9 @@ class _Parser:
             return self.finish(self.assignment())
         elif kind == "end":
             raise self.fail("expected a Perl value, found the end of the file", start)
+        elif kind == "word" and value != "undef":
+            raise self.fail(f"expected '{{ my $dump = {{' or '$VAR1 = {{', found {_show(value)}",
+                            start)
         return self.finish(self.value(0))
 
     def assignment(self) -> PerlValue:

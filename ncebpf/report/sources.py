@@ -255,10 +255,14 @@ def split_header(text: str) -> tuple[str, int]:
     """(header, offset of the body): the leading lines that start with `#` or are blank
     (whitespace only), spec §10.4, exactly as they are in text."""
     offset = 0
-    for line in text.splitlines(keepends=True):
-        if not (line.startswith("#") or not line.strip()):
+    while offset < len(text):
+        # Lines end at \n only: str.splitlines would also end them at \x85 or \u2028,
+        # which a header value may hold.
+        end = text.find("\n", offset)
+        end = len(text) if end < 0 else end + 1
+        if not (text.startswith("#", offset) or not text[offset:end].strip()):
             break
-        offset += len(line)
+        offset = end
     return text[:offset], offset
 
 
