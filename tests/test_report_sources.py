@@ -12,11 +12,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ncebpf.accounting import PeerTable, Totals, peer_key
+from ncebpf.config import Instance
 from ncebpf.dump import DumpContext, json_document, render_json, render_perl
 from ncebpf.errors import NcebpfError
-from ncebpf.report import perldata
+from ncebpf.filter.frames import ip_frame
+from ncebpf.report import perldata, sources
 from ncebpf.report.model import TOTAL_FIELDS, Snapshot
-from ncebpf.report.sources import parse_dump, read_dump
+from ncebpf.report.sources import from_instance, parse_dump, read_dump
+from tests.netns import DaemonProcess, NetnsPair
 
 CONTEXT = DumpContext("n", "eth1", "xdp", filter="dst host 10.77.0.1", promiscuous=True,
                       match="GET /", nomatch="X\x01", payload=4, snaplen=80)
@@ -288,16 +291,39 @@ def test_the_coalescers_composite(tmp_path: Path) -> None:
     assert snapshot.users == 2
 
 
-def test_a_composite_data_dumper_writes(tmp_path: Path) -> None:
-    """Real Data::Dumper output of ncebpf's own file, hostile names and all."""
+@pytest.mark.parametrize("indent, useqq", [(2, 0), (1, 0), (2, 1), (0, 1)])
+def test_what_data_dumper_writes(tmp_path: Path, indent: int, useqq: int) -> None:
+    """Real Data::Dumper output of ncebpf's own file, hostile names and all; Useqq=1
+    writes double-quoted strings with escapes."""
     stats = write(tmp_path / "n.stats", render_perl(sample_table(), CONTEXT, 2000))
     composite = tmp_path / "composite.stats"
-    script = ("use Data::Dumper; my $h = do $ARGV[0]; die \"eval: $@\" if $@; open(my $o, '>', "
-              "$ARGV[1]) or die; print $o \"\\n# Net::Connection::Sniffer version 0.36\\n\", "
+    script = (f"use Data::Dumper; $Data::Dumper::Indent = {indent}; "
+              f"$Data::Dumper::Useqq = {useqq}; my $h = do $ARGV[0]; die \"eval: $@\" if $@; "
+              "open(my $o, '>', $ARGV[1]) or die; "
+              "print $o \"\\n# Net::Connection::Sniffer version 0.36\\n\", "
               "Data::Dumper->Dump([$h], ['VAR1']);")
     subprocess.run(["perl", "-e", script, str(stats), str(composite)], check=True)
-    assert "$VAR1 = {" in composite.read_text(errors="replace")
+    text = composite.read_text(errors="replace")
+    assert "$VAR1 = {" in text and ('"\\$(touch' in text) == bool(useqq)
     assert upstream_fields(read_dump(composite)) == upstream_fields(read_dump(stats))
+
+
+@pytest.mark.parametrize("layout", ["regular", "spaced", "dumper", "commented"])
+def test_the_fast_readers_agree_with_the_general_parser(layout: str) -> None:
+    """The regular and loose fast paths read what perldata reads, or leave the file to it."""
+    text = {"regular": render_perl(sample_table(), CONTEXT, 2000),
+            "spaced": UPSTREAM.replace("\t", "  "),
+            "dumper": COMPOSITE,
+            "commented": UPSTREAM.replace("C\t=> 4,", "C\t=> 4, # hits")}[layout]
+    _, offset = sources.split_header(text)
+    regular = sources._regular_peers(text, offset)
+    loose = sources._loose_peers(text, offset, "x")
+    general = sources._general_peers(text, offset, "x")
+    assert [regular is not None, loose is not None] == {
+        "regular": [True, True], "spaced": [False, True], "dumper": [False, True],
+        "commented": [False, False]}[layout]
+    assert regular in (None, general) and loose in (None, tuple(sorted(
+        general, key=sources._numeric_order)))
 
 
 def test_a_header_only_file_is_a_dump_of_no_peers(tmp_path: Path) -> None:
@@ -389,3 +415,21 @@ def test_perldata_reads_the_subset() -> None:
         == {"a": [1, -2500.0, "x'y\\z\\n", None]}
     assert perldata.parse('$VAR1 = [ "tab\\there", "\\x41\\101" ];') == ["tab\there", "AA"]
     assert perldata.parse("  { 7 => 'seven', '' => {} }  ") == {"7": "seven", "": {}}
+
+
+@pytest.mark.privileged
+def test_a_fresh_dump_of_a_running_instance(pair: NetnsPair, workdir: Path) -> None:
+    v4 = ip_frame("10.77.1.1", pair.local_v4, "udp", 100)
+    v6 = ip_frame("fd77:1::1", pair.local_v6, "udp", 200)
+    daemon = DaemonProcess(pair, workdir, name="src")
+    try:
+        assert pair.inject_ingress([v4] * 7 + [v6] * 17, workdir) == 24
+        snapshot = from_instance(Instance("src", workdir / "state", workdir / "run"), 10)
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+    assert {p.address: (p.packets, p.bytes) for p in snapshot.peers} == {
+        "10.77.1.1": (7, 7 * len(v4)), "fd77:1::1": (17, 17 * len(v6))}
+    assert (snapshot.source, snapshot.name, snapshot.device) == ("instance src", "src",
+                                                                  pair.local_if)
+    assert snapshot.totals["packets"] == 24 and snapshot.users == 2
+    assert snapshot.header.startswith("\n# Net::Connection::Sniffer version 0.36\n")

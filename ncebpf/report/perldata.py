@@ -228,11 +228,23 @@ class _Parser:
                             start)
 
         try:
-            return _DOUBLE_ESCAPE.sub(unescape, body)
+            value = _DOUBLE_ESCAPE.sub(unescape, body)
         except (ValueError, OverflowError) as err:  # \x{...} beyond Unicode
             if isinstance(err, PerlDataError):
                 raise
             raise self.fail("a \\x{...} escape beyond Unicode", start) from None
+        return _bytes_as_utf8(value)
+
+
+def _bytes_as_utf8(value: str) -> str:
+    """A string of byte escapes that spell UTF-8 (Data::Dumper's Useqq writes the bytes of a
+    Perl byte string: "\\303\\274"), as the text it spells; any other string as it is."""
+    if value.isascii() or max(value) > "\xff":
+        return value
+    try:
+        return value.encode("latin-1").decode()
+    except UnicodeDecodeError:
+        return value
 
 
 def _found(kind: str, text: str) -> str:

@@ -20,9 +20,9 @@ Errors are NcebpfError, one line naming the file and what is wrong.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,21 @@ _RECORD = re.compile(
     r"\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n"
     r"\t\tR\t=> (-?\d+),\n\t\tS\t=> (\d+),\n\t\tT\t=> (\d+),\n\t\tW\t=> (-?\d+),\n\t\},\n",
     re.DOTALL)
+# Any other layout of flat records — Data::Dumper's (spec §11.8), hand-edited files: keys
+# quoted or bare in any order, numbers maybe quoted, any spacing. Strings hold no escapes
+# except in N; anything else goes to the general parser.
+_LOOSE_OPEN = re.compile(r"(?:\{\s*my\s+\$dump|(?:my\s+)?\$VAR1)\s*=\s*\{")
+_LOOSE_CLOSE_DUMP = re.compile(r"\s*\}\s*;\s*\}\s*")
+_LOOSE_CLOSE_VAR = re.compile(r"\s*\}\s*;\s*")
+_QUOTED = r"'(?:[^'\\]|\\.)*'"
+_LOOSE_SCALAR = r"(?:'[^'\\]*'|-?[0-9.]+(?:[eE][-+]?[0-9]+)?|undef)"
+_LOOSE_FIELD = re.compile(
+    rf"\s*'?([A-Za-z]\w*)'?\s*=>\s*(?:({_LOOSE_SCALAR})|\[((?:\s*{_QUOTED}\s*,)*"
+    rf"(?:\s*{_QUOTED})?)\s*\])\s*(?:,|(?=\s*\}}))", re.DOTALL)
+_LOOSE_RECORD = re.compile(
+    rf"\s*'([0-9A-Fa-f.:]+)'\s*=>\s*\{{((?:{_LOOSE_FIELD.pattern})*)\s*\}}\s*(?:,|(?=\s*\}}))",
+    re.DOTALL)
+_QUOTED_NAME = re.compile(r"'((?:[^'\\]|\\.)*)'", re.DOTALL)
 _NAME = re.compile(r"'((?:[^'\\]|\\.)*)',", re.DOTALL)
 _NUMBER = re.compile(r"\s*-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 UPSTREAM_BANNER = "# Net::Connection::Sniffer version"
@@ -288,6 +303,8 @@ def parse_stats(text: str, source: str) -> Snapshot:
         peers: tuple[Peer, ...] = ()
     else:
         fast = _regular_peers(text, body_start)
+        if fast is None:
+            fast = _loose_peers(text, body_start, source)
         peers = fast if fast is not None else _general_peers(text, body_start, source)
     return _stats_snapshot(header, peers, source)
 
@@ -314,6 +331,42 @@ def _regular_peers(text: str, offset: int) -> tuple[Peer, ...] | None:
     return tuple(peers)
 
 
+def _loose_peers(text: str, offset: int, source: str) -> tuple[Peer, ...] | None:
+    """The peers of a body of flat records in any layout; None for anything else."""
+    opening = _LOOSE_OPEN.match(text, offset)
+    if opening is None:
+        return None
+    peers: list[Peer] = []
+    pos, match, fields = opening.end(), _LOOSE_RECORD.match, _LOOSE_FIELD.findall
+    unescape = perldata.single_quoted
+    while (m := match(text, pos)) is not None:
+        record: dict[str, perldata.PerlValue] = {}
+        for key, scalar, names in fields(text, m.start(2), m.end()):
+            if not scalar:
+                record[key] = [unescape(n) for n in _QUOTED_NAME.findall(names)]
+            elif scalar[0] == "'":
+                record[key] = scalar[1:-1]
+            else:
+                record[key] = None if scalar == "undef" else scalar
+        try:  # the common case without a call per field; the rest checked one by one
+            n = record["N"]
+            peer = Peer(m.group(1), float(record["B"]), int(record["C"]),  # type: ignore[arg-type]
+                        int(record["E"]), tuple(n), float(record["R"]),  # type: ignore[arg-type]
+                        int(record["S"]), int(record["T"]),  # type: ignore[arg-type]
+                        float(record["W"]))  # type: ignore[arg-type]
+            if not isinstance(n, list):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            peer = _peer_from_perl(m.group(1), record, source)
+        peers.append(peer)
+        pos = m.end()
+    closing = _LOOSE_CLOSE_DUMP if text.startswith("{", offset) else _LOOSE_CLOSE_VAR
+    if closing.fullmatch(text, pos) is None:
+        return None
+    peers.sort(key=_numeric_order)
+    return tuple(peers)
+
+
 def _general_peers(text: str, offset: int, source: str) -> tuple[Peer, ...]:
     try:
         table = perldata.parse(text, offset)
@@ -321,17 +374,23 @@ def _general_peers(text: str, offset: int, source: str) -> tuple[Peer, ...]:
         raise NcebpfError(f"{source}: not a readable .stats dump: {err}") from None
     if not isinstance(table, dict):
         raise NcebpfError(f"{source}: not a .stats dump: its value is not a hash of peers")
+    return _peers_from_table(table, source)
+
+
+def _peers_from_table(table: dict[str, Any], source: str) -> tuple[Peer, ...]:
     peers = [_peer_from_perl(address, record, source) for address, record in table.items()]
     peers.sort(key=_numeric_order)
     return tuple(peers)
 
 
-def _numeric_order(peer: Peer) -> tuple[int, int, str]:
-    try:
-        ip = ipaddress.ip_address(peer.address)
-    except ValueError:
-        return 7, 0, peer.address
-    return ip.version, int(ip), ""
+def _numeric_order(peer: Peer) -> tuple[int, bytes, str]:
+    """IPv4 before IPv6, each in numeric order, as ncebpf dumps them; anything else last."""
+    for rank, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        try:
+            return rank, socket.inet_pton(family, peer.address), ""
+        except OSError:
+            pass
+    return 7, b"", peer.address
 
 
 def _peer_from_perl(address: str, record: perldata.PerlValue, source: str) -> Peer:
