@@ -47,7 +47,7 @@ _RECORD = re.compile(
 # Any other layout of flat records — Data::Dumper's (spec §11.8), hand-edited files: keys
 # quoted or bare in any order, numbers maybe quoted, any spacing. Strings hold no escapes
 # except in N; anything else goes to the general parser.
-_LOOSE_OPEN = re.compile(r"(?:\{\s*my\s+\$dump|(?:my\s+)?\$VAR1)\s*=\s*\{")
+_LOOSE_OPEN = re.compile(r"\s*(?:\{\s*my\s+\$dump|(?:my\s+)?\$VAR1)\s*=\s*\{")
 _LOOSE_CLOSE_DUMP = re.compile(r"\s*\}\s*;\s*\}\s*")
 _LOOSE_CLOSE_VAR = re.compile(r"\s*\}\s*;\s*")
 _QUOTED = r"'(?:[^'\\]|\\.)*'"
@@ -340,7 +340,7 @@ def _loose_peers(text: str, offset: int, source: str) -> tuple[Peer, ...] | None
     pos, match, fields = opening.end(), _LOOSE_RECORD.match, _LOOSE_FIELD.findall
     unescape = perldata.single_quoted
     while (m := match(text, pos)) is not None:
-        record: dict[str, perldata.PerlValue] = {}
+        record: dict[str, Any] = {}
         for key, scalar, names in fields(text, m.start(2), m.end()):
             if not scalar:
                 record[key] = [unescape(n) for n in _QUOTED_NAME.findall(names)]
@@ -349,18 +349,17 @@ def _loose_peers(text: str, offset: int, source: str) -> tuple[Peer, ...] | None
             else:
                 record[key] = None if scalar == "undef" else scalar
         try:  # the common case without a call per field; the rest checked one by one
-            n = record["N"]
-            peer = Peer(m.group(1), float(record["B"]), int(record["C"]),  # type: ignore[arg-type]
-                        int(record["E"]), tuple(n), float(record["R"]),  # type: ignore[arg-type]
-                        int(record["S"]), int(record["T"]),  # type: ignore[arg-type]
-                        float(record["W"]))  # type: ignore[arg-type]
-            if not isinstance(n, list):
+            if not isinstance(record["N"], list):
                 raise TypeError
+            peer = Peer(m.group(1), float(record["B"]), int(record["C"]), int(record["E"]),
+                        tuple(record["N"]), float(record["R"]), int(record["S"]),
+                        int(record["T"]), float(record["W"]))
         except (KeyError, TypeError, ValueError):
             peer = _peer_from_perl(m.group(1), record, source)
         peers.append(peer)
         pos = m.end()
-    closing = _LOOSE_CLOSE_DUMP if text.startswith("{", offset) else _LOOSE_CLOSE_VAR
+    closing = _LOOSE_CLOSE_DUMP if opening.group().lstrip().startswith("{") \
+        else _LOOSE_CLOSE_VAR
     if closing.fullmatch(text, pos) is None:
         return None
     peers.sort(key=_numeric_order)
@@ -446,7 +445,7 @@ def _stats_snapshot(header: str, peers: tuple[Peer, ...], source: str) -> Snapsh
         bytes_per_second=int(nbytes[-1]) if nbytes else 0,
         users=int(users[0]) if len(users) == 1 else len(peers),
         device=device.group(1) if device else "",
-        promiscuous=bool(device) and device is not None and device.group(2) == "promiscuous",
+        promiscuous=device is not None and device.group(2) == "promiscuous",
         filter=bpf.group(1) if bpf else "",
         header=header,
         peers=peers,
