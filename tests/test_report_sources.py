@@ -433,3 +433,32 @@ def test_a_fresh_dump_of_a_running_instance(pair: NetnsPair, workdir: Path) -> N
                                                                   pair.local_if)
     assert snapshot.totals["packets"] == 24 and snapshot.users == 2
     assert snapshot.header.startswith("\n# Net::Connection::Sniffer version 0.36\n")
+
+
+VALID_STATS = render_perl(sample_table(), CONTEXT, 2000)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_any_damage_gives_a_snapshot_or_one_line_error(data: st.DataObject) -> None:
+    """Cut, insert, replace anywhere in a dump (or JSON): never another exception."""
+    base = data.draw(st.sampled_from([VALID_STATS, UPSTREAM, COMPOSITE, render_json(
+        json_document(sample_table(), CONTEXT, 2000))]))
+    start = data.draw(st.integers(0, len(base)))
+    end = data.draw(st.integers(start, min(len(base), start + 40)))
+    insert = data.draw(st.text(alphabet="'\\\"{}[],;=>$@#\n\t x0-.e", max_size=12))
+    try:
+        snapshot = parse_dump(base[:start] + insert + base[end:], "damaged")
+    except NcebpfError as err:
+        assert "\n" not in str(err) and str(err).startswith("damaged: ")
+    else:
+        assert isinstance(snapshot, Snapshot)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_text_gives_a_snapshot_or_one_line_error(text: str) -> None:
+    try:
+        parse_dump(text, "any")
+    except NcebpfError as err:
+        assert "\n" not in str(err)

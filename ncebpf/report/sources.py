@@ -46,17 +46,19 @@ _RECORD = re.compile(
     re.DOTALL)
 # Any other layout of flat records — Data::Dumper's (spec §11.8), hand-edited files: keys
 # quoted or bare in any order, numbers maybe quoted, any spacing. Strings hold no escapes
-# except in N; anything else goes to the general parser.
-_LOOSE_OPEN = re.compile(r"\s*(?:\{\s*my\s+\$dump|(?:my\s+)?\$VAR1)\s*=\s*\{")
-_LOOSE_CLOSE_DUMP = re.compile(r"\s*\}\s*;\s*\}\s*")
-_LOOSE_CLOSE_VAR = re.compile(r"\s*\}\s*;\s*")
+# except in N; anything else goes to the general parser. Spaces are matched possessively
+# (\s*+): a run of them is never re-split on failure, so a hostile run of spaces costs linear
+# time, not quadratic.
+_LOOSE_OPEN = re.compile(r"\s*+(?:\{\s*+my\s+\$dump|(?:my\s+)?\$VAR1)\s*+=\s*+\{")
+_LOOSE_CLOSE_DUMP = re.compile(r"\s*+\}\s*+;\s*+\}\s*+")
+_LOOSE_CLOSE_VAR = re.compile(r"\s*+\}\s*+;\s*+")
 _QUOTED = r"'(?:[^'\\]|\\.)*'"
 _LOOSE_SCALAR = r"(?:'[^'\\]*'|-?[0-9.]+(?:[eE][-+]?[0-9]+)?|undef)"
 _LOOSE_FIELD = re.compile(
-    rf"\s*'?([A-Za-z]\w*)'?\s*=>\s*(?:({_LOOSE_SCALAR})|\[((?:\s*{_QUOTED}\s*,)*"
-    rf"(?:\s*{_QUOTED})?)\s*\])\s*(?:,|(?=\s*\}}))", re.DOTALL)
+    rf"\s*+'?([A-Za-z]\w*)'?\s*+=>\s*+(?:({_LOOSE_SCALAR})|\[((?:\s*+{_QUOTED}\s*+,)*"
+    rf"(?:\s*+{_QUOTED})?)\s*+\])\s*+(?:,|(?=\s*\}}))", re.DOTALL)
 _LOOSE_RECORD = re.compile(
-    rf"\s*'([0-9A-Fa-f.:]+)'\s*=>\s*\{{((?:{_LOOSE_FIELD.pattern})*)\s*\}}\s*(?:,|(?=\s*\}}))",
+    rf"\s*+'([0-9A-Fa-f.:]+)'\s*+=>\s*+\{{((?:{_LOOSE_FIELD.pattern})*)\s*+\}}\s*+(?:,|(?=\s*\}}))",
     re.DOTALL)
 _QUOTED_NAME = re.compile(r"'((?:[^'\\]|\\.)*)'", re.DOTALL)
 _NAME = re.compile(r"'((?:[^'\\]|\\.)*)',", re.DOTALL)
@@ -64,18 +66,18 @@ _NUMBER = re.compile(r"\s*-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 UPSTREAM_BANNER = "# Net::Connection::Sniffer version"
 
 # Header lines (spec §10.2); upstream's own consumers match `hits:\s+(\d+)` (§10.4).
-_START = re.compile(r"^#\s*start:\s+(\d+)", re.MULTILINE)
-_CURRENT = re.compile(r"^#\s*current:\s+(\d+)", re.MULTILINE)
-_HITS = re.compile(r"^#\s*hits:\s+(\d+)", re.MULTILINE)
-_BYTES = re.compile(r"^#\s*bytes:\s+(\d+)", re.MULTILINE)
-_USERS = re.compile(r"^#\s*users:\s+(\d+)", re.MULTILINE)
-_DEVICE = re.compile(r"^#\s*device:\t(.*)\t(promiscuous|non-promiscuous)[ \t\r]*$",
+_START = re.compile(r"^#[ \t]*start:\s+(\d+)", re.MULTILINE)
+_CURRENT = re.compile(r"^#[ \t]*current:\s+(\d+)", re.MULTILINE)
+_HITS = re.compile(r"^#[ \t]*hits:\s+(\d+)", re.MULTILINE)
+_BYTES = re.compile(r"^#[ \t]*bytes:\s+(\d+)", re.MULTILINE)
+_USERS = re.compile(r"^#[ \t]*users:\s+(\d+)", re.MULTILINE)
+_DEVICE = re.compile(r"^#[ \t]*device:\t(.*)\t(promiscuous|non-promiscuous)[ \t\r]*$",
                      re.MULTILINE)
-_BPF = re.compile(r"^#\s*bpf:\t*(.*?)[\r]?$", re.MULTILINE)
-_FRAGMENT = re.compile(r"^#\s*fragment:\s+(\d+) - (\d+)", re.MULTILINE)
-_CONTAINS = re.compile(r"^#\s*contains:\t(.*?)[\r]?$", re.MULTILINE)
-_EXCLUDES = re.compile(r"^#\s*excludes:\t(.*?)[\r]?$", re.MULTILINE)
-_OTHERS = re.compile(r"^#\s*others:\s+(\d+) peers, (\d+) packets, (\d+) bytes", re.MULTILINE)
+_BPF = re.compile(r"^#[ \t]*bpf:\t*(.*?)[\r]?$", re.MULTILINE)
+_FRAGMENT = re.compile(r"^#[ \t]*fragment:\s+(\d+) - (\d+)", re.MULTILINE)
+_CONTAINS = re.compile(r"^#[ \t]*contains:\t(.*?)[\r]?$", re.MULTILINE)
+_EXCLUDES = re.compile(r"^#[ \t]*excludes:\t(.*?)[\r]?$", re.MULTILINE)
+_OTHERS = re.compile(r"^#[ \t]*others:\s+(\d+) peers, (\d+) packets, (\d+) bytes", re.MULTILINE)
 
 _INT_FIELDS = ("C", "E", "S", "T")
 _FLOAT_FIELDS = ("B", "R", "W")
