@@ -293,9 +293,10 @@ def parse_stats(text: str, source: str) -> Snapshot:
     nomatch (the first, as written: escaped), payload and snaplen, and
     ncebpf's `# others:` line. A figure the header lacks is 0 (users: the
     number of peers). totals is empty and packets/bytes of peers None: a
-    `.stats` file has none. Peers are in the file's order; a Data::Dumper
-    table, which has none, is sorted numerically. A header-only file is a
-    dump of no peers when it has the upstream banner line.
+    `.stats` file has none. Peers are in numeric order, IPv4 first: a file
+    in the layout of §10.3 is already; any other (Data::Dumper writes hash
+    order) is sorted. A header-only file is a dump of no peers when it has
+    the upstream banner line; one without it is not a dump.
     """
     header, body_start = split_header(text)
     if not text[body_start:].strip():
