@@ -387,6 +387,22 @@ def test_strings_that_look_like_code_are_only_strings(tmp_path: Path) -> None:
     ("$VAR1 = { 'a' => \"x\\qy\" };", "the escape \\q"),
     ("$VAR1 = { 'a' => 'open };", "line 1: a string opened with ' is never closed"),
     ("$VAR1 = {};\nsystem('id');\n", "line 2: expected the end of the file"),
+    ("$VAR1 = { '10.77.0.1' => { B => 1, C => 1e999, E => 1, N => [], R => 1, S => 1, T => 1, "
+     "W => 1 } };", "peer '10.77.0.1': C is inf, not a finite number"),
+    ("$VAR1 = { '10.77.0.1' => { B => 1, C => 1.5, E => 1, N => [], R => 1, S => 1, T => 1, "
+     "W => 1 } };", "peer '10.77.0.1': C is 1.5, not a whole number"),
+    ('{"version": 1, "start": 1, "current": 1, "hits_per_minute": 0, "bytes_per_second": 0, '
+     '"users": 1, "device": "d", "promiscuous": false, "filter": "", "peers": {"10.77.0.1": '
+     '{"B": 1, "C": 1, "E": 1, "N": [], "R": NaN, "S": 1, "T": 1, "W": 1e999}}}',
+     "peer '10.77.0.1': R is nan, not a finite number"),
+    ('{"version": 1, "start": 1, "current": 1, "hits_per_minute": 0, "bytes_per_second": 0, '
+     '"users": 1, "device": "d", "promiscuous": false, "filter": "", "peers": {"10.77.0.1": '
+     '{"B": 1, "C": 1, "E": 1, "N": "abc", "R": 1, "S": 1, "T": 1, "W": 1}}}',
+     "peer '10.77.0.1' has a field of the wrong type"),
+    ('{"version": 1, "start": 1, "current": 1, "hits_per_minute": 0, "bytes_per_second": 0, '
+     '"users": 1, "device": "d", "promiscuous": false, "filter": "", "peers": {"10.77.0.1": '
+     '{"B": 1}}}', "peer '10.77.0.1' is not a peer record"),
+    ('{"version": 1, "start": "1"}', 'no "current" field'),
 ])
 def test_not_a_dump(tmp_path: Path, text: str, expected: str) -> None:
     assert expected in one_line_error(write(tmp_path / "x", text))

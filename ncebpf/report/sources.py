@@ -11,8 +11,9 @@ A `.stats` body is read as data by `perldata` (upstream string-evaluates
 it, spec §10.4 and §15): a hostile file gives data or a one-line error.
 The regular per-peer layout of §10.3 is read by one compiled regular
 expression per record (a 100 000-peer dump in a fraction of a second);
-anything else — Data::Dumper, hand-edited files — by the general parser,
-which also names the line of any error.
+flat records in any other layout (Data::Dumper's) by a looser one; anything
+else, and every file either leaves, by the general parser, which also
+names the line of any error.
 
 Errors are NcebpfError, one line naming the file and what is wrong.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import socket
 from collections.abc import Callable
@@ -151,7 +153,7 @@ def parse_json_dump(document: Any, source: str) -> Snapshot:
     """
     if not isinstance(document, dict) or "version" not in document:
         raise NcebpfError(f"{source}: JSON but not an ncebpf dump (no \"version\" field)")
-    if document["version"] != SCHEMA_VERSION:
+    if not _is_int(document["version"]) or document["version"] != SCHEMA_VERSION:
         raise NcebpfError(f"{source}: an ncebpf dump of schema version "
                           f"{document['version']!r}; this ncebpf reads version "
                           f"{SCHEMA_VERSION}: read it with the ncebpf that wrote it")
@@ -177,7 +179,7 @@ def parse_json_dump(document: Any, source: str) -> Snapshot:
     name = _json_optional(d, "name", str, source)
     totals, unknown = _json_totals(d.get("totals"), source)
     others = _json_others(d.get("others"), source)
-    peers = _json_peers(d["peers"], source)
+    peers = _finite(_json_peers(d["peers"], source), source)
     header = stats_header(start, current, hits, nbytes, users, device, promiscuous, filter_,
                           match or "", nomatch or "", payload or 0, snaplen or 0,
                           Others(**others) if others else Others())
@@ -309,7 +311,7 @@ def parse_stats(text: str, source: str) -> Snapshot:
         if fast is None:
             fast = _loose_peers(text, body_start, source)
         peers = fast if fast is not None else _general_peers(text, body_start, source)
-    return _stats_snapshot(header, peers, source)
+    return _stats_snapshot(header, _finite(peers, source), source)
 
 
 def _regular_peers(text: str, offset: int) -> tuple[Peer, ...] | None:
@@ -421,11 +423,24 @@ def _perl_number(value: perldata.PerlValue, kind: Callable[[Any], _Number],
             else int(value)
     if value is None:  # undef is 0 in Perl arithmetic
         value = 0
-    if not isinstance(value, int | float):
-        raise NcebpfError(f"{where} is {value!r}, not a number")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise NcebpfError(f"{where} is {value!r}, not a finite number")
     if kind is int and value != int(value):
         raise NcebpfError(f"{where} is {value!r}, not a whole number")
     return kind(value)
+
+
+def _finite(peers: tuple[Peer, ...], source: str) -> tuple[Peer, ...]:
+    """peers, once it is sure no B, R or W is infinite or NaN (JSON's 1e999, NaN;
+    a 400-digit .stats figure): one sum for all, a search only when it fails."""
+    if math.isfinite(sum(p.B + p.R + p.W for p in peers)):
+        return peers
+    for peer in peers:
+        for field_name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(peer, field_name)):
+                raise NcebpfError(f"{source}: peer {peer.address!r}: {field_name} is "
+                                  f"{getattr(peer, field_name)!r}, not a finite number")
+    raise NcebpfError(f"{source}: the peers' B, R and W add up beyond any real figure")
 
 
 def _stats_snapshot(header: str, peers: tuple[Peer, ...], source: str) -> Snapshot:
