@@ -434,7 +434,9 @@ def test_perldata_reads_the_subset() -> None:
 
 
 @pytest.mark.privileged
-def test_a_fresh_dump_of_a_running_instance(pair: NetnsPair, workdir: Path) -> None:
+def test_a_fresh_dump_of_a_running_instance(silent_pair: NetnsPair, workdir: Path) -> None:
+    """Exact counts: neither stack has IPv6, so no MLD report from :: joins the frames sent."""
+    pair = silent_pair
     v4 = ip_frame("10.77.1.1", pair.local_v4, "udp", 100)
     v6 = ip_frame("fd77:1::1", pair.local_v6, "udp", 200)
     daemon = DaemonProcess(pair, workdir, name="src")
