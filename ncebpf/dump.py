@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncebpf.accounting import PeerRecord, PeerTable, Totals, peer_text
+from ncebpf.accounting import Others, PeerRecord, PeerTable, Totals, peer_text
 
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
@@ -157,34 +157,52 @@ def _perl_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def perl_pieces(table: PeerTable, context: DumpContext, now: float
-                ) -> Iterator[tuple[str, int]]:
-    """The upstream `.stats` dump (spec §10.2-10.3) as pieces, with peers written so far."""
-    current = int(now)
+def stats_header(start: int, current: int, hits_per_minute: float, bytes_per_second: float,
+                 users: int, device: str, promiscuous: bool, filter: str, match: str,
+                 nomatch: str, payload: int, snaplen: int, others: Others) -> str:
+    """The `.stats` header (spec §10.2) as text: an empty line, then `#` lines, each ended by `\\n`.
+
+    start and current are epoch seconds (shown also as local ctime), the
+    rates are printed `%.0f` (per minute, per second), users is the number
+    of peers listed. device and filter are kept on their comment line
+    (control characters written `\\x{h}`); match and nomatch ("" = not
+    configured) are lower-cased and escaped as upstream does (escape_match),
+    with the `fragment:` line of payload and snaplen before them. The
+    `# others:` line is ncebpf's, written only when peers were retired.
+    Pure: the `.stats` dump and reports over a JSON dump print the same text.
+    """
     lines = [
         "",
         f"# Net::Connection::Sniffer version {UPSTREAM_VERSION}",
-        f"# start:\t{table.start},\t{ctime(table.start)}",
+        f"# start:\t{start},\t{ctime(start)}",
         f"# current:\t{current},\t{ctime(current)}",
-        f"# hits:\t\t{table.rates.hits_per_minute:.0f} per minute",
-        f"# bytes:\t{table.rates.bytes_per_second:.0f} per second",
-        f"# users:\t{len(table.peers)}",
-        f"# device:\t{_comment_safe(context.device)}\t"
-        f"{'promiscuous' if context.promiscuous else 'non-promiscuous'}",
-        f"# bpf:\t\t{_comment_safe(context.filter)}",
+        f"# hits:\t\t{hits_per_minute:.0f} per minute",
+        f"# bytes:\t{bytes_per_second:.0f} per second",
+        f"# users:\t{users}",
+        f"# device:\t{_comment_safe(device)}\t"
+        f"{'promiscuous' if promiscuous else 'non-promiscuous'}",
+        f"# bpf:\t\t{_comment_safe(filter)}",
     ]
-    if context.match or context.nomatch:
-        lines.append(f"# fragment:\t{context.payload} - {context.snaplen}")
-        if context.match:
-            lines.append(f"# contains:\t{escape_match(context.match.lower())}")
-        if context.nomatch:
-            lines.append(f"# excludes:\t{escape_match(context.nomatch.lower())}")
-    others = table.others
+    if match or nomatch:
+        lines.append(f"# fragment:\t{payload} - {snaplen}")
+        if match:
+            lines.append(f"# contains:\t{escape_match(match.lower())}")
+        if nomatch:
+            lines.append(f"# excludes:\t{escape_match(nomatch.lower())}")
     if others.peers:  # not upstream's: only when peers were evicted or purged
         lines.append(f"# others:\t{others.peers} peers, {others.packets} packets, "
                      f"{others.bytes} bytes no longer listed")
-    lines += ["{", "  my $dump = {"]
-    yield "\n".join(lines) + "\n", 0
+    return "\n".join(lines) + "\n"
+
+
+def perl_pieces(table: PeerTable, context: DumpContext, now: float
+                ) -> Iterator[tuple[str, int]]:
+    """The upstream `.stats` dump (spec §10.2-10.3) as pieces, with peers written so far."""
+    header = stats_header(table.start, int(now), table.rates.hits_per_minute,
+                          table.rates.bytes_per_second, len(table.peers), context.device,
+                          context.promiscuous, context.filter, context.match, context.nomatch,
+                          context.payload, context.snaplen, table.others)
+    yield header + "{\n  my $dump = {\n", 0
     peers, done, lines = table.peers, 0, []
     for key in sorted(peers):
         r = peers[key]
