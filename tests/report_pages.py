@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -99,3 +100,46 @@ def parse(html: str) -> Page:
     page.feed(html)
     page.close()
     return page
+
+
+_DOMAINS = ("example.co.uk", "shop.example.com", "example.org", "mirror.example.net",
+            "cdn.example.de", "example.com.au")
+_HOSTS = ("www", "mail", "api", "static", "ns1", "vpn", "db", "git")
+
+
+def realistic_snapshot() -> Snapshot:
+    """An evening on a small site's link: 44 peers in six /24s and two IPv6 /48s.
+
+    Names like host.example.co.uk (some peers with two names, some with none),
+    one peer named only by its zone's SOA (`:ns1.example.net`, spec §8.4),
+    addresses in 10.77.0.0/16 and fd77::/16 only. Deterministic.
+    """
+    rng = random.Random(77)
+    peers = []
+    for index in range(1, 45):
+        if index <= 36:
+            address = f"10.77.{index % 6 + 1}.{rng.randrange(2, 250)}"
+        else:
+            address = f"fd77:{index % 2 + 1}::{rng.randrange(2, 0xfff):x}"
+        domain = _DOMAINS[index % len(_DOMAINS)]
+        names: tuple[str, ...] = (f"{rng.choice(_HOSTS)}.{domain}",)
+        if index % 7 == 0:
+            names += (f"alias{index}.{_DOMAINS[(index + 1) % len(_DOMAINS)]}",)
+        if index % 11 == 0:
+            names = ()
+        if index == 23:
+            names = (":ns1.example.net",)
+        scale = rng.choice((1, 3, 10, 40, 200))
+        packets = rng.randrange(50, 4000) * scale
+        size = rng.randrange(90, 1400)
+        # An hour's traffic: the hourly rates are the exact counts.
+        peers.append(Peer(address=address, B=packets * size // 60, C=packets,
+                          E=START + 3000 + rng.randrange(600), N=names, R=float(packets),
+                          S=START, T=0, W=float(packets * size), packets=packets,
+                          bytes=packets * size))
+    unique = {p.address: p for p in peers}  # a random collision keeps one peer per address
+    return snapshot(tuple(unique.values()), device="eth0", name="edge",
+                    filter="not (src net 10.77.0.0/16 and dst net 10.77.0.0/16)",
+                    hits_per_minute=sum(round(p.R) for p in unique.values()) // 60,
+                    bytes_per_second=round(sum(p.W for p in unique.values()) / 3600),
+                    source="/var/lib/ncebpf/edge.json")

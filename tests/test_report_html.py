@@ -9,7 +9,7 @@ import pytest
 
 from ncebpf.report import render
 from ncebpf.report.aggregate import aggregate
-from ncebpf.report.model import TOTAL_FIELDS, Options
+from ncebpf.report.model import TOTAL_FIELDS, By, Options
 from ncebpf.report.render_html import render_html
 from tests.report_pages import HOSTILE_NAMES, hostile_snapshot, parse, peer, snapshot
 
@@ -18,8 +18,8 @@ URL_IN_CSS = re.compile(r"url\(|@import", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("by", ["cidr", "domain", "peer"])
-def test_a_hostile_ptr_name_is_text_in_the_table_and_the_chart(by: str) -> None:
-    page = parse(render_html(aggregate(hostile_snapshot(), Options(by=by))))  # type: ignore[arg-type]
+def test_a_hostile_ptr_name_is_text_in_the_table_and_the_chart(by: By) -> None:
+    page = parse(render_html(aggregate(hostile_snapshot(), Options(by=by))))
     scripts = page.find("script")
     assert len(scripts) == 1 and scripts[0].text.strip().startswith(OUR_SCRIPT_START)
     assert page.find("img") == []
@@ -71,12 +71,13 @@ def test_the_dump_totals_and_the_report_totals_are_the_snapshots() -> None:
         (shown,) = page.find("dd", data_total=f"others {name}")
         assert int(shown.attrs["data-value"]) == value
     totals = report.totals
-    expected = {"groups": totals.groups, "peers": totals.peers, "packets": totals.packets,
-                "bytes": totals.bytes, "hits_per_minute": round(totals.R / 60),
-                "bytes_per_second": round(totals.W / 3600)}
-    for name, value in expected.items():
+    expected: dict[str, int | None] = {
+        "groups": totals.groups, "peers": totals.peers, "packets": totals.packets,
+        "bytes": totals.bytes, "hits_per_minute": round(totals.R / 60),
+        "bytes_per_second": round(totals.W / 3600)}
+    for name, count in expected.items():
         (shown,) = page.find("dd", data_report_total=name)
-        assert int(shown.attrs["data-value"]) == value
+        assert int(shown.attrs["data-value"]) == count
     assert totals.packets == 7 * (1 + 2 + 3 + 40) and totals.bytes == 1_001 * 46
     for name, value in (("hits_per_minute", 17), ("bytes_per_second", 123_456),
                         ("users", 4)):

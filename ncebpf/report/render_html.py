@@ -90,7 +90,7 @@ def _dump_totals(report: Report) -> list[TotalLine]:
     return lines
 
 
-def _short(label: str, width: int = 32) -> str:
+def _short(label: str, width: int = 28) -> str:
     """A chart label cut to width characters (the table below has it whole)."""
     return label if len(label) <= width else label[:width - 1] + "…"
 
@@ -125,7 +125,7 @@ def _bar_chart(chart_id: str, chart_title: str, bars: list[tuple[str, int]]) -> 
         style=_CHART_STYLE, js=[], disable_xml_declaration=True, explicit_size=False,
         width=520, height=max(140, 60 + 28 * len(bars)), show_legend=False,
         title=chart_title, value_formatter=_axis_number, margin=6,
-        print_values=False)
+        print_values=False, max_scale=5)  # a few ticks: long labels leave the axis narrow
     chart.uuid = chart_id  # pygal's default is a random uuid4
     chart.add_xml_filter(_without_scripts)
     # pygal draws the first bar at the bottom: reversed, the biggest is on top.
