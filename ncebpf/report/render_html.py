@@ -35,7 +35,8 @@ CHART_TOP = 10  # bars per chart: the groups and the peers with the most bytes/s
 _CHART_STYLE = Style(
     # Transparent and mid-grey: the same SVG reads on the page's light and dark schemes.
     background="transparent", plot_background="transparent", foreground="#888",
-    foreground_strong="#888", foreground_subtle="#8884", opacity=".85",
+    foreground_strong="#888", foreground_subtle="#8884", guide_stroke_color="#8888",
+    major_guide_stroke_color="#888", opacity=".85",
     opacity_hover="1", colors=("#3a7bd5",),
     font_family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
     label_font_size=12, major_label_font_size=12, title_font_size=15)
