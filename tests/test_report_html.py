@@ -118,11 +118,17 @@ def test_an_upstream_dump_without_totals_or_exact_counts() -> None:
     assert len([e for e in page.find("td") if e.attrs.get("data-value") == "-1"]) == 2 * 3
 
 
-def test_top_says_how_many_groups_it_leaves_out() -> None:
-    page = parse(render_html(aggregate(hostile_snapshot(), Options(top=1))))
-    assert len(page.find("tbody")) == 1
-    (note,) = page.find("p", id="hidden")
-    assert note.text.startswith("2 more groups not shown")
+@pytest.mark.parametrize("top", [0, 1, 3])
+def test_top_says_how_many_groups_it_leaves_out(top: int) -> None:
+    page = parse(render_html(aggregate(hostile_snapshot(), Options(top=top))))
+    assert len(page.find("tbody")) == top
+    assert page.find("p", id="empty") == []
+    notes = page.find("p", id="hidden")
+    if top == 3:
+        assert notes == []
+    else:
+        (note,) = notes
+        assert note.text.startswith(f"{3 - top} more groups not shown (--top {top})")
 
 
 def test_a_group_named_after_an_soa_is_marked() -> None:

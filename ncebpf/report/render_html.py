@@ -142,12 +142,10 @@ def _charts(report: Report) -> list[str]:
         return []
     groups = sorted(report.groups, key=lambda g: -g.W)[:CHART_TOP]
     peers = sorted(report.snapshot.peers, key=lambda p: -p.W)[:CHART_TOP]
-    return [
-        _bar_chart("top-groups", f"Top {len(groups)} groups by bandwidth (bytes/s)",
-                   [(g.label, per_second(g.W)) for g in groups]),
-        _bar_chart("top-peers", f"Top {len(peers)} peers by bandwidth (bytes/s)",
-                   [(_peer_label(p), per_second(p.W)) for p in peers]),
-    ]
+    charts = [_bar_chart("top-groups", f"Top {len(groups)} groups by bandwidth (bytes/s)",
+                         [(g.label, per_second(g.W)) for g in groups])] if groups else []
+    return charts + [_bar_chart("top-peers", f"Top {len(peers)} peers by bandwidth (bytes/s)",
+                                [(_peer_label(p), per_second(p.W)) for p in peers])]
 
 
 def _exact(value: int | None) -> str:
