@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install-system-deps"
 
 # Debian packages only the tests and benchmarks use (nsd is a DNS server: on an operator's
-# machine it would be one more service to keep from starting).
-TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "bpftool", "ethtool"}
+# machine it would be one more service to keep from starting; chromium is a browser).
+TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "bpftool", "ethtool",
+                      "chromium"}
 DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "hatchling"}
 
 

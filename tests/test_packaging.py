@@ -1,4 +1,4 @@
-"""The wheel carries the C sources the loader compiles at run time."""
+"""The wheel carries the C sources the loader compiles at run time, and the report templates."""
 
 from __future__ import annotations
 
@@ -18,3 +18,5 @@ def test_wheel_contains_the_bpf_sources(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for source in sorted(p.name for p in (ROOT / "bpf").iterdir()):
         assert f"ncebpf/bpf/{source}" in names
+    for template in sorted((ROOT / "ncebpf" / "report" / "templates").iterdir()):
+        assert f"ncebpf/report/templates/{template.name}" in names

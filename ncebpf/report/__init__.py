@@ -20,6 +20,10 @@ def render(report: Report, fmt: str) -> str:
         from ncebpf.report.render_text import render_text
 
         return render_text(report)
+    if fmt == "html":
+        from ncebpf.report.render_html import render_html
+
+        return render_html(report)
     if fmt == "json":
         from ncebpf.report.render_json import render_json
 
