@@ -61,7 +61,6 @@ from ncebpf.kernel.build import (
 )
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
-    all_addresses,
     ifindex_of,
     ipv4_netmask,
     link_dlt,
@@ -71,7 +70,7 @@ from ncebpf.kernel.netif import (
     rx_vlan_offload,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
-from ncebpf.listener import LOOPBACK, DumpListener
+from ncebpf.listener import DumpListener, allowed_or_default
 from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
@@ -335,9 +334,8 @@ class Daemon:
         return ReverseResolver(servers, rate=config.dns_rate)
 
     def _listener(self) -> DumpListener:
-        allowed = self.config.allow or (
-            *LOOPBACK, *(address for _, address, _ in all_addresses()))
-        return DumpListener(self.config.listen, self.config.port, allowed)
+        return DumpListener(self.config.listen, self.config.port,
+                            allowed_or_default(self.config.allow))
 
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,
