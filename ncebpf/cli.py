@@ -6,9 +6,9 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -365,20 +365,84 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
     <statedir>/<name>.json and <name>.stats.
     """
     from ncebpf.control import request_dump
-    from ncebpf.dump import write_atomically
 
     path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
     with path.open() as dumped:  # a dump of a million peers is 170 MB: copy it in pieces
-        pieces = iter(lambda: dumped.read(1 << 20), "")
-        target = Path(output)
-        if output == "-":
-            for piece in pieces:
-                click.echo(piece, nl=False)
-        elif target.exists() and not target.is_file():
-            with target.open("w") as out:  # /dev/null, a FIFO: never replaced by a file
-                out.writelines(pieces)
-        else:
-            write_atomically(target, pieces)
+        _write_output(output, iter(lambda: dumped.read(1 << 20), ""))
+
+
+def _write_output(output: str, pieces: Iterable[str]) -> None:
+    """Text to standard output ("-"), into a device or FIFO, or atomically into a file."""
+    from ncebpf.dump import write_atomically
+
+    target = Path(output)
+    if output == "-":
+        for piece in pieces:
+            click.echo(piece, nl=False)
+    elif target.exists() and not target.is_file():
+        with target.open("w") as out:  # /dev/null, a FIFO: never replaced by a file
+            out.writelines(pieces)
+    else:
+        write_atomically(target, pieces)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, metavar="[SOURCE]")
+@click.option("--by", type=click.Choice(["cidr", "domain", "peer"]), default="cidr",
+              show_default=True,
+              help="Group peers by prefix (--cidr4/--cidr6), by registrable domain of their "
+                   "name, or not at all.")
+@click.option("--format", "fmt", type=click.Choice(["text", "html", "json"]), default="text",
+              show_default=True,
+              help="text: upstream's layout (SSI pages keep working); html: one "
+                   "self-contained page with charts; json: for scripts.")
+@click.option("--output", "-o", default="-", show_default=True,
+              help="Write the report to this file (atomically) instead of standard output.")
+@click.option("--cidr4", type=click.IntRange(0, 32), default=24, show_default=True,
+              metavar="N", help="IPv4 prefix length of --by cidr.")
+@click.option("--cidr6", type=click.IntRange(0, 128), default=48, show_default=True,
+              metavar="N", help="IPv6 prefix length of --by cidr.")
+@click.option("--top", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Show the first N groups only (the totals still cover all).")
+@click.option("--sort", type=click.Choice(["bandwidth", "hits", "peers", "last"]),
+              default="bandwidth", show_default=True,
+              help="Order of the groups, highest first: bytes/s as shown (upstream's "
+                   "order), hits/h, number of peers, last contact.")
+@click.option("--domain-rule", type=click.Choice(["psl", "upstream"]), default="psl",
+              show_default=True,
+              help="--by domain: the registrable domain from the Public Suffix List, or "
+                   "upstream's key and its /24 rows (every *.co.uk in one row).")
+@click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
+              help="Without SOURCE: give up after this many seconds without an answer or "
+                   "progress from the instance.")
+@instance_options
+def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int, cidr6: int,
+           top: int | None, sort: str, domain_rule: str, timeout: float, name: str,
+           config_file: Path | None, statedir: str | None, piddir: str | None) -> None:
+    """Who used the link: peers grouped by prefix, domain or peer, busiest first.
+
+    SOURCE is a dump: ncebpf's JSON or .stats, or a .stats file of the Perl
+    daemon (read as data, never run). Without SOURCE the running instance
+    (--name) is asked for a fresh dump, as 'ncebpf dump' does.
+
+    \b
+      ncebpf report                          # /24s of the running instance
+      ncebpf report --by domain /var/lib/ncebpf/ncebpf.json
+      ncebpf report --format html -o /var/www/html/link.html
+    """
+    from ncebpf.errors import UsageError
+    from ncebpf.report import render
+    from ncebpf.report.aggregate import aggregate
+    from ncebpf.report.model import By, DomainRule, Options, Sort
+    from ncebpf.report.sources import from_instance, read_dump
+
+    if len(sources) > 1:
+        raise UsageError("give one SOURCE: reports over several dumps are not supported yet")
+    snapshot = read_dump(Path(sources[0])) if sources else \
+        from_instance(_instance(name, config_file, statedir, piddir), timeout)
+    options = Options(by=cast(By, by), cidr4=cidr4, cidr6=cidr6,
+                      domain_rule=cast(DomainRule, domain_rule), sort=cast(Sort, sort), top=top)
+    _write_output(output, [render(aggregate(snapshot, options), fmt)])
 
 
 @main.command()
