@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ncebpf.config import Instance
 from ncebpf.errors import NcebpfError
 from ncebpf.listener import DeniedLog, normalise
 from ncebpf.report import MEDIA_TYPES, render
@@ -198,6 +199,21 @@ def report_page(fmt: str, options: Options) -> Callable[[Fetched], Page]:
 
 def dump_page(fetched: Fetched) -> Page:
     return Page(fetched.dump, MEDIA_TYPES["json"])
+
+
+def fetch_from_instance(instance: Instance, timeout_s: float) -> Fetched:
+    """A fresh JSON dump of the running instance, asked as `ncebpf dump` asks, and read back.
+
+    The snapshot is parsed from the very bytes /dump.json serves, so the
+    reports and the dump always agree. timeout_s bounds the instance's
+    silence (control.request_dump). Raises NcebpfError (NotRunning, the
+    instance's own reason, an unreadable dump) or OSError.
+    """
+    from ncebpf.control import request_dump
+    from ncebpf.report.sources import parse_dump
+
+    data = request_dump(instance, "json", timeout_s).read_bytes()
+    return Fetched(parse_dump(data.decode(), f"instance {instance.name}"), data)
 
 
 def is_loopback(address: str) -> bool:
