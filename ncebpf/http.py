@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ERROR_HOLD_S = 2.0  # a failed fetch answers requests this long before the next try
 MAX_PAGES = 64  # rendered pages kept per dump: a bound on what odd queries can pin
 REQUEST_TIMEOUT_S = 30.0  # a client silent this long loses its connection (and thread)
+MAX_CLIENTS = 32  # connections served at once; more are closed unanswered
 MAX_TOP_DIGITS = 9
 # The page is self-contained: its styles and scripts are inline, charts data: images.
 HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -221,10 +222,31 @@ def is_loopback(address: str) -> bool:
 
 
 class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bound on its threads: a flood of connections costs the
+    daemon at most MAX_CLIENTS threads, not one per connection."""
+
     daemon_threads = True  # a slow client never holds up the daemon's exit
     cache: PageCache
     allowed: frozenset[str] | None  # None: everyone (bound to loopback)
     denied: DeniedLog
+    denied_lock: threading.Lock  # DeniedLog counts; requests come from many threads
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # no thread took the slot
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print the traceback on stderr: the daemon's log has it instead.
@@ -250,7 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         client = normalise(self.client_address[0])
         if server.allowed is not None and client not in server.allowed:
-            server.denied.refused(client, time.time())
+            with server.denied_lock:
+                server.denied.refused(client, time.time())
             self._plain(HTTPStatus.FORBIDDEN, "not in the allowed list (--allow)\n", body)
             return
         url = urlsplit(self.path)
@@ -310,7 +333,8 @@ class ReportServer:
     """The report server, from __enter__ to __exit__, in a thread of its own.
 
     address is an IP address (IPv4 or IPv6), port 0 an ephemeral one
-    (`port` tells which once entered). Bound to a loopback address it
+    (`port` tells which once entered). At most max_clients connections are
+    served at once, each dropped after REQUEST_TIMEOUT_S of silence. Bound to a loopback address it
     answers everyone, since only this host can reach it; otherwise only the
     addresses in `allowed` (normalised; the caller passes the default), and
     others get 403, logged at most once a minute. fetch gives a fresh dump
@@ -320,8 +344,10 @@ class ReportServer:
     """
 
     def __init__(self, address: str, port: int, fetch: Callable[[], Fetched],
-                 refresh_s: float, allowed: Iterable[str]) -> None:
+                 refresh_s: float, allowed: Iterable[str],
+                 max_clients: int = MAX_CLIENTS) -> None:
         self.address, self.port = address, port
+        self.max_clients = max_clients
         self.cache = PageCache(fetch, refresh_s)
         self.allowed = None if is_loopback(address) else frozenset(map(normalise, allowed))
         self._server: _Server | None = None
@@ -337,6 +363,8 @@ class ReportServer:
                               f"{exc.strerror or exc} (choose another --http)") from None
         server.cache, server.allowed = self.cache, self.allowed
         server.denied = DeniedLog(what="report request")
+        server.denied_lock = threading.Lock()
+        server.slots = threading.BoundedSemaphore(self.max_clients)
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, name="ncebpf-http",

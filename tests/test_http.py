@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -415,3 +417,29 @@ def test_leaving_stops_serving() -> None:
         url = server.url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+def test_connections_beyond_the_bound_are_closed_until_a_slot_is_free() -> None:
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=(),
+                      max_clients=2) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        try:
+            refused = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            with refused:
+                assert refused.recv(100) == b""  # closed unanswered: both slots are taken
+        finally:
+            for connection in silent:
+                connection.close()
+        for _ in range(100):  # the two threads see their clients hang up, then free a slot
+            answer = get_or_none(server, "/report.txt")
+            if answer is not None:
+                break
+            threading.Event().wait(0.05)
+        assert answer is not None and answer.status == 200
+
+
+def get_or_none(server: ReportServer, path: str) -> Response | None:
+    try:
+        return get(server, path)
+    except (urllib.error.URLError, ConnectionError, http.client.RemoteDisconnected):
+        return None
