@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ERROR_HOLD_S = 2.0  # a failed fetch answers requests this long before the next try
 MAX_PAGES = 64  # rendered pages kept per dump: a bound on what odd queries can pin
+MAX_PAGE_BYTES = 128 << 20  # and on their memory: 100 k peers by peer is 44 MB of JSON
 REQUEST_TIMEOUT_S = 30.0  # a client silent this long loses its connection (and thread)
 MAX_CLIENTS = 32  # connections served at once; more are closed unanswered
 MAX_TOP_DIGITS = 9
@@ -91,18 +92,22 @@ class PageCache:
     new one while concurrent requests wait for that same fetch, so there is
     never more than one fetch at a time. A failed fetch is remembered for
     error_hold_s only; the next request after that tries again. At most
-    max_pages rendered pages are kept per dump. clock is time.monotonic, or
+    max_pages rendered pages of max_bytes in all are kept per dump; a page
+    beyond them is rendered for each request. clock is time.monotonic, or
     a test's fake.
     """
 
     def __init__(self, fetch: Callable[[], Fetched], refresh_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 error_hold_s: float = ERROR_HOLD_S, max_pages: int = MAX_PAGES) -> None:
+                 error_hold_s: float = ERROR_HOLD_S, max_pages: int = MAX_PAGES,
+                 max_bytes: int = MAX_PAGE_BYTES) -> None:
         self._fetch = fetch
         self.refresh_s = refresh_s
         self._clock = clock
         self._error_hold_s = error_hold_s
         self._max_pages = max_pages
+        self._max_bytes = max_bytes
+        self._page_bytes = 0
         self._lock = threading.Lock()
         self._fetched: Fetched | None = None
         self._fetched_at = -math.inf
@@ -124,6 +129,7 @@ class PageCache:
         self._error = None
         self._fetched, self._fetched_at = fetched, self._clock()
         self._pages.clear()
+        self._page_bytes = 0
         return fetched
 
     def serve(self, key: Hashable, make: Callable[[Fetched], Page]) -> Served:
@@ -137,8 +143,10 @@ class PageCache:
             page = self._pages.get(key)
             if page is None:
                 page = make(fetched)
-                if len(self._pages) < self._max_pages:
+                if len(self._pages) < self._max_pages and \
+                        self._page_bytes + len(page.body) <= self._max_bytes:
                     self._pages[key] = page
+                    self._page_bytes += len(page.body)
             remaining = self._fetched_at + self.refresh_s - self._clock()
             return Served(page, fetched.snapshot.current, max(0, math.ceil(remaining)))
 

@@ -205,6 +205,26 @@ def test_pages_beyond_the_bound_are_rendered_but_not_kept() -> None:
     assert renders == [1, 2, 3, 3]
 
 
+def test_pages_beyond_the_byte_budget_are_rendered_but_not_kept() -> None:
+    clock = Clock()
+    cache = PageCache(CountingFetch(clock), refresh_s=10, clock=clock, max_bytes=7)
+    renders: list[str] = []
+
+    def make(key: str) -> Callable[[Fetched], Page]:
+        def render(fetched: Fetched) -> Page:
+            renders.append(key)
+            return page_of(fetched)  # 4 bytes: b"1000"
+        return render
+
+    for key in ("a", "b", "b", "a"):
+        cache.serve(key, make(key))
+    assert renders == ["a", "b", "b"]
+    clock.now += 10  # a new dump starts with the whole budget
+    for key in ("b", "b"):
+        cache.serve(key, make(key))
+    assert renders == ["a", "b", "b", "b"]
+
+
 def test_concurrent_requests_share_one_fetch() -> None:
     clock = Clock()
     release = threading.Event()
