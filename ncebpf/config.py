@@ -584,7 +584,7 @@ def http_endpoint(text: str) -> tuple[str, int]:
         if ":" in host:
             raise ValueError("write an IPv6 address in brackets, [V6ADDR]:PORT")
         ipaddress.IPv4Address(host)  # ValueError: not an IPv4 address
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError("the port is a number from 1 to 65535")
     return str(ipaddress.ip_address(host)), int(port_text)
 

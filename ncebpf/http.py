@@ -152,7 +152,7 @@ class PageCache:
 
 
 def _integer(name: str, text: str, minimum: int, maximum: int) -> int:
-    if not text.isdigit() or len(text) > MAX_TOP_DIGITS or \
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_TOP_DIGITS or \
             not minimum <= int(text) <= maximum:
         raise BadRequest(f"{name}={text!r} is not allowed: an integer from {minimum} to "
                          f"{maximum}")

@@ -50,7 +50,7 @@ def test_http_endpoint_reads_port_addr_port_and_bracketed_v6(
 
 @pytest.mark.parametrize("text", ["0", "65536", "x", "10.77.0.1", "10.77.0.1:", ":80",
                                   "localhost:80", "fd77::1:80", "[10.77.0.1]:80", "[fd77::1]",
-                                  "[fd77::1]80", "10.77.0.1:-1", "10.77.0.256:80"])
+                                  "[fd77::1]80", "10.77.0.1:-1", "10.77.0.256:80", "\u00b2"])
 def test_http_endpoint_refuses_what_is_not_an_address_and_port(text: str) -> None:
     with pytest.raises(ValueError):
         http_endpoint(text)
@@ -281,6 +281,7 @@ def test_report_options_take_the_report_command_s_choices() -> None:
     ("top=0", "top='0' is not allowed: an integer from 1 to 999999999"),
     ("top=-1", "top='-1' is not allowed"),
     ("top=1e3", "top='1e3' is not allowed"),
+    ("top=%C2%B2", "top='\u00b2' is not allowed"),
     ("cidr4=33", "cidr4='33' is not allowed: an integer from 0 to 32"),
     ("cidr6=129", "cidr6='129' is not allowed: an integer from 0 to 128"),
     ("sort=size", "sort='size' is not allowed"),
