@@ -135,6 +135,8 @@ run_options = _options(
     _setting_option("resolve"),
     _setting_option("dns_rate"),
     _setting_option("umask"),
+    _setting_option("http", metavar="ADDR:PORT"),
+    _setting_option("http_refresh_s", metavar="SECONDS"),
     click.argument("expression", nargs=-1),
     instance_options,
 )

@@ -2,7 +2,8 @@
 
 The file takes the upstream keys (bpf, snaplen, match, nomatch, payload, port,
 host, allowed, piddir, sniffer) and ncebpf's own (iface, mode, direction,
-interval, xdp_mode, max_peers, resolve, resolver, dns_rate, umask). SETTINGS
+interval, xdp_mode, max_peers, resolve, resolver, dns_rate, umask, http,
+http_refresh). SETTINGS
 describes each once (key, flag, type, range, help); every value, from the
 file or a flag, goes through its Setting, so both are refused alike:
 `config: <key>: <what is wrong> (<what is allowed>; flag <flag>)`, exit 2.
@@ -49,6 +50,8 @@ DEFAULT_SNAPLEN = 38  # 14 Ethernet + 20 IPv4 + 4 port bytes, as upstream
 MAX_SNAPLEN = 65535
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_UMASK = 0o022
+DEFAULT_HTTP_REFRESH_S = 60  # upstream's CGI cached its report this long
+HTTP_LOOPBACK = "127.0.0.1"  # where `--http PORT` serves
 MAX_PEERS = 1 << 26
 
 SPECIAL_HOSTS = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0", "": "127.0.0.1"}
@@ -278,6 +281,8 @@ class RunConfig:
     promiscuous: bool = False  # the filter's host is a neighbour, not us: a mirror port
     resolve: bool = True  # reverse DNS for peer names (N, T)
     resolvers: tuple[str, ...] = ()  # DNS servers, ADDR[:PORT]; empty = /etc/resolv.conf
+    http: str = ""  # the report server's ADDR:PORT or [V6ADDR]:PORT (http_endpoint); "" = off
+    http_refresh_s: int = DEFAULT_HTTP_REFRESH_S  # served reports are at most this old
     dns_rate: float = 20.0  # PTR queries per second at most
     umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
 
@@ -334,6 +339,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow", "allowed", "--allow", "strings",
             "Host allowed to request dumps; repeatable [default: this host].",
             allowed_text="an array of host names or IP addresses, in quotes"),
+    Setting("http", "http", "--http", "text",
+            "Serve the reports over HTTP at ADDR:PORT (PORT alone: 127.0.0.1:PORT); "
+            "other than loopback, only to --allow'ed clients.", default_text="off",
+            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    Setting("http_refresh_s", "http_refresh", "--http-refresh", "integer",
+            "Served reports come from a dump at most this many seconds old.",
+            minimum=1, maximum=86400, unit="seconds"),
     Setting("statedir", "sniffer", "--statedir", "text",
             f"Directory for dumps <name>.stats and <name>.json [default: {DEFAULT_STATEDIR}].",
             allowed_text="a directory, in quotes"),
@@ -481,12 +493,14 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     port = _port(settings.get("port"))
     requested = _value(settings, "listen", DEFAULT_LISTEN)
     allowed = _value(settings, "allow", ())
+    http = _http(_value(settings, "http", ""))
     listen, allow = DEFAULT_LISTEN, tuple[str, ...]()
     if port:  # upstream examines host and allowed only for a listener
         listen_addresses = resolve(SPECIAL_HOSTS.get(requested, requested))
         if not listen_addresses:
             raise ConfigError(f"bad dump host '{requested}'")
         listen = listen_addresses[0]
+    if port or http:  # the report server answers the same allowed list
         resolved: list[str] = []
         for entry in allowed:
             found = resolve(entry)
@@ -505,7 +519,8 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         promiscuous=promiscuous, resolve=_value(settings, "resolve", True),
         resolvers=_resolvers(_value(settings, "resolvers", ())),
         dns_rate=_value(settings, "dns_rate", 20.0),
-        umask=_value(settings, "umask", DEFAULT_UMASK),
+        umask=_value(settings, "umask", DEFAULT_UMASK), http=http,
+        http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
     )
 
 
@@ -553,6 +568,38 @@ def _needle(settings: Mapping[str, Any], field: str) -> str:
     return "" if text == "0" else text
 
 
+def http_endpoint(text: str) -> tuple[str, int]:
+    """(IP address, port) of `PORT`, `ADDR:PORT` or `[V6ADDR]:PORT`; PORT alone is loopback's.
+
+    The address is an IP address, not a name: a server binds one address,
+    and a name could stand for several. Raises ValueError with the reason.
+    """
+    host, port_text = HTTP_LOOPBACK, text
+    if text.startswith("["):
+        host, bracket, port_text = text[1:].partition("]:")
+        if not bracket or ipaddress.ip_address(host).version != 6:
+            raise ValueError("write an IPv6 address as [V6ADDR]:PORT")
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if ":" in host:
+            raise ValueError("write an IPv6 address in brackets, [V6ADDR]:PORT")
+        ipaddress.IPv4Address(host)  # ValueError: not an IPv4 address
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ValueError("the port is a number from 1 to 65535")
+    return str(ipaddress.ip_address(host)), int(port_text)
+
+
+def _http(text: str) -> str:
+    """The report server's endpoint, checked and written as `http_endpoint` reads it."""
+    if not text:
+        return ""
+    try:
+        host, port = http_endpoint(text)
+    except ValueError:
+        raise SETTING["http"].refuse(f"{_toml(text)} is not an address and port") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _resolvers(servers: tuple[str, ...]) -> tuple[str, ...]:
     from ncebpf.resolve import parse_server
 
@@ -577,6 +624,7 @@ def to_toml(config: RunConfig) -> str:
         "sniffer": str(config.instance.statedir), "piddir": str(config.instance.piddir),
         "resolve": config.resolve, "resolver": list(config.resolvers),
         "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
+        "http": config.http, "http_refresh": config.http_refresh_s,
     }
     lines = [f"# ncebpf configuration of instance '{config.instance.name}'"
              + (" (promiscuous: the filter's host is a neighbour)" if config.promiscuous else "")]

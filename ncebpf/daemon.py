@@ -23,7 +23,7 @@ from types import FrameType
 
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
-from ncebpf.config import Instance, RunConfig
+from ncebpf.config import Instance, RunConfig, http_endpoint
 from ncebpf.control import ControlServer, DumpClient
 from ncebpf.dump import DumpContext, write_atomically
 from ncebpf.dumpfiles import (
@@ -45,6 +45,7 @@ from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
+from ncebpf.http import ReportServer, fetch_from_instance
 from ncebpf.kernel.attach import (
     HookPlan,
     TcAttachment,
@@ -61,7 +62,6 @@ from ncebpf.kernel.build import (
 )
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
-    all_addresses,
     ifindex_of,
     ipv4_netmask,
     link_dlt,
@@ -71,7 +71,7 @@ from ncebpf.kernel.netif import (
     rx_vlan_offload,
 )
 from ncebpf.kernel.privileges import require_bpf_privileges
-from ncebpf.listener import LOOPBACK, DumpListener
+from ncebpf.listener import DumpListener, allowed_or_default
 from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
@@ -84,6 +84,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 PURGE_EVERY_S = 60.0
 DUMP_SHARING_S = 1.0  # UDP requests this close to a dump share it
+HTTP_FETCH_TIMEOUT_S = 30.0  # the instance's silence a report request waits out, as `dump`'s
 PROGRESS_EVERY_S = 0.25  # at most this often, a long dump tells its waiters how far it got
 
 
@@ -267,6 +268,8 @@ class Daemon:
                 listener = attached.enter_context(self._listener()) if config.port else None
                 # Listening on the control socket is the sign that we are counting.
                 control = attached.enter_context(ControlServer(self.instance))
+                if config.http:  # a client of the control socket: after it listens
+                    attached.enter_context(self._report_server())
                 if self._on_ready:
                     self._on_ready()
                 notify("READY=1", f"STATUS=counting on {config.iface} ({mode})")
@@ -335,9 +338,16 @@ class Daemon:
         return ReverseResolver(servers, rate=config.dns_rate)
 
     def _listener(self) -> DumpListener:
-        allowed = self.config.allow or (
-            *LOOPBACK, *(address for _, address, _ in all_addresses()))
-        return DumpListener(self.config.listen, self.config.port, allowed)
+        return DumpListener(self.config.listen, self.config.port,
+                            allowed_or_default(self.config.allow))
+
+    def _report_server(self) -> ReportServer:
+        """The --http server; its fetch asks this daemon for dumps as `ncebpf dump` does."""
+        config, instance = self.config, self.instance
+        address, port = http_endpoint(config.http)
+        return ReportServer(address, port,
+                            lambda: fetch_from_instance(instance, HTTP_FETCH_TIMEOUT_S),
+                            config.http_refresh_s, allowed_or_default(config.allow))
 
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,

@@ -37,11 +37,28 @@ def is_dump_request(payload: bytes) -> bool:
     return payload.rstrip(b"\r\n\t ") == b"dump"
 
 
-class DeniedLog:
-    """One log line per interval for refused senders, with how many were refused."""
+def allowed_or_default(allow: Iterable[str]) -> tuple[str, ...]:
+    """The allowed senders: `allow` (addresses, already resolved), or when it is empty
+    loopback and this host's own addresses (upstream's client sends from the address of
+    the host's name). Shared by the UDP listener and the report server."""
+    given = tuple(allow)
+    if given:
+        return given
+    from ncebpf.kernel.netif import all_addresses
 
-    def __init__(self, interval_s: float = DENIED_LOG_INTERVAL_S) -> None:
+    return (*LOOPBACK, *(address for _, address, _ in all_addresses()))
+
+
+class DeniedLog:
+    """One log line per interval for refused senders, with how many were refused.
+
+    what names a request in the log, "dump request" or "report request".
+    """
+
+    def __init__(self, interval_s: float = DENIED_LOG_INTERVAL_S,
+                 what: str = "dump request") -> None:
         self.interval_s = interval_s
+        self.what = what
         self._next = 0.0
         self._suppressed = 0
 
@@ -51,11 +68,11 @@ class DeniedLog:
             self._suppressed += 1
             return False
         if self._suppressed:
-            log.warning("refused dump requests: %d more since the last report",
+            log.warning("refused %ss: %d more since the last report", self.what,
                         self._suppressed)
         self._suppressed = 0
         self._next = now + self.interval_s
-        log.warning("refused a dump request from %s: not in the allowed list", sender)
+        log.warning("refused a %s from %s: not in the allowed list", self.what, sender)
         return True
 
 
