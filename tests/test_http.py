@@ -28,7 +28,8 @@ from ncebpf.http import (
     ReportServer,
     report_options,
 )
-from ncebpf.report.model import Options, Peer, Snapshot
+from ncebpf.report.model import Options
+from ncebpf.report.sources import parse_dump
 
 CONTEXT = DumpContext("web", "eth1", "tc", filter="udp")
 
@@ -98,20 +99,6 @@ def test_the_effective_configuration_names_the_http_settings_and_reads_back(
     assert (settings["http"], settings["http_refresh_s"]) == ("[::1]:8080", 7)
 
 
-def snapshot_of(document: dict[str, Any], source: str) -> Snapshot:
-    """The JSON dump as reports read it (until ncebpf.report.sources reads it for us)."""
-    peers = tuple(Peer(address, p["B"], p["C"], p["E"], tuple(p["N"]), p["R"], p["S"], p["T"],
-                       p["W"], p["packets"], p["bytes"])
-                  for address, p in document["peers"].items())
-    return Snapshot(source=source, start=document["start"], current=document["current"],
-                    hits_per_minute=document["hits_per_minute"],
-                    bytes_per_second=document["bytes_per_second"], users=document["users"],
-                    device=document["device"], promiscuous=document["promiscuous"],
-                    filter=document["filter"], header="", peers=peers,
-                    name=document["name"], mode=document["mode"],
-                    totals=dict(document["totals"]))
-
-
 # --- the cache ---------------------------------------------------------------------------
 
 
@@ -138,7 +125,7 @@ def sample_table() -> PeerTable:
 def fetched_at(now: float) -> Fetched:
     """A fresh dump as the daemon's fetch gives one: a real table, rendered, read back."""
     text = render_json(json_document(sample_table(), CONTEXT, now))
-    return Fetched(snapshot_of(json.loads(text), "instance web"), text.encode())
+    return Fetched(parse_dump(text, "instance web"), text.encode())
 
 
 class CountingFetch:
