@@ -65,6 +65,7 @@ bench: install-dev
 	$(PY) bench/capture_cpu.py
 	$(PY) bench/hooks_cpu.py
 	$(PY) bench/dump_bench.py
+	$(PY) bench/report_bench.py
 	$(PY) bench/report_html_bench.py --browser
 
 # ncebpf@NAME.service runs $(PREFIX)/bin/ncebpf: its own venv (Debian's python3 with system

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -109,7 +108,7 @@ def test_an_empty_dump_renders_a_page_that_says_so() -> None:
 
 
 def test_an_upstream_dump_without_totals_or_exact_counts() -> None:
-    peers = tuple(replace(peer(f"10.77.3.{i}", i), packets=None, bytes=None) for i in (1, 2))
+    peers = tuple(peer(f"10.77.3.{i}", i)._replace(packets=None, bytes=None) for i in (1, 2))
     dump = snapshot(peers, totals={}, unknown={}, others={}, mode=None)
     page = parse(render_html(aggregate(dump)))
     assert page.find("dd", data_total="packets") == []
@@ -141,3 +140,19 @@ def test_a_group_named_after_an_soa_is_marked() -> None:
 def test_render_dispatches_html_and_the_page_is_the_same_each_time() -> None:
     report = aggregate(hostile_snapshot())
     assert render(report, "html") == render_html(report)
+
+
+def test_peers_start_hidden_in_a_large_report_and_every_row_is_still_there() -> None:
+    from ncebpf.report.render_html import MEMBERS_SHOWN_UP_TO
+
+    def checkboxes(count: int) -> tuple[list[bool], int]:
+        peers = tuple(peer(f"10.77.{i // 250}.{i % 250}", i) for i in range(count))
+        page = parse(render_html(aggregate(snapshot(peers))))
+        boxes = [e for e in page.find("input") if e.attrs.get("class") == "members"]
+        rows = [e for e in page.find("tr") if e.attrs.get("class") == "member"]
+        return ["checked" in b.attrs for b in boxes], len(rows)
+
+    shown, rows = checkboxes(MEMBERS_SHOWN_UP_TO)
+    assert shown and all(shown) and rows == MEMBERS_SHOWN_UP_TO
+    hidden, rows = checkboxes(MEMBERS_SHOWN_UP_TO + 1)
+    assert hidden and not any(hidden) and rows == MEMBERS_SHOWN_UP_TO + 1

@@ -12,7 +12,7 @@ seconds of the last rate update ("last contact" in upstream's reports).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 By = Literal["cidr", "domain", "peer"]
 Sort = Literal["bandwidth", "hits", "peers", "last"]
@@ -25,12 +25,13 @@ TOTAL_FIELDS = ("packets", "bytes", "filtered_out", "unparsed", "unattributed", 
                 "dropped")
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
+class Peer(NamedTuple):
     """One peer of a dump: its address text and the upstream fields (spec §7.2).
 
     packets and bytes are the exact counts since the peer's S; None when the
-    dump does not have them (an upstream `.stats` file).
+    dump does not have them (an upstream `.stats` file). A named tuple, not a
+    frozen dataclass: a report reads 100 000 of these, and a tuple is made
+    five times faster.
     """
 
     address: str

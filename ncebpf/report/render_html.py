@@ -32,6 +32,9 @@ from ncebpf.report.model import TOTAL_FIELDS, Group, Peer, Report
 from ncebpf.report.render_text import title
 
 CHART_TOP = 10  # bars per chart: the groups and the peers with the most bytes/s
+# Above this many peers a group's member rows start hidden (a checkbox per group shows
+# them): laying out 100 000 table rows keeps a browser busy for over a minute.
+MEMBERS_SHOWN_UP_TO = 2000
 _CHART_STYLE = Style(
     # Transparent and mid-grey: the same SVG reads on the page's light and dark schemes.
     background="transparent", plot_background="transparent", foreground="#888",
@@ -215,6 +218,7 @@ def render_html(report: Report) -> str:
         heading=title(report), dump_totals=_dump_totals(report),
         charts=[Markup(svg) for svg in _charts(report)], label_rank=_label_rank(report),
         member_rows=_member_rows,
+        members_shown=sum(len(g.members) for g in report.groups) <= MEMBERS_SHOWN_UP_TO,
         hidden=report.totals.groups - len(report.groups),
         page_title=f"ncebpf report — {snapshot.device} — {snapshot.name or snapshot.source}",
         group_rows=report.groups)

@@ -63,4 +63,6 @@ def report_document(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
-    return json.dumps(report_document(report), indent=1) + "\n"
+    """The document on one line: indenting it would take json's pure-Python encoder, five
+    times slower than its C one (a report of 100 000 peers: 0.85 s against 0.15 s)."""
+    return json.dumps(report_document(report)) + "\n"
