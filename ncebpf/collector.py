@@ -16,17 +16,15 @@ drain over a million idle peers costs little more than the kernel read.
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from ncebpf.accounting import KEY_SIZE, PeerTable, Totals
+from ncebpf.accounting import KEY_SIZE, PeerTable, Totals, gc_paused
 
 NS = 1_000_000_000
 
@@ -87,22 +85,6 @@ class CounterSource(Protocol):
         ...
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while a drain creates up to a million acyclic objects.
-
-    Each generation-0 collection would rescan the growing table, making a
-    first drain of many peers quadratic; nothing created here forms cycles.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def system_clock() -> tuple[float, int]:
     """(epoch seconds, CLOCK_MONOTONIC ns), read together."""
     return time.time(), time.monotonic_ns()
@@ -160,7 +142,7 @@ class Collector:
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
 
     def _absorb_batch(self, batch: PeerBatch, offset_s: float) -> int:
-        with _gc_paused():
+        with gc_paused():
             return self._absorb_rows(batch, offset_s)
 
     def _absorb_rows(self, batch: PeerBatch, offset_s: float) -> int:

@@ -20,18 +20,16 @@ Errors are NcebpfError, one line naming the file and what is wrong.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import json
 import math
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ncebpf.accounting import Others
+from ncebpf.accounting import Others, gc_paused
 from ncebpf.config import Instance
 from ncebpf.control import request_dump
 from ncebpf.dump import SCHEMA_VERSION, stats_header
@@ -115,21 +113,8 @@ def read_dump(path: Path) -> Snapshot:
     except UnicodeDecodeError:
         # Upstream writes match strings' bytes 0xA8-0xFE raw (spec §10.2): Latin-1.
         text = raw.decode("latin-1")
-    with _collector_paused():
+    with gc_paused():
         return parse_dump(text, str(path))
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a dump is read: reading makes a few
-    objects per peer and no cycles, and collections over them cost a quarter of the time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def from_instance(instance: Instance, timeout_s: float) -> Snapshot:
