@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -269,7 +271,7 @@ my $VAR1 = {
                            'R' => '1.5',
                            'S' => 1,
                            'T' => 1,
-                           'W' => '-2.5e1'
+                           'W' => '2.5e1'
                          }
         };
 """
@@ -283,7 +285,7 @@ def test_the_coalescers_composite(tmp_path: Path) -> None:
     assert upstream_fields(snapshot)[1] == ("10.77.0.1", 600, 5, 1000,
                                             ("x.example.com", "alias.example.net"), 180, 1000,
                                             0, 43200)
-    assert (snapshot.peers[0].R, snapshot.peers[0].W) == (1.5, -25.0)
+    assert (snapshot.peers[0].R, snapshot.peers[0].W) == (1.5, 25.0)
     # The grand total, the earliest start, the latest current, the first device.
     assert (snapshot.hits_per_minute, snapshot.bytes_per_second) == (3837, 11854)
     assert (snapshot.start, snapshot.current, snapshot.device) == (1145923000, 1145923334,
@@ -322,8 +324,8 @@ def test_the_fast_readers_agree_with_the_general_parser(layout: str) -> None:
     assert [regular is not None, loose is not None] == {
         "regular": [True, True], "spaced": [False, True], "dumper": [False, True],
         "commented": [False, False]}[layout]
-    assert regular in (None, general) and loose in (None, tuple(sorted(
-        general, key=sources._numeric_order)))
+    # Each in the file's order: parse_stats puts them in numeric order (sources._checked).
+    assert regular in (None, general) and loose in (None, general)
 
 
 def test_a_header_only_file_is_a_dump_of_no_peers(tmp_path: Path) -> None:
@@ -394,7 +396,7 @@ def test_strings_that_look_like_code_are_only_strings(tmp_path: Path) -> None:
     ('{"version": 1, "start": 1, "current": 1, "hits_per_minute": 0, "bytes_per_second": 0, '
      '"users": 1, "device": "d", "promiscuous": false, "filter": "", "peers": {"10.77.0.1": '
      '{"B": 1, "C": 1, "E": 1, "N": [], "R": NaN, "S": 1, "T": 1, "W": 1e999}}}',
-     "peer '10.77.0.1': R is nan, not a finite number"),
+     "peer '10.77.0.1': R is nan: not a finite number"),
     ('{"version": 1, "start": 1, "current": 1, "hits_per_minute": 0, "bytes_per_second": 0, '
      '"users": 1, "device": "d", "promiscuous": false, "filter": "", "peers": {"10.77.0.1": '
      '{"B": 1, "C": 1, "E": 1, "N": "abc", "R": 1, "S": 1, "T": 1, "W": 1}}}',
@@ -480,3 +482,65 @@ def test_any_text_gives_a_snapshot_or_one_line_error(text: str) -> None:
         parse_dump(text, "any")
     except NcebpfError as err:
         assert "\n" not in str(err)
+
+
+def test_fifos_and_devices_are_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.stats"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(NcebpfError, match="not a regular file"):
+            read_dump(path)
+
+
+def test_a_file_larger_than_any_dump_is_refused_unread(tmp_path: Path) -> None:
+    sparse = tmp_path / "huge.json"
+    with sparse.open("wb") as f:
+        f.truncate(sources.MAX_DUMP_BYTES + 1)
+    with pytest.raises(NcebpfError, match="larger than any dump"):
+        read_dump(sparse)
+
+
+def json_dump(peers: str) -> str:
+    return ('{"version": 1, "start": 1, "current": 2, "hits_per_minute": 0, '
+            '"bytes_per_second": 0, "users": 1, "device": "d", "promiscuous": false, '
+            f'"filter": "", "peers": {{{peers}}}}}')
+
+
+def record(**fields: object) -> str:
+    values = {"B": 1, "C": 1, "E": 1000, "N": [], "R": 1, "S": 1000, "T": 0, "W": 1,
+              **fields}
+    return json.dumps(values)
+
+
+@pytest.mark.parametrize("address", ["foo", "10.77.0.300", "010.077.000.001", "10.77.0.1/24",
+                                     "fe80::1%eth0", " 10.77.0.1", "", "\x00\x1b[2J"])
+def test_a_key_that_is_not_an_address_is_named(address: str) -> None:
+    with pytest.raises(NcebpfError) as refused:
+        parse_dump(json_dump(f"{json.dumps(address)}: {record()}"), "d.json")
+    message = str(refused.value)
+    assert message.startswith("d.json: peer ") and "is not an IPv4 or IPv6 address" in message
+    assert message.isprintable()
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"E": 10**20}, "E is 100000000000000000000: a time before 1970 or after 9999"),
+    ({"W": -43359}, "W is -43359: negative"),
+    ({"W": 1e300}, "W is 1e+300: beyond any real figure"),
+    ({"packets": -5}, "packets is -5: negative"),
+])
+def test_figures_no_report_can_print_are_refused(fields: dict[str, object],
+                                                 expected: str) -> None:
+    with pytest.raises(NcebpfError, match=re.escape(expected)):
+        parse_dump(json_dump(f'"10.77.0.1": {record(**fields)}'), "d.json")
+
+
+def test_addresses_are_canonical_ordered_and_once_each_the_last_as_perl_keeps() -> None:
+    fields = "B => 1, C => 1, E => 5, N => [], S => 1, T => 0, W => 1"
+    body = ("{\n  my $dump = {\n"
+            f"\t'FD77:0::1' => {{ R => 1, {fields} }},\n"
+            f"\t'10.77.0.9' => {{ R => 723, {fields} }},\n"
+            f"\t'10.77.0.9' => {{ R => 100, {fields} }},\n"
+            "  };\n}\n")
+    snapshot = parse_dump(UPSTREAM.split("{")[0] + body, "dup.stats")
+    assert [(p.address, p.R) for p in snapshot.peers] == [("10.77.0.9", 100.0),
+                                                          ("fd77::1", 1.0)]

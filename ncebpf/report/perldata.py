@@ -255,4 +255,5 @@ def _found(kind: str, text: str) -> str:
 
 def _show(text: str) -> str:
     text = text.split("\n", 1)[0]
-    return repr(text[:20] + ("..." if len(text) > 20 else ""))
+    # ascii(): a damaged file's bytes shown as escapes, never sent raw to a terminal.
+    return ascii(text[:20] + ("..." if len(text) > 20 else ""))

@@ -23,18 +23,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import socket
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ncebpf.accounting import Others, gc_paused
+from ncebpf.accounting import IPV4_KEY_PREFIX, IPV6_KEY_PREFIX, Others, gc_paused, peer_text
 from ncebpf.config import Instance
 from ncebpf.control import request_dump
 from ncebpf.dump import SCHEMA_VERSION, stats_header
 from ncebpf.errors import NcebpfError
 from ncebpf.report import perldata
+from ncebpf.report.aggregate import address_order
 from ncebpf.report.model import TOTAL_FIELDS, Peer, Snapshot
 
 # The regular layout of spec §10.3, as ncebpf and upstream write it.
@@ -88,6 +91,9 @@ _JSON_REQUIRED = ("start", "current", "hits_per_minute", "bytes_per_second", "us
 _Number = TypeVar("_Number", int, float)
 
 
+MAX_DUMP_BYTES = 2 << 30  # a JSON dump of a million peers is about 100-170 MB
+
+
 def read_dump(path: Path) -> Snapshot:
     """The dump at path — ncebpf JSON (schema 1) or a `.stats` file — as a Snapshot.
 
@@ -98,7 +104,17 @@ def read_dump(path: Path) -> Snapshot:
     or `line N: what was expected`.
     """
     try:
-        raw = path.read_bytes()
+        # Never wait on a FIFO (O_NONBLOCK: opening one waits for a writer), nor read a
+        # device or a file beyond any dump's size.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as dump:
+            info = os.fstat(dump.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise NcebpfError(f"{path}: not a regular file (a FIFO or a device?): give "
+                                  "the path of a dump file")
+            if info.st_size > MAX_DUMP_BYTES:
+                raise NcebpfError(f"{path}: {info.st_size >> 20} MiB, larger than any dump "
+                                  f"({MAX_DUMP_BYTES >> 30} GiB holds over ten million peers)")
+            raw = dump.read()
     except FileNotFoundError:
         raise NcebpfError(f"{path}: no such file: give the path of a dump "
                           "(ncebpf dump writes <statedir>/<name>.json)") from None
@@ -180,7 +196,7 @@ def parse_json_dump(document: Any, source: str) -> Snapshot:
     name = _json_optional(d, "name", str, source)
     totals, unknown = _json_totals(d.get("totals"), source)
     others = _json_others(d.get("others"), source)
-    peers = _finite(_json_peers(d["peers"], source), source)
+    peers = _checked(_json_peers(d["peers"], source), source)
     header = stats_header(start, current, hits, nbytes, users, device, promiscuous, filter_,
                           match or "", nomatch or "", payload or 0, snaplen or 0,
                           Others(**others) if others else Others())
@@ -312,7 +328,7 @@ def parse_stats(text: str, source: str) -> Snapshot:
         if fast is None:
             fast = _loose_peers(text, body_start, source)
         peers = fast if fast is not None else _general_peers(text, body_start, source)
-    return _stats_snapshot(header, _finite(peers, source), source)
+    return _stats_snapshot(header, _checked(peers, source), source)
 
 
 def _regular_peers(text: str, offset: int) -> tuple[Peer, ...] | None:
@@ -368,7 +384,6 @@ def _loose_peers(text: str, offset: int, source: str) -> tuple[Peer, ...] | None
         else _LOOSE_CLOSE_VAR
     if closing.fullmatch(text, pos) is None:
         return None
-    peers.sort(key=_numeric_order)
     return tuple(peers)
 
 
@@ -384,18 +399,7 @@ def _general_peers(text: str, offset: int, source: str) -> tuple[Peer, ...]:
 
 def _peers_from_table(table: dict[str, Any], source: str) -> tuple[Peer, ...]:
     peers = [_peer_from_perl(address, record, source) for address, record in table.items()]
-    peers.sort(key=_numeric_order)
     return tuple(peers)
-
-
-def _numeric_order(peer: Peer) -> tuple[int, bytes, str]:
-    """IPv4 before IPv6, each in numeric order, as ncebpf dumps them; anything else last."""
-    for rank, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-        try:
-            return rank, socket.inet_pton(family, peer.address), ""
-        except OSError:
-            pass
-    return 7, b"", peer.address
 
 
 def _peer_from_perl(address: str, record: perldata.PerlValue, source: str) -> Peer:
@@ -431,17 +435,71 @@ def _perl_number(value: perldata.PerlValue, kind: Callable[[Any], _Number],
     return kind(value)
 
 
-def _finite(peers: tuple[Peer, ...], source: str) -> tuple[Peer, ...]:
-    """peers, once it is sure no B, R or W is infinite or NaN (JSON's 1e999, NaN;
-    a 400-digit .stats figure): one sum for all, a search only when it fails."""
-    if math.isfinite(sum(p.B + p.R + p.W for p in peers)):
-        return peers
+MAX_FIGURE = float(1 << 63)  # beyond any counter or rate a link reaches; reports print up to it
+MAX_EPOCH = 253402300799  # 9999-12-31 23:59:59 UTC: the last second time functions take
+
+
+def _checked(peers: Iterable[Peer], source: str) -> tuple[Peer, ...]:
+    """The peers, once each and in numeric order (IPv4 first), every one of them sound.
+
+    An address must be an IPv4 or IPv6 address, and is kept in its canonical
+    text (RFC 5952 for IPv6, as ncebpf writes it). A peer listed twice is
+    kept once, with its last record: what Perl's hash and a JSON object make
+    of the same text. Counts, rates and times must be finite, not negative,
+    and printable (times up to the year 9999). Raises NcebpfError naming the
+    file, the peer and the field.
+    """
+    by_address: dict[str, Peer] = {}
+    previous: tuple[int, bytes] = (0, b"")
+    ordered = True
+    pton, ntop = socket.inet_pton, socket.inet_ntop
     for peer in peers:
-        for field_name in _FLOAT_FIELDS:
-            if not math.isfinite(getattr(peer, field_name)):
-                raise NcebpfError(f"{source}: peer {peer.address!r}: {field_name} is "
-                                  f"{getattr(peer, field_name)!r}, not a finite number")
-    raise NcebpfError(f"{source}: the peers' B, R and W add up beyond any real figure")
+        address = peer.address
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            packed = pton(family, address)
+        except (OSError, ValueError):  # ValueError: a NUL in the text
+            raise NcebpfError(f"{source}: peer {_shown(address)} is not an IPv4 or IPv6 "
+                              "address (a damaged dump?)") from None
+        if ntop(family, packed) != address or family == socket.AF_INET6 and \
+                packed.startswith(bytes(10)) and packed[10:12] != b"\xff\xff":
+            canonical = peer_text((IPV6_KEY_PREFIX if family == socket.AF_INET6
+                                   else IPV4_KEY_PREFIX) + packed)
+            peer = peer._replace(address=canonical)
+            address = canonical
+        # One chain of comparisons per peer (NaN fails every one): a dump has up to millions.
+        if not (0 <= peer.B <= MAX_FIGURE and 0 <= peer.R <= MAX_FIGURE
+                and 0 <= peer.W <= MAX_FIGURE and 0 <= peer.C <= MAX_FIGURE
+                and 0 <= peer.E <= MAX_EPOCH and 0 <= peer.S <= MAX_EPOCH
+                and 0 <= peer.T <= MAX_EPOCH
+                and (peer.packets is None or 0 <= peer.packets <= MAX_FIGURE)
+                and (peer.bytes is None or 0 <= peer.bytes <= MAX_FIGURE)):
+            raise NcebpfError(_unsound(peer, source))
+        order = (family, packed)
+        if order < previous or address in by_address:
+            ordered = False
+        previous = order
+        by_address[address] = peer
+    checked = tuple(by_address.values())
+    return checked if ordered else tuple(sorted(checked, key=lambda p: address_order(p.address)))
+
+
+def _unsound(peer: Peer, source: str) -> str:
+    """What is wrong with a peer _checked refused: its first field out of range."""
+    for name in ("B", "R", "W", "C", "packets", "bytes", "E", "S", "T"):
+        value = getattr(peer, name)
+        limit = MAX_EPOCH if name in "EST" else MAX_FIGURE
+        if value is not None and not 0 <= value <= limit:
+            what = "a time before 1970 or after 9999" if name in "EST" else \
+                "not a finite number" if not math.isfinite(value) else \
+                "negative" if value < 0 else "beyond any real figure"
+            return f"{source}: peer {peer.address!r}: {name} is {value!r}: {what}"
+    return f"{source}: peer {peer.address!r} is not a sound record"
+
+
+def _shown(text: str) -> str:
+    """Text from a damaged file, quoted, cut, and with anything unprintable escaped."""
+    return ascii(text[:60] + ("…" if len(text) > 60 else ""))
 
 
 def _stats_snapshot(header: str, peers: tuple[Peer, ...], source: str) -> Snapshot:
