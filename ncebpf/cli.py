@@ -25,6 +25,8 @@ from ncebpf.config import (
     read_file,
 )
 from ncebpf.errors import NcebpfError
+from ncebpf.report import FORMATS
+from ncebpf.report.model import BY_CHOICES, DOMAIN_RULES, SORT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_DEAD = 1  # LSB: program is dead and /var/run pid file exists
@@ -372,27 +374,35 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
 
 
 def _write_output(output: str, pieces: Iterable[str]) -> None:
-    """Text to standard output ("-"), into a device or FIFO, or atomically into a file."""
+    """Text to standard output ("-"), into a device or FIFO, or atomically into a file
+    (through a symbolic link, to its target). Raises NcebpfError naming output."""
     from ncebpf.dump import write_atomically
 
-    target = Path(output)
     if output == "-":
         for piece in pieces:
             click.echo(piece, nl=False)
-    elif target.exists() and not target.is_file():
-        with target.open("w") as out:  # /dev/null, a FIFO: never replaced by a file
-            out.writelines(pieces)
-    else:
-        write_atomically(target, pieces)
+        return
+    # A link is written through: a web root of links keeps them, its targets get the text.
+    target = Path(output).resolve() if Path(output).is_symlink() else Path(output)
+    try:
+        if target.exists() and not target.is_file():
+            with target.open("w") as out:  # /dev/null, a FIFO: never replaced by a file
+                out.writelines(pieces)
+        else:
+            write_atomically(target, pieces)
+    except OSError as exc:
+        raise NcebpfError(f"could not write {output}: {exc.strerror or exc} (give --output a "
+                          "file in a directory you can write, or - for standard output)"
+                          ) from None
 
 
 @main.command()
 @click.argument("sources", nargs=-1, metavar="[SOURCE]")
-@click.option("--by", type=click.Choice(["cidr", "domain", "peer"]), default="cidr",
+@click.option("--by", type=click.Choice(BY_CHOICES), default="cidr",
               show_default=True,
               help="Group peers by prefix (--cidr4/--cidr6), by registrable domain of their "
                    "name, or not at all.")
-@click.option("--format", "fmt", type=click.Choice(["text", "html", "json"]), default="text",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True,
               help="text: upstream's layout (SSI pages keep working); html: one "
                    "self-contained page with charts; json: for scripts.")
@@ -404,11 +414,13 @@ def _write_output(output: str, pieces: Iterable[str]) -> None:
               metavar="N", help="IPv6 prefix length of --by cidr.")
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="N",
               help="Show the first N groups only (the totals still cover all).")
-@click.option("--sort", type=click.Choice(["bandwidth", "hits", "peers", "last"]),
+@click.option("--sort", type=click.Choice(SORT_CHOICES),
               default="bandwidth", show_default=True,
               help="Order of the groups, highest first: bytes/s as shown (upstream's "
-                   "order), hits/h, number of peers, last contact.")
-@click.option("--domain-rule", type=click.Choice(["psl", "upstream"]), default="psl",
+                   "order), hits/h, number of peers, last contact, or the exact counts "
+                   "(which order a report from the start; the hourly rates stay 0 for the "
+                   "first five minutes).")
+@click.option("--domain-rule", type=click.Choice(DOMAIN_RULES), default="psl",
               show_default=True,
               help="--by domain: the registrable domain from the Public Suffix List, or "
                    "upstream's key and its /24 rows (every *.co.uk in one row).")

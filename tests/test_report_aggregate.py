@@ -115,6 +115,10 @@ def test_registrable_domains_from_the_public_suffix_list() -> None:
     assert registrable_domain(":ns1.example.net") == ("example.net", True)
     assert registrable_domain("localhost") == ("localhost", False)
     assert registrable_domain("") == (NO_NAME, False)
+    assert registrable_domain(":") == (NO_NAME, False)
+    assert registrable_domain(".") == (NO_NAME, False)
+    assert registrable_domain("10.77.9.1") == ("10.77.9.1", False)  # not "9.1"
+    assert registrable_domain("FD77::1") == ("fd77::1", False)
     # The PSL's private section is left out: a cloud host is its provider's.
     assert registrable_domain("ec2-10-77-0-1.compute-1.amazonaws.com") == \
         ("amazonaws.com", False)
@@ -206,3 +210,9 @@ def test_every_peer_is_in_exactly_one_group_and_the_sums_are_the_dumps(
     assert report.totals.packets == sum(p for _, p, _ in table.values())
     assert report.totals.bytes == sum(b for _, _, b in table.values())
     assert report.totals.W == sum(g.W for g in report.groups)
+
+
+def test_exact_counts_order_a_report_and_unknown_counts_go_last() -> None:
+    report = aggregate(snapshot(peer("10.77.1.1", nbytes=5), peer("10.77.2.1", nbytes=None),
+                                peer("10.77.3.1", nbytes=50)), Options(sort="bytes"))
+    assert keys(report.groups) == ["10.77.3.0/24", "10.77.1.0/24", "10.77.2.0/24"]

@@ -98,3 +98,23 @@ def test_report_without_an_instance_says_how_to_start_one(workdir: Path) -> None
     assert result.returncode == 1
     assert "no ncebpf instance named 'absent' is running" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_through_a_link_and_errors_that_name_the_output(dumps: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:
+    target = tmp_path / "www" / "link.txt"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    report("-o", str(link), str(dumps[0]))
+    assert link.is_symlink() and target.read_text().startswith("\n# Net::Connection::Sniffer")
+    stderr = report("-o", str(tmp_path / "nowhere" / "r.txt"), str(dumps[0]), check=False)
+    assert f"could not write {tmp_path / 'nowhere' / 'r.txt'}: No such file or directory" \
+        in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_sort_by_exact_bytes(dumps: tuple[Path, Path]) -> None:
+    document = json.loads(report("--by", "peer", "--sort", "bytes", "--format", "json",
+                                 str(dumps[0])))
+    assert [g["bytes"] for g in document["groups"]] == [1700, 1300, 1100, 700]

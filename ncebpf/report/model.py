@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 By = Literal["cidr", "domain", "peer"]
-Sort = Literal["bandwidth", "hits", "peers", "last"]
+Sort = Literal["bandwidth", "hits", "peers", "last", "packets", "bytes"]
 DomainRule = Literal["psl", "upstream"]
 BY_CHOICES: tuple[By, ...] = ("cidr", "domain", "peer")
-SORT_CHOICES: tuple[Sort, ...] = ("bandwidth", "hits", "peers", "last")
+SORT_CHOICES: tuple[Sort, ...] = ("bandwidth", "hits", "peers", "last", "packets", "bytes")
 DOMAIN_RULES: tuple[DomainRule, ...] = ("psl", "upstream")
 # The dump's totals, in the order reports show them (README "Reading a dump").
 TOTAL_FIELDS = ("packets", "bytes", "filtered_out", "unparsed", "unattributed", "overflow",

@@ -24,7 +24,7 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 NAME_SEPARATOR = "\n\t\t"  # a peer's further names, each on a line of its own
 TITLE_BLOCK = "\n   IP addr\t    host name\n qrys/mn -- bytes/sec -- #IP's\tlast contact time\n\n"
 _ORDER_WORDS = {"bandwidth": "BANDWIDTH", "hits": "HITS", "peers": "PEERS",
-                "last": "LAST CONTACT"}
+                "last": "LAST CONTACT", "packets": "PACKETS", "bytes": "BYTES"}
 _UNSAFE = frozenset("<>&\"'\\") | frozenset(map(chr, range(0x20))) | {"\x7f"}
 
 
