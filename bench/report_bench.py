@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         dumps = write_dumps(args.peers, Path(scratch))
-        cases = [(source, by, fmt) for source in dumps for by in ("cidr", "domain")
+        cases = [(source, by, fmt) for source in dumps for by in ("cidr", "domain", "peer")
                  for fmt in ("text", "json", "html")]
         rounds: dict[tuple[str, str, str], list[float]] = {case: [] for case in cases}
         for _ in range(args.rounds):

@@ -151,11 +151,13 @@ def _charts(report: Report) -> list[str]:
                                 [(_peer_label(p), per_second(p.W)) for p in peers])]
 
 
-def _exact(value: int | None) -> str:
+def _exact(value: int | None, cell_class: str = "") -> str:
     """A count's cell: grouped for reading, exact in data-value; `—` when the dump lacks it."""
+    classes = " ".join(c for c in (cell_class, "unknown" if value is None else "") if c)
+    attribute = f' class="{classes}"' if classes else ""
     if value is None:
-        return '<td class="unknown" data-value="-1" title="not in this dump">—</td>'
-    return f'<td data-value="{value}">{value:,}</td>'
+        return f'<td{attribute} data-value="-1" title="not in this dump">—</td>'
+    return f'<td{attribute} data-value="{value}">{value:,}</td>'
 
 
 def _member_rows(group: Group) -> Markup:
@@ -175,6 +177,37 @@ def _member_rows(group: Group) -> Markup:
             f"{_exact(peer.packets)}{_exact(peer.bytes)}"
             f'<td data-value="{peer.E}">{local_time(peer.E)}</td></tr>\n')
     return Markup("".join(rows))
+
+
+_SOA_MARK = ('<span class="soa" title="named after the SOA of an NXDOMAIN answer: these '
+             'peers have no name of their own">SOA</span>')
+
+
+def _when(epoch: int) -> str:
+    return (f'<time datetime="{iso_time(epoch)}" title="epoch {epoch}">{local_time(epoch)}'
+            "</time>")
+
+
+def _group_row(group: Group, rank: int, by: str, members_shown: bool) -> str:
+    """A group's own row: label (a checkbox showing its peers; by peer, the peer's names),
+    hits/min, bytes/s, peers, exact counts, last contact; each sortable by data-value.
+    Built here for the reason _member_rows is."""
+    label = escape(group.label)
+    if by == "peer":
+        names = "".join(f"<span>{escape(name)}</span>" for name in group.members[0].N)
+        first = f'<span class="addr">{label}</span> <span class="names">{names}</span>'
+    else:
+        first = (f'<input type="checkbox" class="members" aria-label="show the peers of {label}"'
+                 f' title="show or hide its peers"{" checked" if members_shown else ""}> '
+                 f"{label}")
+    hits, rate, peers = per_minute(group.R), per_second(group.W), len(group.members)
+    return (f'<tr class="group">\n<td data-value="{rank}">{first}'
+            f'{_SOA_MARK if group.soa else ""}</td>\n'
+            f'<td class="num" data-value="{hits}">{hits:,}</td>\n'
+            f'<td class="num" data-value="{rate}">{rate:,}</td>\n'
+            f'<td class="num" data-value="{peers}">{peers:,}</td>\n'
+            f"{_exact(group.packets, 'num')}\n{_exact(group.bytes, 'num')}\n"
+            f'<td data-value="{group.E}">{_when(group.E)}</td>\n</tr>\n')
 
 
 def _label_rank(report: Report) -> dict[str, int]:
@@ -213,12 +246,14 @@ def render_html(report: Report) -> str:
     column. A report cut by --top says how many groups it leaves out.
     """
     snapshot = report.snapshot
+    label_rank = _label_rank(report)
+    members_shown = sum(len(g.members) for g in report.groups) <= MEMBERS_SHOWN_UP_TO
     return _environment().get_template("report.html.j2").render(
         report=report, snapshot=snapshot, options=report.options,
         heading=title(report), dump_totals=_dump_totals(report),
-        charts=[Markup(svg) for svg in _charts(report)], label_rank=_label_rank(report),
-        member_rows=_member_rows,
-        members_shown=sum(len(g.members) for g in report.groups) <= MEMBERS_SHOWN_UP_TO,
+        charts=[Markup(svg) for svg in _charts(report)],
+        member_rows=_member_rows, group_row=lambda group: Markup(_group_row(
+            group, label_rank[group.key], report.options.by, members_shown)),
         hidden=report.totals.groups - len(report.groups),
         page_title=f"ncebpf report — {snapshot.device} — {snapshot.name or snapshot.source}",
         group_rows=report.groups)
