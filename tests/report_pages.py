@@ -21,17 +21,18 @@ def peer(address: str, index: int, names: tuple[str, ...] = ()) -> Peer:
 
 
 def snapshot(peers: tuple[Peer, ...], **extra: object) -> Snapshot:
-    """A JSON dump's snapshot of these peers, its totals the peers' sums (plus extra)."""
+    """A pcap-mode JSON dump's snapshot of these peers, with one peer no longer listed."""
     fields: dict[str, object] = dict(
         source="/var/lib/ncebpf/test.json", start=START, current=START + 3600,
         hits_per_minute=17, bytes_per_second=123_456, users=len(peers), device="veth-t0",
         promiscuous=False, filter="udp or tcp", header="# test dump\n", peers=peers,
-        name="test", mode="tc",
-        totals={"packets": sum(p.packets or 0 for p in peers),
-                "bytes": sum(p.bytes or 0 for p in peers), "filtered_out": 11,
+        name="test", mode="pcap",
+        # The dump's packets and bytes are its listed peers' and those no longer listed.
+        totals={"packets": sum(p.packets or 0 for p in peers) + 5,
+                "bytes": sum(p.bytes or 0 for p in peers) + 555, "filtered_out": 11,
                 "unparsed": None, "unattributed": 0, "overflow": 3, "dropped": 0},
         unknown={"unparsed": "pcap mode: libpcap does not count them"},
-        others={"packets": 5, "bytes": 555})
+        others={"peers": 1, "packets": 5, "bytes": 555})
     fields.update(extra)
     return Snapshot(**fields)  # type: ignore[arg-type]
 
