@@ -337,7 +337,9 @@ SETTINGS: tuple[Setting, ...] = (
             f"Address the dump listener binds [default: {DEFAULT_LISTEN}].",
             allowed_text="a host name or an IP address in quotes, or \"INADDR_ANY\""),
     Setting("allow", "allowed", "--allow", "strings",
-            "Host allowed to request dumps; repeatable [default: this host].",
+            "Host allowed to request dumps and read --http reports; repeatable; replaces the "
+            "default, loopback and this host's addresses [default: those; on a loopback "
+            "--http, everyone].",
             allowed_text="an array of host names or IP addresses, in quotes"),
     Setting("http", "http", "--http", "text",
             "Serve the reports over HTTP at ADDR:PORT (PORT alone: 127.0.0.1:PORT); "

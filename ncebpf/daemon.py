@@ -45,7 +45,7 @@ from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
-from ncebpf.http import ReportServer, fetch_from_instance
+from ncebpf.http import ReportServer, fetch_from_instance, is_loopback
 from ncebpf.kernel.attach import (
     HookPlan,
     TcAttachment,
@@ -342,12 +342,19 @@ class Daemon:
                             allowed_or_default(self.config.allow))
 
     def _report_server(self) -> ReportServer:
-        """The --http server; its fetch asks this daemon for dumps as `ncebpf dump` does."""
+        """The --http server; its fetch asks this daemon for dumps as `ncebpf dump` does.
+
+        Who may read (README "Serving reports"): an explicit --allow, on any address;
+        without one, everyone on a loopback address (only this host can reach it),
+        loopback and this host's addresses on any other.
+        """
         config, instance = self.config, self.instance
         address, port = http_endpoint(config.http)
+        allowed = None if is_loopback(address) and not config.allow else \
+            allowed_or_default(config.allow)
         return ReportServer(address, port,
                             lambda: fetch_from_instance(instance, HTTP_FETCH_TIMEOUT_S),
-                            config.http_refresh_s, allowed_or_default(config.allow))
+                            config.http_refresh_s, allowed)
 
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,

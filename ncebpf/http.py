@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -42,9 +43,15 @@ ERROR_HOLD_S = 2.0  # a failed fetch answers requests this long before the next 
 MAX_PAGES = 64  # rendered pages kept per dump: a bound on what odd queries can pin
 MAX_PAGE_BYTES = 128 << 20  # and on their memory: 100 k peers by peer is 44 MB of JSON
 REQUEST_TIMEOUT_S = 30.0  # a client silent this long loses its connection (and thread)
+HEADER_DEADLINE_S = 10.0  # from accept to the end of the headers, however the bytes trickle
 MAX_CLIENTS = 32  # connections served at once; more are closed unanswered
+LISTEN_BACKLOG = 64  # connections the kernel queues before accept (the stdlib's 5 is few)
+# Methods HTTP defines (RFC 9110 section 9, RFC 5789) that the reports do not take: 405.
+OTHER_METHODS = ("POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+ALLOW_HEADER = "GET, HEAD"
 MAX_TOP_DIGITS = 9
-# The page is self-contained: its styles and scripts are inline, charts data: images.
+# The page is self-contained: its styles and scripts are inline, charts data: images;
+# nothing may be fetched (no URL source is listed), inline style and script may run.
 HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
                "img-src data:")
 REPORT_ROUTES = {"/": "html", "/index.html": "html", "/report.txt": "text",
@@ -231,14 +238,27 @@ def is_loopback(address: str) -> bool:
 
 class _Server(ThreadingHTTPServer):
     """ThreadingHTTPServer with a bound on its threads: a flood of connections costs the
-    daemon at most MAX_CLIENTS threads, not one per connection."""
+    daemon at most MAX_CLIENTS threads, not one per connection; refused clients cost none."""
 
     daemon_threads = True  # a slow client never holds up the daemon's exit
+    request_queue_size = LISTEN_BACKLOG
     cache: PageCache
-    allowed: frozenset[str] | None  # None: everyone (bound to loopback)
-    denied: DeniedLog
-    denied_lock: threading.Lock  # DeniedLog counts; requests come from many threads
+    allowed: frozenset[str] | None  # None: everyone who can connect
+    denied: DeniedLog  # only verify_request uses it, in the one accepting thread: no lock
     slots: threading.BoundedSemaphore
+    header_deadline_s: float
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # At accept, before a thread or a slot is given: a refused client is closed at once
+        # (socketserver shuts the connection), so refused clients cannot crowd allowed ones
+        # out of the MAX_CLIENTS slots.
+        if self.allowed is None:
+            return True
+        client = normalise(client_address[0])
+        if client in self.allowed:
+            return True
+        self.denied.refused(client, time.time())
+        return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -257,8 +277,17 @@ class _Server(ThreadingHTTPServer):
             self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver would print the traceback on stderr: the daemon's log has it instead.
-        log.exception("report request from %s failed", client_address[0])
+        # socketserver would print the traceback on stderr. A client that hangs up early is
+        # ordinary and any local client can do it at will: one DEBUG line, no flood.
+        # Anything else is one WARNING line; its traceback only when debugging.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("report request from %s: the client went away (%s)", client_address[0],
+                      type(exc).__name__)
+            return
+        log.warning("report request from %s failed: %s: %s", client_address[0],
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                    exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 class _Server6(_Server):
@@ -270,20 +299,64 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S
     server_version = "ncebpf"
 
+    def setup(self) -> None:
+        # The socket timeout (REQUEST_TIMEOUT_S) bounds each read, not the request: a client
+        # sending a byte every 20 s would hold its slot forever. A watchdog shuts the socket
+        # down at the deadline instead: shutdown() from another thread wakes the handler's
+        # blocked read with end-of-file at once, whatever the stdlib's parser is reading,
+        # so no read of ours or of http.server's needs to know about the deadline.
+        super().setup()
+        self._headers_read = False
+        self._watch_lock = threading.Lock()
+        self._watchdog = threading.Timer(self.server.header_deadline_s, self._too_slow)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _too_slow(self) -> None:
+        with self._watch_lock:  # the headers may have been read just now: then leave it be
+            if self._headers_read:
+                return
+            log.debug("http %s: no complete request in %g s: closed", self.client_address[0],
+                      self.server.header_deadline_s)
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        with self._watch_lock:
+            self._headers_read = True
+        self._watchdog.cancel()
+        return parsed
+
+    def finish(self) -> None:
+        self._watchdog.cancel()
+        super().finish()
+
     def do_GET(self) -> None:
         self._respond(body=True)
 
     def do_HEAD(self) -> None:
         self._respond(body=False)
 
+    def _not_allowed(self) -> None:
+        """Methods HTTP defines but the reports do not take: 405 (RFC 9110 section 15.5.6)."""
+        data = f"{self.command} is not allowed here: {ALLOW_HEADER} only\n".encode()
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", ALLOW_HEADER)
+        self.send_header("Content-Type", MEDIA_TYPES["text"])
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_POST = do_PUT = do_DELETE = do_CONNECT = do_OPTIONS = do_TRACE = do_PATCH = _not_allowed
+
     def _respond(self, body: bool) -> None:
         server = self.server
         client = normalise(self.client_address[0])
-        if server.allowed is not None and client not in server.allowed:
-            with server.denied_lock:
-                server.denied.refused(client, time.time())
-            self._plain(HTTPStatus.FORBIDDEN, "not in the allowed list (--allow)\n", body)
-            return
         url = urlsplit(self.path)
         try:
             if url.path in REPORT_ROUTES:
@@ -341,23 +414,28 @@ class ReportServer:
     """The report server, from __enter__ to __exit__, in a thread of its own.
 
     address is an IP address (IPv4 or IPv6), port 0 an ephemeral one
-    (`port` tells which once entered). At most max_clients connections are
-    served at once, each dropped after REQUEST_TIMEOUT_S of silence. Bound to a loopback address it
-    answers everyone, since only this host can reach it; otherwise only the
-    addresses in `allowed` (normalised; the caller passes the default), and
-    others get 403, logged at most once a minute. fetch gives a fresh dump
+    (`port` tells which once entered). allowed is who may connect (addresses,
+    normalised), whatever the bound address; None is everyone who can reach
+    it (the caller passes None only for a loopback address without --allow).
+    Others are closed at accept, unanswered, and logged at most once a minute.
+    At most max_clients connections are served at once (more are closed
+    unanswered); each must send its request line and headers within
+    header_deadline_s of being accepted and is dropped after
+    REQUEST_TIMEOUT_S of silence. fetch gives a fresh dump
     (`Fetched`); it is called at most every refresh_s seconds, from a
     request's thread. Entering raises NcebpfError when the address cannot
     be bound.
     """
 
     def __init__(self, address: str, port: int, fetch: Callable[[], Fetched],
-                 refresh_s: float, allowed: Iterable[str],
-                 max_clients: int = MAX_CLIENTS) -> None:
+                 refresh_s: float, allowed: Iterable[str] | None,
+                 max_clients: int = MAX_CLIENTS,
+                 header_deadline_s: float = HEADER_DEADLINE_S) -> None:
         self.address, self.port = address, port
         self.max_clients = max_clients
+        self.header_deadline_s = header_deadline_s
         self.cache = PageCache(fetch, refresh_s)
-        self.allowed = None if is_loopback(address) else frozenset(map(normalise, allowed))
+        self.allowed = None if allowed is None else frozenset(map(normalise, allowed))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -371,8 +449,8 @@ class ReportServer:
                               f"{exc.strerror or exc} (choose another --http)") from None
         server.cache, server.allowed = self.cache, self.allowed
         server.denied = DeniedLog(what="report request")
-        server.denied_lock = threading.Lock()
         server.slots = threading.BoundedSemaphore(self.max_clients)
+        server.header_deadline_s = self.header_deadline_s
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, name="ncebpf-http",
@@ -380,7 +458,7 @@ class ReportServer:
         self._thread.start()
         log.info("serving reports on %s, from a dump at most %g s old; %s", self.url,
                  self.cache.refresh_s,
-                 "loopback: everyone on this host" if self.allowed is None else
+                 "everyone who can connect" if self.allowed is None else
                  "allowed: " + ", ".join(sorted(self.allowed)))
         return self
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -20,6 +22,8 @@ from ncebpf.dump import DumpContext, json_document, render_json
 from ncebpf.errors import NcebpfError
 from ncebpf.http import (
     HTML_POLICY,
+    LISTEN_BACKLOG,
+    MAX_CLIENTS,
     BadRequest,
     Fetched,
     FetchFailed,
@@ -307,7 +311,7 @@ def get(server: ReportServer, path: str, method: str = "GET") -> Response:
 @pytest.fixture
 def served() -> Iterator[tuple[ReportServer, CountingFetch]]:
     fetch = CountingFetch(Clock())
-    with ReportServer("127.0.0.1", 0, fetch, 60, allowed=()) as server:
+    with ReportServer("127.0.0.1", 0, fetch, 60, allowed=None) as server:
         yield server, fetch
 
 
@@ -375,60 +379,221 @@ def test_unknown_paths_bad_queries_and_other_methods_are_refused(
     assert bad.body == b"top='zero' is not allowed: an integer from 1 to 999999999\n"
     assert bad.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert get(server, "/dump.json?by=peer").status == 400
-    assert get(server, "/report.json", "POST").status == 501
     assert fetch.calls == 0  # nothing above needed a dump
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"])
+def test_methods_other_than_get_and_head_are_405_with_the_allowed_ones(
+        served: tuple[ReportServer, CountingFetch], method: str) -> None:
+    server, fetch = served
+    answer = get(server, "/report.json", method)
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "GET, HEAD"
+    assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert answer.body == f"{method} is not allowed here: GET, HEAD only\n".encode()
+    assert fetch.calls == 0
 
 
 def test_a_failed_fetch_is_a_503_with_the_instance_s_reason() -> None:
     fetch = CountingFetch(Clock(), fail=True)
-    with ReportServer("127.0.0.1", 0, fetch, 60, allowed=()) as server:
+    with ReportServer("127.0.0.1", 0, fetch, 60, allowed=None) as server:
         answer = get(server, "/report.txt")
     assert answer.status == 503
     assert answer.body == b"instance 'web' said nothing for 5 s while writing the dump\n"
     assert answer.headers["Cache-Control"] == "no-store"
 
 
-def test_a_server_not_on_loopback_answers_only_allowed_clients() -> None:
-    # 0.0.0.0 is not loopback: the allowed list decides, even for this host's own requests.
+def closed_unanswered(port: int, source: str = "127.0.0.1") -> bool:
+    """Whether the server closes a connection from source without a byte of answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(source, 0)) as connection:
+        try:
+            connection.sendall(b"GET /report.txt HTTP/1.0\r\n\r\n")
+            return connection.recv(100) == b""
+        except ConnectionError:
+            return True
+
+
+def get_from(server: ReportServer, source: str, path: str) -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10,
+                                            source_address=(source, 0))
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return Response(answer.status, answer.headers, answer.read())
+    finally:
+        connection.close()
+
+
+def test_an_allowed_list_is_applied_on_any_address_loopback_too(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # 127.0.0.0/8 is loopback: a client may send from 127.0.0.2 as well as from 127.0.0.1.
     fetch = CountingFetch(Clock())
-    with ReportServer("0.0.0.0", 0, fetch, 60, allowed=["10.77.0.9"]) as server:
-        port = server.port
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/report.txt")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 403
-        refused.value.close()
-    with ReportServer("0.0.0.0", 0, fetch, 60, allowed=["127.0.0.1"]) as server:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/report.txt",
-                                    timeout=10) as answer:
-            assert answer.status == 200
+    with caplog.at_level(logging.WARNING, "ncebpf"), \
+            ReportServer("127.0.0.1", 0, fetch, 60, allowed=["127.0.0.2"]) as server:
+        assert closed_unanswered(server.port, "127.0.0.1")
+        assert get_from(server, "127.0.0.2", "/report.txt").status == 200
     assert fetch.calls == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a report request from 127.0.0.1: not in the allowed list"]
+
+
+def test_refused_clients_are_closed_at_accept_and_take_no_slot(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "ncebpf"), \
+            ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=["127.0.0.2"],
+                         max_clients=2) as server:
+        # Refused clients that stay connected, silent, many more than there are slots.
+        refused = [socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                            source_address=("127.0.0.1", 0))
+                   for _ in range(10)]
+        try:
+            for connection in refused:
+                assert connection.recv(100) == b""  # closed by the server, unanswered
+            answers = [get_from(server, "127.0.0.2", "/report.txt") for _ in range(3)]
+        finally:
+            for connection in refused:
+                connection.close()
+    assert [a.status for a in answers] == [200] * 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["refused a report request from 127.0.0.1: not in the allowed list"]
+
+
+def drip(port: int, stop: threading.Event, every_s: float) -> bool:
+    """A client that sends its request line a byte at a time and never ends its headers;
+    True when the server closed the connection before stop was set."""
+    request = b"GET /report.txt HTTP/1.0\r\nX-Slow: " + b"a" * 10_000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.settimeout(every_s)
+        for byte in request:
+            try:
+                connection.sendall(bytes([byte]))
+                if connection.recv(100) == b"":
+                    return True
+            except TimeoutError:
+                pass  # nothing from the server yet: still connected
+            except ConnectionError:
+                return True
+            if stop.is_set():
+                return False
+    return False
+
+
+def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
+    deadline_s = 2.0
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None,
+                      header_deadline_s=deadline_s) as server:
+        assert server.max_clients == MAX_CLIENTS
+        stop = threading.Event()
+        cut: list[bool] = []
+        idle = [socket.create_connection(("127.0.0.1", server.port))
+                for _ in range(MAX_CLIENTS // 2)]
+        drippers = [threading.Thread(target=lambda: cut.append(drip(server.port, stop, 0.2)))
+                    for _ in range(MAX_CLIENTS - len(idle))]
+        try:
+            for thread in drippers:
+                thread.start()
+            # Every slot is held (idle or dripping, well within the 30 s per-read timeout).
+            waited = 0
+            while waited < 100 and not closed_unanswered(server.port):
+                threading.Event().wait(0.01)  # the drippers' connections are not all in yet
+                waited += 1
+            assert closed_unanswered(server.port)
+            answer = None
+            give_up = threading.Event()
+            threading.Timer(deadline_s + 8, give_up.set).start()  # a liveness bound
+            while answer is None and not give_up.is_set():
+                answer = get_or_none(server, "/report.txt")
+                if answer is None:
+                    give_up.wait(0.05)
+            assert answer is not None and answer.status == 200
+            for connection in idle:
+                connection.settimeout(10)
+                assert connection.recv(100) == b""  # closed at the deadline, unanswered
+        finally:
+            stop.set()
+            for thread in drippers:
+                thread.join()
+            for connection in idle:
+                connection.close()
+    assert cut == [True] * len(drippers)
+
+
+def test_the_listen_backlog_is_larger_than_the_stdlib_s() -> None:
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None) as server:
+        assert server._server is not None
+        assert server._server.request_queue_size == LISTEN_BACKLOG == 64
+
+
+def test_a_client_that_hangs_up_early_is_one_debug_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    counting = CountingFetch(Clock())
+
+    def held_fetch() -> Fetched:
+        release.wait(10)  # until the client has reset the connection
+        return counting()
+
+    with caplog.at_level(logging.DEBUG, "ncebpf"), \
+            ReportServer("127.0.0.1", 0, held_fetch, 60, allowed=None) as server:
+        connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        connection.sendall(b"GET /report.txt HTTP/1.0\r\n\r\n")
+        # Linger 0: close sends a reset, so the server's answer finds the client gone.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        threading.Event().wait(0.2)  # the request is read: the handler waits for the dump
+        connection.close()
+        threading.Event().wait(0.2)  # the reset has arrived
+        release.set()
+        for _ in range(200):
+            gone = [r for r in caplog.records if "went away" in r.getMessage()]
+            if gone:
+                break
+            threading.Event().wait(0.05)
+    assert [r.levelno for r in gone] == [logging.DEBUG]
+    assert gone[0].exc_info is None and "\n" not in gone[0].getMessage()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize(("level", "traceback"), [(logging.INFO, False), (logging.DEBUG, True)])
+def test_other_request_errors_are_one_warning_line_traceback_only_when_debugging(
+        caplog: pytest.LogCaptureFixture, level: int, traceback: bool) -> None:
+    with caplog.at_level(level, "ncebpf"), \
+            ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None) as server:
+        assert server._server is not None
+        try:
+            raise ValueError("odd bytes\nsecond line")
+        except ValueError:
+            server._server.handle_error(None, ("127.0.0.9", 1234))
+    (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "report request from 127.0.0.9 failed: ValueError: odd bytes"
+    assert bool(record.exc_info) == traceback
 
 
 def test_ipv6_loopback_is_served() -> None:
-    with ReportServer("::1", 0, CountingFetch(Clock()), 60, allowed=()) as server:
+    with ReportServer("::1", 0, CountingFetch(Clock()), 60, allowed=None) as server:
         assert server.url.startswith("http://[::1]:")
         assert get(server, "/report.json").json()["totals"]["packets"] == 17
 
 
 def test_a_busy_address_is_one_line_naming_it() -> None:
-    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=()) as server, \
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None) as server, \
             pytest.raises(NcebpfError) as busy:
-        ReportServer("127.0.0.1", server.port, CountingFetch(Clock()), 60, allowed=()) \
+        ReportServer("127.0.0.1", server.port, CountingFetch(Clock()), 60, allowed=None) \
             .__enter__()
     assert str(busy.value) == (f"could not serve reports on 127.0.0.1:{server.port}: Address "
                                "already in use (choose another --http)")
 
 
 def test_leaving_stops_serving() -> None:
-    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=()) as server:
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None) as server:
         url = server.url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
 
 
 def test_connections_beyond_the_bound_are_closed_until_a_slot_is_free() -> None:
-    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=(),
+    with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None,
                       max_clients=2) as server:
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         try:
