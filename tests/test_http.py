@@ -480,7 +480,9 @@ def drip(port: int, stop: threading.Event, every_s: float) -> bool:
 
 
 def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
-    deadline_s = 2.0
+    # Long enough for 32 connections to be accepted on a loaded machine before the first
+    # is cut: the test needs every slot held at once.
+    deadline_s = 6.0
     with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None,
                       header_deadline_s=deadline_s) as server:
         assert server.max_clients == MAX_CLIENTS
@@ -495,7 +497,7 @@ def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
                 thread.start()
             # Every slot is held (idle or dripping, well within the 30 s per-read timeout).
             waited = 0
-            while waited < 100 and not closed_unanswered(server.port):
+            while waited < 500 and not closed_unanswered(server.port):
                 threading.Event().wait(0.01)  # the drippers' connections are not all in yet
                 waited += 1
             assert closed_unanswered(server.port)
