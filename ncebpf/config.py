@@ -599,7 +599,12 @@ def _http(text: str) -> str:
         host, port = http_endpoint(text)
     except ValueError:
         raise SETTING["http"].refuse(f"{_toml(text)} is not an address and port") from None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return endpoint_text(host, port)
+
+
+def endpoint_text(address: str, port: int) -> str:
+    """`ADDR:PORT`, or `[V6ADDR]:PORT` (RFC 3986 section 3.2.2): what http_endpoint reads."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _resolvers(servers: tuple[str, ...]) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ncebpf.config import Instance
+from ncebpf.config import Instance, endpoint_text
 from ncebpf.errors import NcebpfError
 from ncebpf.listener import DeniedLog, normalise
 from ncebpf.report import MEDIA_TYPES, render
@@ -218,18 +218,12 @@ def dump_page(fetched: Fetched) -> Page:
 
 
 def fetch_from_instance(instance: Instance, timeout_s: float) -> Fetched:
-    """A fresh JSON dump of the running instance, asked as `ncebpf dump` asks, and read back.
+    """A fresh JSON dump of the running instance, asked as `ncebpf dump` asks, and read back
+    (sources.dump_of_instance): the reports and /dump.json come from the same bytes.
+    Raises NcebpfError (NotRunning, the instance's own reason, an unreadable dump)."""
+    from ncebpf.report.sources import dump_of_instance
 
-    The snapshot is parsed from the very bytes /dump.json serves, so the
-    reports and the dump always agree. timeout_s bounds the instance's
-    silence (control.request_dump). Raises NcebpfError (NotRunning, the
-    instance's own reason, an unreadable dump) or OSError.
-    """
-    from ncebpf.control import request_dump
-    from ncebpf.report.sources import parse_dump
-
-    data = request_dump(instance, "json", timeout_s).read_bytes()
-    return Fetched(parse_dump(data.decode(), f"instance {instance.name}"), data)
+    return Fetched(*dump_of_instance(instance, timeout_s))
 
 
 def is_loopback(address: str) -> bool:
@@ -342,15 +336,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         """Methods HTTP defines but the reports do not take: 405 (RFC 9110 section 15.5.6)."""
-        data = f"{self.command} is not allowed here: {ALLOW_HEADER} only\n".encode()
-        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        self.send_header("Allow", ALLOW_HEADER)
-        self.send_header("Content-Type", MEDIA_TYPES["text"])
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        self.wfile.write(data)
+        self._plain(HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{self.command} is not allowed here: {ALLOW_HEADER} only\n", True,
+                    ("Allow", ALLOW_HEADER))
 
     do_POST = do_PUT = do_DELETE = do_CONNECT = do_OPTIONS = do_TRACE = do_PATCH = _not_allowed
 
@@ -395,9 +383,12 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(page.body)
 
-    def _plain(self, status: HTTPStatus, text: str, body: bool) -> None:
+    def _plain(self, status: HTTPStatus, text: str, body: bool,
+               *headers: tuple[str, str]) -> None:
         data = text.encode()
         self.send_response(status)
+        for header in headers:
+            self.send_header(*header)
         self.send_header("Content-Type", MEDIA_TYPES["text"])
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
@@ -444,8 +435,8 @@ class ReportServer:
         try:
             server = server_class((self.address, self.port), _Handler)
         except OSError as exc:
-            shown = f"[{self.address}]" if ":" in self.address else self.address
-            raise NcebpfError(f"could not serve reports on {shown}:{self.port}: "
+            raise NcebpfError(f"could not serve reports on "
+                              f"{endpoint_text(self.address, self.port)}: "
                               f"{exc.strerror or exc} (choose another --http)") from None
         server.cache, server.allowed = self.cache, self.allowed
         server.denied = DeniedLog(what="report request")
@@ -464,8 +455,7 @@ class ReportServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}/"
+        return f"http://{endpoint_text(self.address, self.port)}/"
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

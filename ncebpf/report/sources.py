@@ -20,7 +20,6 @@ Errors are NcebpfError, one line naming the file and what is wrong.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -103,6 +102,11 @@ def read_dump(path: Path) -> Snapshot:
     naming the file: missing, a directory, unreadable, empty, not a dump,
     or `line N: what was expected`.
     """
+    return _parse_bytes(_read_bytes(path), str(path))
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A dump file's bytes; NcebpfError naming path when it is no file ncebpf should read."""
     try:
         # Never wait on a FIFO (O_NONBLOCK: opening one waits for a writer), nor read a
         # device or a file beyond any dump's size.
@@ -114,7 +118,7 @@ def read_dump(path: Path) -> Snapshot:
             if info.st_size > MAX_DUMP_BYTES:
                 raise NcebpfError(f"{path}: {info.st_size >> 20} MiB, larger than any dump "
                                   f"({MAX_DUMP_BYTES >> 30} GiB holds over ten million peers)")
-            raw = dump.read()
+            return dump.read()
     except FileNotFoundError:
         raise NcebpfError(f"{path}: no such file: give the path of a dump "
                           "(ncebpf dump writes <statedir>/<name>.json)") from None
@@ -122,15 +126,18 @@ def read_dump(path: Path) -> Snapshot:
         raise NcebpfError(f"{path}: is a directory, not a dump file") from None
     except OSError as err:
         raise NcebpfError(f"{path}: cannot read it: {err.strerror}") from None
+
+
+def _parse_bytes(raw: bytes, source: str) -> Snapshot:
     if not raw.strip():
-        raise NcebpfError(f"{path}: empty file, not a dump")
+        raise NcebpfError(f"{source}: empty file, not a dump")
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         # Upstream writes match strings' bytes 0xA8-0xFE raw (spec §10.2): Latin-1.
         text = raw.decode("latin-1")
     with gc_paused():
-        return parse_dump(text, str(path))
+        return parse_dump(text, source)
 
 
 def from_instance(instance: Instance, timeout_s: float) -> Snapshot:
@@ -140,8 +147,14 @@ def from_instance(instance: Instance, timeout_s: float) -> Snapshot:
     source is "instance NAME". Raises NotRunning or NcebpfError as request_dump
     and read_dump do.
     """
-    path = request_dump(instance, "json", timeout_s)
-    return dataclasses.replace(read_dump(path), source=f"instance {instance.name}")
+    return dump_of_instance(instance, timeout_s)[0]
+
+
+def dump_of_instance(instance: Instance, timeout_s: float) -> tuple[Snapshot, bytes]:
+    """from_instance's snapshot with the very bytes it was read from (what /dump.json
+    serves, so that a served dump and its reports always agree)."""
+    raw = _read_bytes(request_dump(instance, "json", timeout_s))
+    return _parse_bytes(raw, f"instance {instance.name}"), raw
 
 
 def parse_dump(text: str, source: str) -> Snapshot:
@@ -452,19 +465,18 @@ def _checked(peers: Iterable[Peer], source: str) -> tuple[Peer, ...]:
     by_address: dict[str, Peer] = {}
     previous: tuple[int, bytes] = (0, b"")
     ordered = True
-    pton, ntop = socket.inet_pton, socket.inet_ntop
+    pton = socket.inet_pton
     for peer in peers:
         address = peer.address
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family, prefix = (socket.AF_INET6, IPV6_KEY_PREFIX) if ":" in address else \
+            (socket.AF_INET, IPV4_KEY_PREFIX)
         try:
             packed = pton(family, address)
         except (OSError, ValueError):  # ValueError: a NUL in the text
             raise NcebpfError(f"{source}: peer {_shown(address)} is not an IPv4 or IPv6 "
                               "address (a damaged dump?)") from None
-        if ntop(family, packed) != address or family == socket.AF_INET6 and \
-                packed.startswith(bytes(10)) and packed[10:12] != b"\xff\xff":
-            canonical = peer_text((IPV6_KEY_PREFIX if family == socket.AF_INET6
-                                   else IPV4_KEY_PREFIX) + packed)
+        canonical = peer_text(prefix + packed)  # the text ncebpf's own dumps hold
+        if canonical != address:
             peer = peer._replace(address=canonical)
             address = canonical
         # One chain of comparisons per peer (NaN fails every one): a dump has up to millions.
