@@ -534,10 +534,15 @@ def explain(expression: tuple[str, ...], iface: str | None, kernel: bool) -> Non
         require_bpf_privileges("the kernel check")
         from ncebpf.kernel.build import import_bcc
         from ncebpf.kernel.check import check_filter
+        from ncebpf.kernel.features import probe
 
         import_bcc()
+        refusal = probe().kernel_path_refusal()
     except NcebpfError as exc:
         click.echo(f"\nkernel: not checked: {exc}")
+        return
+    if refusal:  # the programs would not load: say why, not the verifier's log
+        click.echo(f"\nkernel: not checked: {refusal}")
         return
     frames = sample_frames(insns)
     check = check_filter(translation, insns, frames)

@@ -4,6 +4,7 @@ the daemon starts, says so in one line, and still counts exactly; never a traceb
 from __future__ import annotations
 
 import ctypes as ct
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -35,17 +36,33 @@ def release() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def test_a_kernel_from_5_18_has_every_feature(privileged: None) -> None:
+def test_a_kernel_from_5_18_has_every_feature(privileged: None,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     if release() < (5, 18):
         pytest.skip(f"kernel {os.uname().release} predates bpf_xdp_load_bytes (5.18): "
                     "the probe's answers there are what the fallback tests exercise")
     kernel_features.probe.cache_clear()
     try:
-        found = kernel_features.probe()
+        with caplog.at_level(logging.DEBUG, logger="ncebpf.kernel.features"):
+            found = kernel_features.probe()
+            again = kernel_features.probe()
     finally:
         kernel_features.probe.cache_clear()
     assert found.probed and not found.masked
     assert found.missing() == []
+    assert again is found  # once per process
+    assert [r.getMessage() for r in caplog.records] == [found.summary()]
+    assert found.summary().startswith("kernel features: bpf_jiffies64 yes, ")
+
+
+def test_explain_checks_no_filter_where_the_programs_cannot_load(privileged: None) -> None:
+    from tests.netns import run
+
+    out = run("env", f"{MASK_VARIABLE}=bpf_jiffies64", *NCEBPF, "explain", "udp")
+    assert out.stdout.splitlines()[-1] == (
+        f"kernel: not checked: {MASK_VARIABLE} masks bpf_jiffies64 (test aid), which ncebpf's "
+        "programs need for peer time stamps in both programs, and the kernel clock "
+        "(ncebpf_clock)")
 
 
 def test_the_probes_can_say_no(privileged: None) -> None:
