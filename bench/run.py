@@ -31,6 +31,7 @@ from ncebpf.kernel.build import (
     import_bcc,
     loaded_programs,
 )
+from ncebpf.kernel.features import combine
 from ncebpf.kernel.headers import ensure_headers
 from ncebpf.kernel.maps import KernelCounterSource
 
@@ -125,7 +126,7 @@ def bench_drain(peer_counts: list[int]) -> None:
     print("drain: kernel map -> peer table, Python included; median (min–max) of 3 fresh maps"
           + (" (2 possible CPUs here)" if os.cpu_count() == 2 else ""))
     for count in peer_counts:
-        first, steady, rss_per_peer = [], [], []
+        first, steady, rss_per_peer, batch_read, key_read = [], [], [], [], []
         for _ in range(3):
             with loaded_programs(BuildOptions(max_peers=max(count, 1024))) as programs:
                 source = KernelCounterSource(programs)
@@ -144,6 +145,12 @@ def bench_drain(peer_counts: list[int]) -> None:
                 assert len(table.peers) == count and drained.changed == count
                 first.append(drained.seconds)
                 steady.append(again.seconds)
+                # The map read alone, with and without BPF_MAP_LOOKUP_BATCH (kernels < 5.6).
+                key_by_key = KernelCounterSource(programs, combine({}, frozenset({"batch_ops"})))
+                for reader, times in ((source, batch_read), (key_by_key, key_read)):
+                    started = time.perf_counter()
+                    assert len(reader.read_peers()) == count
+                    times.append(time.perf_counter() - started)
                 del table, collector
                 gc.collect()
         label = f"{count:,} peers"
@@ -151,6 +158,9 @@ def bench_drain(peer_counts: list[int]) -> None:
             "target <= 0.5 s for 1 M peers" if count >= 1_000_000 else "")
         row(f"steady drain (nothing changed), {label}", Figure.of(steady).show("s", digits=3),
             "target <= 0.2 s for 1 M peers" if count >= 1_000_000 else "")
+        row(f"map read key by key (no batch ops, < 5.6), {label}",
+            Figure.of(key_read).show("s", digits=3),
+            f"vs {Figure.of(batch_read).show('s', digits=3)} batched")
         row(f"kernel memory per peer, {label}", f"{kernel_per_peer:.0f} B",
             "target <= 160 B at 2 CPUs (fdinfo memlock)")
         # Later rounds reuse memory the first one freed: only the first shows the growth.

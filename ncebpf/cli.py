@@ -488,10 +488,13 @@ def detach(iface: str, name: str, config_file: Path | None, statedir: str | None
 
 
 @main.command()
-@click.argument("expression", nargs=-1, required=True)
+@click.argument("expression", nargs=-1)
 @click.option("--iface", "-i", default=None,
               help="Interface whose IPv4 netmask serves 'ip broadcast'.")
-def explain(expression: tuple[str, ...], iface: str | None) -> None:
+@click.option("--kernel", "kernel", is_flag=True,
+              help="Print the kernel features ncebpf probes, and the path it takes "
+                   "without each.")
+def explain(expression: tuple[str, ...], iface: str | None, kernel: bool) -> None:
     """Show what the kernel runs for a tcpdump EXPRESSION, and whether it can.
 
     Prints libpcap's classic BPF, the C ncebpf generates from it, the
@@ -499,7 +502,22 @@ def explain(expression: tuple[str, ...], iface: str | None) -> None:
     and a self-check that runs the filter in the kernel and in libpcap on
     sample frames built from the filter's own constants. The kernel part
     needs root; without it only the translation is shown.
+
+    With --kernel (EXPRESSION then optional) it first prints each kernel
+    feature ncebpf relies on, the first mainline kernel with it, whether
+    this kernel has it (probed; root needed) and what ncebpf does without it.
     """
+    if kernel:
+        from ncebpf.kernel.features import probe, render
+
+        click.echo(render(probe(), os.uname().release))
+        if not expression:
+            return
+        click.echo()
+    elif not expression:
+        from ncebpf.errors import UsageError
+
+        raise UsageError("explain needs a filter EXPRESSION, or --kernel")
     from ncebpf.filter.cbpf import listing
     from ncebpf.filter.pcap import PCAP_NETMASK_UNKNOWN, compile_filter
     from ncebpf.filter.samples import sample_frames
@@ -528,10 +546,15 @@ def explain(expression: tuple[str, ...], iface: str | None) -> None:
         require_bpf_privileges("the kernel check")
         from ncebpf.kernel.build import import_bcc
         from ncebpf.kernel.check import check_filter
+        from ncebpf.kernel.features import probe
 
         import_bcc()
+        refusal = probe().kernel_path_refusal()
     except NcebpfError as exc:
         click.echo(f"\nkernel: not checked: {exc}")
+        return
+    if refusal:  # the programs would not load: say why, not the verifier's log
+        click.echo(f"\nkernel: not checked: {refusal}")
         return
     frames = sample_frames(insns)
     check = check_filter(translation, insns, frames)

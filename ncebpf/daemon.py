@@ -60,6 +60,7 @@ from ncebpf.kernel.build import (
     import_bcc,
     loaded_programs,
 )
+from ncebpf.kernel.features import KernelFeatures, probe
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
     ifindex_of,
@@ -149,6 +150,7 @@ class Daemon:
             file_mode(config.umask))
         self._control: ControlServer | None = None
         self._hooks: HookPlan | None = None
+        self._features = KernelFeatures()  # probed by _choose_mode for the kernel path
         self._local_reason = ""
 
     def run(self) -> Path:
@@ -196,6 +198,11 @@ class Daemon:
         if reason is None:
             try:
                 require_bpf_privileges("the kernel path")
+                self._features = probe()
+                if refusal := self._features.kernel_path_refusal():
+                    if config.mode != "auto":
+                        raise UsageError(f"{refusal}: count with --mode pcap (or auto)")
+                    return "pcap", refusal
                 import_bcc()
                 self._prepared = prepare(config.filter, ipv4_netmask(config.iface),
                                          self._dlt) if config.filter else None
@@ -207,8 +214,16 @@ class Daemon:
             if config.mode != "auto":
                 raise UsageError(reason)
             return "pcap", reason
+        features = self._features
+        payload = bool(self._match or self._nomatch)
+        for missing in features.missing():
+            # Each fallback once, where it applies to this run; a kernel without
+            # XDP_FLAGS_REPLACE is found out (and said) at the first detach.
+            if missing.name != "bpf_xdp_load_bytes" or payload:
+                log.warning("%s", features.fallback_line(missing.name))
         hooks = self._hooks = plan_hooks(config.mode, config.xdp_mode, config.ingress,
-                                         config.egress, link_of(config.iface))
+                                         config.egress, link_of(config.iface),
+                                         xdp_payload=features.bpf_xdp_load_bytes or not payload)
         if hooks.ingress == "xdp" and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         if hooks.choice:
@@ -245,7 +260,7 @@ class Daemon:
             else:
                 programs = stack.enter_context(loaded_programs(self._build_options(prepared)))
                 log.info("compiled and loaded in %.2f s", programs.compile_seconds)
-                source = KernelCounterSource(programs)
+                source = KernelCounterSource(programs, self._features)
                 log.debug("kernel clock: HZ %g", source.clock.hz)
                 # Preallocated and per CPU: this grows with the CPU count, not with traffic.
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
@@ -304,7 +319,8 @@ class Daemon:
             payload = PayloadOptions(self._match, self._nomatch, config.payload, config.snaplen)
         return BuildOptions(max_peers=config.max_peers,
                             filter=prepared.translation if prepared else None, payload=payload,
-                            raw_ip=self._dlt != DLT_EN10MB)
+                            raw_ip=self._dlt != DLT_EN10MB,
+                            xdp_payload=self._features.bpf_xdp_load_bytes)
 
     def _attach(self, attached: ExitStack, held: InterfaceLock,
                 programs: LoadedPrograms) -> None:

@@ -24,9 +24,10 @@ from typing import Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ncebpf.errors import AttachError, ForeignProgram, KernelError
+from ncebpf.errors import AttachError, ForeignProgram, KernelError, UsageError
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import PROGRAM_NAMES
+from ncebpf.kernel.features import FEATURE_BY_NAME, probe
 from ncebpf.kernel.netif import Link, ifindex_of
 from ncebpf.locks import InterfaceLock
 
@@ -67,7 +68,7 @@ class HookPlan:
 
 
 def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
-               link: Link) -> HookPlan:
+               link: Link, xdp_payload: bool = True) -> HookPlan:
     """The hooks for `--mode` (auto, xdp or tc) on one device. Pure.
 
     auto counts ingress with TC: TC ingress sees GRO super-packets with
@@ -80,6 +81,10 @@ def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
     On loopback every frame passes egress and then ingress: with both
     directions only egress is counted, so a frame counts once, as libpcap
     counts it (it drops the outgoing copy there).
+    xdp_payload is False when a payload search is asked for and the kernel
+    lacks bpf_xdp_load_bytes (5.18): --mode xdp is refused (UsageError, one
+    line), auto with --xdp-mode counts ingress with TC, where the search
+    works, and says so.
     """
     notes: list[str] = []
     choice = ""
@@ -88,6 +93,14 @@ def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
         notes.append(f"{link.name} is loopback, where every frame passes egress and then "
                      f"ingress: counting each once, at egress")
     wants_xdp = mode == "xdp" or (mode == "auto" and xdp_mode != "auto")
+    if wants_xdp and ingress and not xdp_payload:
+        if mode == "xdp":
+            raise UsageError("--match/--nomatch at XDP needs bpf_xdp_load_bytes (kernel 5.18), "
+                             "which this kernel lacks: use --mode auto or tc, which search "
+                             "payload at TC ingress")
+        wants_xdp = False
+        notes.append(f"--xdp-mode {xdp_mode} ignored on {link.name}: the payload search needs "
+                     "bpf_xdp_load_bytes (5.18) at XDP, so ingress is counted with TC")
     if not ingress:
         hook = ""
     elif wants_xdp:
@@ -106,6 +119,37 @@ def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
                       f"exactly and changes nothing: {why}")
     named = "xdp" if wants_xdp else "tc"
     return HookPlan(named, hook, egress, xdp_mode, choice, tuple(notes))
+
+
+_replace_refused: list[str] = []  # the kernel's refusal of XDP_FLAGS_REPLACE, once known
+
+
+def detach_xdp(ifindex: int, flags: int, expected_prog_fd: int) -> None:
+    """Detach the XDP program on ifindex only if it is expected_prog_fd's program.
+
+    With XDP_FLAGS_REPLACE (5.7) the kernel checks and detaches in one step.
+    A kernel without it refuses the flag with EINVAL; then (and when the
+    feature is masked) the attached program's id is compared with ours and
+    the program detached after: a program someone attaches between the two
+    steps would be removed, a window of one netlink round trip, said once
+    in the log. KernelError (EEXIST) when another program is attached.
+    """
+    if probe().xdp_flags_replace and not _replace_refused:
+        try:
+            libbpf.xdp_detach(ifindex, flags, expected_prog_fd)
+            return
+        except KernelError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _replace_refused.append(str(exc))
+            log.warning("this kernel lacks XDP_FLAGS_REPLACE (5.7): %s",
+                        FEATURE_BY_NAME["xdp_flags_replace"].fallback)
+    expected = libbpf.prog_info_by_fd(expected_prog_fd).id
+    current = libbpf.xdp_query(ifindex).prog_id
+    if current != expected:
+        raise KernelError(f"detach XDP: program id {current or 'none'} is attached, not "
+                          f"{expected}", errno.EEXIST)
+    libbpf.xdp_attach(ifindex, -1, flags)
 
 
 def _is_ours(name: str) -> bool:
@@ -172,7 +216,7 @@ class XdpAttachment:
             raise _foreign(self.ifname, info, current)
         old_fd = libbpf.prog_fd_by_id(current.prog_id)
         try:
-            libbpf.xdp_detach(self.ifindex, _mode_flags(current.mode), old_fd)
+            detach_xdp(self.ifindex, _mode_flags(current.mode), old_fd)
         except BaseException:
             os.close(old_fd)
             raise
@@ -218,7 +262,7 @@ class XdpAttachment:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            libbpf.xdp_detach(self.ifindex, _mode_flags(self.mode), self.prog_fd)
+            detach_xdp(self.ifindex, _mode_flags(self.mode), self.prog_fd)
             log.info("XDP program detached from %s", self.ifname)
         except KernelError as err:
             # ENODEV: the interface is gone. EEXIST/ENOENT: someone replaced
@@ -355,7 +399,7 @@ def detach_leftovers(held: InterfaceLock) -> list[str]:
         current, info = xdp
         fd = libbpf.prog_fd_by_id(current.prog_id)
         try:
-            libbpf.xdp_detach(ifindex, _mode_flags(current.mode), fd)
+            detach_xdp(ifindex, _mode_flags(current.mode), fd)
         finally:
             os.close(fd)
         removed.append(f"XDP program id {info.id} ({current.mode})")

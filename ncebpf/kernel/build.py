@@ -72,6 +72,14 @@ class BuildOptions:
     filter: Translation | None = None  # the user's tcpdump filter, translated
     payload: PayloadOptions | None = None
     raw_ip: bool = False  # frames start at the IP header (tun, WireGuard, PPP, ipip, GRE)
+    # False where the kernel lacks bpf_xdp_load_bytes (5.18): with a payload
+    # search the XDP programs are then not loaded, the TC program searches.
+    xdp_payload: bool = True
+
+    @property
+    def loads_xdp(self) -> bool:
+        """Whether ncebpf_xdp (and ncebpf_payload_verdict) are loaded."""
+        return self.payload is None or self.xdp_payload
 
     def cflags(self, generated_dir: Path | None = None) -> list[str]:
         flags = [f"-I{bpf_source_dir()}", f"-DNCEBPF_MAX_PEERS={self.max_peers}"]
@@ -114,11 +122,11 @@ class LoadedPrograms:
     """The compiled module, its loaded programs and its maps."""
 
     bpf: Any
-    xdp: Any  # bcc.BPF.Function: .fd, .name
+    xdp: Any  # bcc.BPF.Function: .fd, .name; None when BuildOptions.loads_xdp is False
     tc: Any
     clock: Any
     verdict: Any  # the filter alone, for test runs; None without a filter
-    payload_verdict: Any  # the payload search alone, for test runs; None without one
+    payload_verdict: Any  # the payload search alone, for test runs; None without one or XDP
     compile_seconds: float
 
     def table(self, name: str) -> Any:
@@ -143,12 +151,13 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
             raise CompileError(f"BCC could not compile {source}: {exc}") from exc
     try:
         try:
-            xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
+            xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP) \
+                if options.loads_xdp else None
             tc = module.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
             clock = module.load_func(CLOCK_FUNCTION.encode(), bcc.BPF.XDP)
             verdict = None if options.filter is None else \
                 module.load_func(VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
-            payload_verdict = None if options.payload is None else \
+            payload_verdict = None if options.payload is None or not options.loads_xdp else \
                 module.load_func(PAYLOAD_VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
         except Exception as exc:
             raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc

@@ -93,6 +93,12 @@ def _lib() -> ct.CDLL:
     lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
     lib.bpf_map_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
     lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+    lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32,
+                                   ct.c_void_p]
+    lib.libbpf_probe_bpf_helper.argtypes = [ct.c_int, ct.c_int, ct.c_void_p]
+    lib.libbpf_num_possible_cpus.argtypes = []
     return lib
 
 
@@ -191,6 +197,52 @@ def map_lookup_batches(map_fd: int, keys: ct.Array[ct.c_char], values: ct.Array[
         first = False
 
 
+def map_lookup_key_by_key(map_fd: int, keys: ct.Array[ct.c_char], values: ct.Array[ct.c_char],
+                          key_size: int, value_size: int) -> Iterator[int]:
+    """map_lookup_batches without BPF_MAP_LOOKUP_BATCH (kernels before 5.6).
+
+    Same chunks, same buffers, two syscalls an entry (BPF_MAP_GET_NEXT_KEY,
+    BPF_MAP_LOOKUP_ELEM) instead of two a chunk. The walk restarts from the
+    first key if the key it stands on is deleted meanwhile; only the
+    collector deletes, and never during a read, so each key comes once.
+    An entry deleted between its two calls is skipped.
+    """
+    lib = _lib()
+    capacity = len(keys) // key_size
+    current = ct.create_string_buffer(key_size)
+    following = ct.create_string_buffer(key_size)
+    first = True
+    count = 0
+    while True:
+        result = lib.bpf_map_get_next_key(map_fd, None if first else current, following)
+        if result == -errno.ENOENT:
+            break
+        _check(result, "walk the keys of a BPF map")
+        first = False
+        ct.memmove(current, following, key_size)
+        result = lib.bpf_map_lookup_elem(map_fd, current,
+                                         ct.addressof(values) + count * value_size)
+        if result == -errno.ENOENT:
+            continue
+        _check(result, "read a BPF map entry")
+        ct.memmove(ct.addressof(keys) + count * key_size, current, key_size)
+        count += 1
+        if count == capacity:
+            yield count
+            count = 0
+    if count:
+        yield count
+
+
+def map_lookup(map_fd: int, key: bytes, value: ct.Array[ct.c_char]) -> bool:
+    """Read one entry into value; False when it is not there."""
+    result = _lib().bpf_map_lookup_elem(map_fd, key, value)
+    if result == -errno.ENOENT:
+        return False
+    _check(result, "read a BPF map entry")
+    return True
+
+
 def map_update_batch(map_fd: int, keys: ct.Array[ct.c_char], values: ct.Array[ct.c_char],
                      count: int) -> None:
     n = ct.c_uint32(count)
@@ -217,6 +269,29 @@ def map_delete(map_fd: int, key: bytes) -> bool:
         return False
     _check(result, "delete a BPF map entry")
     return True
+
+
+def map_create(map_type: int, name: bytes, key_size: int, value_size: int,
+               max_entries: int) -> int:
+    """BPF_MAP_CREATE with default options; the caller closes the fd."""
+    return _check(_lib().bpf_map_create(map_type, name, key_size, value_size, max_entries, None),
+                  "create a BPF map")
+
+
+def possible_cpus() -> int:
+    """The CPU count per-CPU map values carry one copy for."""
+    return _check(_lib().libbpf_num_possible_cpus(), "count the possible CPUs")
+
+
+def probe_helper(prog_type: int, helper_id: int) -> bool:
+    """Whether the kernel lets a program of prog_type call the helper (libbpf loads a tiny one).
+
+    Raises KernelError when the probe itself fails (no privileges, an
+    unknown program type), as opposed to the helper being absent.
+    """
+    result = _lib().libbpf_probe_bpf_helper(prog_type, helper_id, None)
+    _check(result, f"probe BPF helper {helper_id} in program type {prog_type}")
+    return bool(result == 1)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ nothing here restates a C struct. Per-CPU values arrive as one copy per
 possible CPU, which we sum (packets, bytes), minimise (first seen, ignoring
 CPUs that never saw the peer) and maximise (last seen), a whole map at a
 time with numpy.
+
+Where the kernel lacks BPF_MAP_LOOKUP_BATCH (5.6) or lookup-and-delete on
+hash maps (5.14), ncebpf.kernel.features says so and the source reads key
+by key, or evicts with a lookup and then a delete: same results, slower or
+(for eviction) with a documented race.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import LoadedPrograms
 from ncebpf.kernel.clock import JiffiesClock
+from ncebpf.kernel.features import KernelFeatures, probe
 
 BATCH_ENTRIES = 8192
 LOCAL_SLOTS = 256  # NCEBPF_LOCAL_SLOTS
@@ -70,7 +76,18 @@ def fold_cpus(values: npt.NDArray[np.uint64]
 
 
 class KernelCounterSource:
-    def __init__(self, programs: LoadedPrograms) -> None:
+    """The collector's CounterSource over the loaded programs' maps.
+
+    features (default: this process's probe) chooses how the peer map is
+    read and evicted from; the results are the same either way.
+    """
+
+    def __init__(self, programs: LoadedPrograms, features: KernelFeatures | None = None
+                 ) -> None:
+        features = features or probe()
+        self._read_chunks = libbpf.map_lookup_batches if features.batch_ops else \
+            libbpf.map_lookup_key_by_key
+        self._atomic_evict = features.hash_lookup_and_delete
         self._programs = programs
         self._peers = programs.table("peers")
         self._totals = programs.table("totals")
@@ -107,8 +124,8 @@ class KernelCounterSource:
         read_jiffies = self.clock.anchor_jiffies
         keys, chunks = [], []
         words_per_entry = self.cpus * self._fields
-        for count in libbpf.map_lookup_batches(self._fd, self._keys, self._values,
-                                               self._key_size, self._value_size):
+        for count in self._read_chunks(self._fd, self._keys, self._values, self._key_size,
+                                       self._value_size):
             keys.append(self._keys.raw[:count * self._key_size])
             chunks.append(np.frombuffer(memoryview(self._values), dtype=np.uint64,
                                         count=count * words_per_entry).copy())
@@ -141,13 +158,27 @@ class KernelCounterSource:
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
         value = self._one_value
         for key in keys:
-            if libbpf.map_lookup_and_delete(self._fd, key, value):
+            if self._take(key, value):
                 row = np.frombuffer(memoryview(value), dtype=np.uint64).reshape(
                     1, self.cpus, self._fields)
                 packets, nbytes, first, last = fold_cpus(row)
                 yield PeerCounts(key, int(packets[0]), int(nbytes[0]),
                                  self.clock.to_monotonic_ns(int(first[0])),
                                  self.clock.to_monotonic_ns(int(last[0])))
+
+    def _take(self, key: bytes, value: ct.Array[ct.c_char]) -> bool:
+        """Read an entry's last counts into value and remove it; False if it was not there."""
+        if self._atomic_evict:
+            return libbpf.map_lookup_and_delete(self._fd, key, value)
+        # Before 5.14 hash maps have no lookup-and-delete. A packet of this peer
+        # that lands between the lookup and the delete is lost with the entry;
+        # only peers idle for the purge age (or, with the map nearly full, for
+        # EvictionPolicy.min_idle_s) are evicted, so such a packet is rare, and
+        # the totals still count it.
+        if not libbpf.map_lookup(self._fd, key, value):
+            return False
+        libbpf.map_delete(self._fd, key)
+        return True
 
     def set_local_addresses(self, addresses: Iterable[str]) -> None:
         """Make the kernel treat exactly these addresses as local."""
