@@ -63,7 +63,7 @@ test: lint typecheck
 	$(VENV)/bin/pytest
 
 # scripts/vm-test installs what it needs (QEMU, virtme-ng in its own venv under
-# ~/.cache/ncebpf-vm, the kernel package), copies this checkout with a .venv of its own,
+# ~/.cache/vm-test, the kernel package), copies this checkout with a .venv of its own,
 # and exits with the guest's status. CI and PYTEST_ADDOPTS reach the guest.
 KERNEL ?= 6.1
 export VM_TESTS
