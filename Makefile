@@ -1,6 +1,8 @@
 # make run IFACE=eth0   attach to IFACE (default: the default-route interface), foreground
 # make test             lint, types, unit and privileged tests
 # make bench            benchmarks (figures only, never pass/fail)
+# make vm-test KERNEL=6.1   make test in a VM booting Debian's 6.1 kernel (or 6.12, or a
+#                       linux-image-* package); VM_TESTS='pytest args' runs those tests instead
 # make install-systemd  ncebpf@NAME.service running a copy of ncebpf in $(PREFIX)
 # Each installs what is missing: Debian packages, the venv, the package itself. `run` gets
 # only what ncebpf needs; `test` and `bench` add the test-only packages and dev tools.
@@ -17,7 +19,7 @@ INSTALLED_DEV := $(VENV)/.installed-dev
 PREFIX ?= /opt/ncebpf
 UNITDIR ?= /etc/systemd/system
 
-.PHONY: run test lint typecheck unit bench install install-dev install-systemd clean
+.PHONY: run test lint typecheck unit bench vm-test install install-dev install-systemd clean
 
 # What running ncebpf needs: run-time Debian packages, the venv, ncebpf without dev tools.
 install: $(INSTALLED)
@@ -59,6 +61,14 @@ unit: install-dev
 
 test: lint typecheck
 	$(VENV)/bin/pytest
+
+# scripts/vm-test installs what it needs (QEMU, virtme-ng in its own venv under
+# ~/.cache/vm-test, the kernel package), copies this checkout with a .venv of its own,
+# and exits with the guest's status. CI and PYTEST_ADDOPTS reach the guest.
+KERNEL ?= 6.1
+export VM_TESTS
+vm-test:
+	scripts/vm-test $(KERNEL)
 
 bench: install-dev
 	$(PY) bench/run.py

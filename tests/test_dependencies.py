@@ -13,7 +13,9 @@ SCRIPT = ROOT / "scripts" / "install-system-deps"
 # Debian packages only the tests and benchmarks use (nsd is a DNS server: on an operator's
 # machine it would be one more service to keep from starting; chromium is a browser).
 TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "bpftool", "ethtool",
-                      "chromium"}
+                      "chromium", "vagrant", "vagrant-libvirt"}
+# What only `make vm-test` uses on the host.
+VM_ONLY_PACKAGES = {"qemu-system-x86", "kmod", "busybox-static"}
 DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "hatchling"}
 
 
@@ -31,6 +33,12 @@ def test_runtime_packages_are_what_ncebpf_uses() -> None:
 
 def test_test_packages_add_the_test_tools() -> None:
     assert set(packages("--test")) == set(packages()) | TEST_ONLY_PACKAGES
+
+
+def test_vm_packages_are_asked_for_alone() -> None:
+    assert set(packages("--vm")) == set(packages()) | VM_ONLY_PACKAGES
+    assert set(packages("--test", "--vm")) == (set(packages()) | TEST_ONLY_PACKAGES
+                                               | VM_ONLY_PACKAGES)
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
