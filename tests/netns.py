@@ -21,10 +21,16 @@ from tests.sendframes import write_frames
 TESTS = Path(__file__).resolve().parent
 NCEBPF = [sys.executable, "-m", "ncebpf"]
 PREFIX = "nct"
+# How many times longer than on real hardware the tests wait for the machine: for a start-up,
+# an exit, a subprocess. scripts/vm-test sets it under TCG emulation, which runs the guest about
+# 10-20x slower. It never stretches what a test checks about ncebpf's own deadlines.
+TIME_SCALE = float(os.environ.get("NCEBPF_TEST_TIME_SCALE", "1"))
 
 
 def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+    """Run cmd to its end; timeout in seconds on real hardware (times TIME_SCALE)."""
+    return subprocess.run(cmd, check=check, capture_output=True, text=True,
+                          timeout=timeout * TIME_SCALE)
 
 
 class NetnsPair:
@@ -88,16 +94,19 @@ class NetnsPair:
                                 stderr=subprocess.PIPE, text=True)
 
     def send(self, ns: str, ifname: str, frames: list[bytes], workdir: Path, repeat: int = 1,
-             rate: float = 0.0) -> int:
+             rate: float = 0.0, resend_dropped: bool = False) -> int:
         path = workdir / f"frames-{secrets.token_hex(4)}.bin"
         write_frames(path, frames)
         out = self.ns(ns, sys.executable, str(TESTS / "sendframes.py"), ifname, str(path),
-                      "--repeat", str(repeat), "--rate", str(rate), timeout=600)
+                      "--repeat", str(repeat), "--rate", str(rate),
+                      *(["--resend-dropped"] if resend_dropped else []), timeout=600)
         return int(out.stdout)
 
     def inject_ingress(self, frames: list[bytes], workdir: Path, **kw: float) -> int:
-        """Frames the local interface receives (sent from the remote side)."""
-        return self.send(self.remote, self.remote_if, frames, workdir, **kw)  # type: ignore[arg-type]
+        """Frames the local interface receives (sent from the remote side), each exactly
+        once even where the veth would drop some (see sendframes.py)."""
+        return self.send(self.remote, self.remote_if, frames, workdir,  # type: ignore[arg-type]
+                         resend_dropped=True, **kw)
 
     def inject_egress(self, frames: list[bytes], workdir: Path, **kw: float) -> int:
         """Frames the local interface transmits (through its TC egress hook)."""
@@ -156,7 +165,7 @@ class DaemonProcess:
         from ncebpf.control import is_running
 
         instance = Instance(self.args[1], Path(self.args[3]), Path(self.args[5]))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"ncebpf attach exited {self.proc.returncode}: "
@@ -174,9 +183,9 @@ class DaemonProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
-        _, self.stderr = self.proc.communicate(timeout=timeout)
+        _, self.stderr = self.proc.communicate(timeout=timeout * TIME_SCALE)
         return self.proc.returncode
 
     def kill(self) -> None:
         self.proc.kill()
-        self.proc.communicate(timeout=30)
+        self.proc.communicate(timeout=30 * TIME_SCALE)

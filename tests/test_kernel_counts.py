@@ -193,20 +193,17 @@ def test_conservation_under_load(quiet_pair: NetnsPair, workdir: Path) -> None:
     finally:
         sending.clear()
         assert daemon.stop() == 0, daemon.stderr
-    dropped = int(pair.ns(pair.remote, "cat",
-                          f"/sys/class/net/{pair.remote_if}/statistics/tx_dropped").stdout)
+    # inject_ingress sends again what the veth's XDP ring refused (a receiver too
+    # slow for the rate), so every frame reached XDP exactly once.
     assert sent == repeat * len(pattern)
-    # veth counts the frames its XDP ring refused (a receiver too slow for the
-    # rate) in the sender's tx_dropped: XDP never saw those.
     totals = final["totals"]
     assert totals["packets"] + totals["unparsed"] + totals["filtered_out"] + \
-        totals["overflow"] == sent - dropped
-    if dropped == 0:  # then which frames arrived is known too
-        expected, unparsed = expected_counts(pattern, {pair.local_v4, pair.local_v6})
-        expected = {peer: [n * repeat for n in counts] for peer, counts in expected.items()}
-        assert totals["unparsed"] == unparsed * repeat
-        assert_peers(final, expected)
-        assert len(final["peers"]) == len(expected)
+        totals["overflow"] == sent
+    expected, unparsed = expected_counts(pattern, {pair.local_v4, pair.local_v6})
+    expected = {peer: [n * repeat for n in counts] for peer, counts in expected.items()}
+    assert totals["unparsed"] == unparsed * repeat
+    assert_peers(final, expected)
+    assert len(final["peers"]) == len(expected)
     assert len(dumps) >= 2, "the dump loop should have run during the load"
     # Counts only grow from one dump to the next: nothing counted twice, then taken back.
     series = [d["totals"]["packets"] for d in dumps] + [totals["packets"]]

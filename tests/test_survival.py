@@ -20,7 +20,7 @@ import pytest
 
 from ncebpf.filter.frames import ip_frame
 from ncebpf.lifecycle import is_ncebpf_process
-from tests.netns import NCEBPF, DaemonProcess, NetnsPair, run
+from tests.netns import NCEBPF, TIME_SCALE, DaemonProcess, NetnsPair, run
 
 pytestmark = pytest.mark.privileged
 
@@ -58,6 +58,12 @@ def ncebpf(pair: NetnsPair, workdir: Path, statedir: Path, *args: str,
     names = ["--no-resolve"] if args[0] in ("start", "restart") else []
     return pair.ns(pair.local, *NCEBPF, *args, *names, "--name", "t", "--statedir",
                    str(statedir), "--piddir", str(workdir / "run"), check=check)
+
+
+def pending_connections(pair: NetnsPair, socket_path: Path) -> int:
+    """Connections waiting to be accepted on a listening Unix socket (ss's Recv-Q)."""
+    out = pair.ns(pair.local, "ss", "-xlnH", "src", str(socket_path)).stdout.split()
+    return int(out[2]) if len(out) > 2 else 0
 
 
 def daemon_pid(workdir: Path) -> int:
@@ -185,19 +191,22 @@ def test_a_long_dump_reports_progress_and_other_requests_wait_their_turn(
     """Issue 9.2: `dump --timeout 1` of a table that takes longer to write succeeds
     (progress lines keep it alive), and a second client asking meanwhile is served."""
     peers = 200_000
+    # Under emulation every step of the dump takes TIME_SCALE times longer, the silences
+    # between progress lines too: the client's deadline scales with them.
+    timeout = 1.0 * TIME_SCALE
     daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "1")
     try:
         pair.inject_ingress(spoofed(pair, peers, 100), workdir)
-        time.sleep(2.5)  # drained once: the dump's own drain is a steady one
+        time.sleep(2.5 * TIME_SCALE)  # drained once: the dump's own drain is a steady one
         began = time.monotonic()
-        first = subprocess.Popen([*NCEBPF, "dump", "--timeout", "1", *daemon.args],
+        first = subprocess.Popen([*NCEBPF, "dump", "--timeout", str(timeout), *daemon.args],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)
-        second = run(*NCEBPF, "dump", "--timeout", "1", *daemon.args, check=False)
-        out, err = first.communicate(timeout=120)
+        time.sleep(0.5 * TIME_SCALE)
+        second = run(*NCEBPF, "dump", "--timeout", str(timeout), *daemon.args, check=False)
+        out, err = first.communicate(timeout=120 * TIME_SCALE)
         took = time.monotonic() - began
         assert first.returncode == 0, err
-        assert took > 1.0, f"the dump took only {took:.2f} s: make the table larger"
+        assert took > timeout, f"the dump took only {took:.2f} s: make the table larger"
         assert second.returncode == 0, second.stderr
         assert len(spoofed_peers(json.loads(out), 100)) == peers
         assert len(spoofed_peers(json.loads(second.stdout), 100)) == peers
@@ -262,9 +271,13 @@ def test_a_client_hears_when_the_daemon_dies_mid_answer(pair: NetnsPair,
     daemon.proc.send_signal(signal.SIGSTOP)
     client = subprocess.Popen([*NCEBPF, "dump", "--timeout", "30", *daemon.args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    # Killed only once the client's connection waits in the stopped daemon's backlog.
+    deadline = time.monotonic() + 30 * TIME_SCALE
+    while pending_connections(pair, workdir / "run" / "t.sock") == 0:
+        assert time.monotonic() < deadline, "the client never connected"
+        time.sleep(0.05)
     daemon.kill()
-    _, err = client.communicate(timeout=30)
+    _, err = client.communicate(timeout=30 * TIME_SCALE)
     assert client.returncode == 1
     assert "closed the connection without answering" in err and "status" in err
 
