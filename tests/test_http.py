@@ -8,6 +8,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from ncebpf.http import (
 )
 from ncebpf.report.model import Options
 from ncebpf.report.sources import parse_dump
+from tests.netns import TIME_SCALE
 
 CONTEXT = DumpContext("web", "eth1", "tc", filter="udp")
 
@@ -482,7 +484,7 @@ def drip(port: int, stop: threading.Event, every_s: float) -> bool:
 def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
     # Long enough for 32 connections to be accepted on a loaded machine before the first
     # is cut: the test needs every slot held at once.
-    deadline_s = 6.0
+    deadline_s = 6.0 * TIME_SCALE
     with ReportServer("127.0.0.1", 0, CountingFetch(Clock()), 60, allowed=None,
                       header_deadline_s=deadline_s) as server:
         assert server.max_clients == MAX_CLIENTS
@@ -496,14 +498,13 @@ def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
             for thread in drippers:
                 thread.start()
             # Every slot is held (idle or dripping, well within the 30 s per-read timeout).
-            waited = 0
-            while waited < 500 and not closed_unanswered(server.port):
-                threading.Event().wait(0.01)  # the drippers' connections are not all in yet
-                waited += 1
+            held_by = time.monotonic() + deadline_s * 0.9
+            while time.monotonic() < held_by and not closed_unanswered(server.port):
+                time.sleep(0.01)  # the drippers' connections are not all in yet
             assert closed_unanswered(server.port)
             answer = None
             give_up = threading.Event()
-            threading.Timer(deadline_s + 8, give_up.set).start()  # a liveness bound
+            threading.Timer(deadline_s + 8 * TIME_SCALE, give_up.set).start()  # a liveness bound
             while answer is None and not give_up.is_set():
                 answer = get_or_none(server, "/report.txt")
                 if answer is None:

@@ -269,11 +269,14 @@ def test_a_client_hears_when_the_daemon_dies_mid_answer(pair: NetnsPair,
                                                         workdir: Path) -> None:
     daemon = DaemonProcess(pair, workdir)
     daemon.proc.send_signal(signal.SIGSTOP)
+    control = workdir / "run" / "t.sock"
+    # The readiness check's own connection may still be waiting there, unaccepted.
+    waiting = pending_connections(pair, control)
     client = subprocess.Popen([*NCEBPF, "dump", "--timeout", "30", *daemon.args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Killed only once the client's connection waits in the stopped daemon's backlog.
     deadline = time.monotonic() + 30 * TIME_SCALE
-    while pending_connections(pair, workdir / "run" / "t.sock") == 0:
+    while pending_connections(pair, control) == waiting:
         assert time.monotonic() < deadline, "the client never connected"
         time.sleep(0.05)
     daemon.kill()
