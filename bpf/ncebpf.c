@@ -39,9 +39,6 @@ BPF_ARRAY(local_slots, struct local_slot, NCEBPF_LOCAL_SLOTS);
  * Consulted only for shared slots. */
 BPF_HASH(local_addrs, struct peer_key, __u8, NCEBPF_MAX_LOCAL_ADDRS);
 
-/* Key: 0. Value: the last clock sample ncebpf_clock took. */
-BPF_ARRAY(clock_samples, struct clock_sample, 1);
-
 static __always_inline int is_local(struct peer_key *addr)
 {
 	__u32 slot = local_slot_of(addr);
@@ -71,22 +68,26 @@ static __always_inline __u32 unparsed_slot(int parsed)
 	return parsed == PARSE_NOT_IP ? TOTALS_UNPARSED : TOTALS_UNATTRIBUTED;
 }
 
+/* Count the frame under its peer: the destination when the source is local
+ * (out), else the source (in). */
 static __always_inline void count_peer(struct l3_info *l3, __u64 packets, __u64 bytes)
 {
-	struct peer_key *peer = is_local(&l3->src) ? &l3->dst : &l3->src;
-	__u64 now = bpf_jiffies64();
+	int out = is_local(&l3->src);
+	struct peer_key *peer = out ? &l3->dst : &l3->src;
 	struct peer_counters *c = peers.lookup(peer);
 
 	if (!c) {
-		struct peer_counters fresh = {
-			.packets = packets,
-			.bytes = bytes,
-			.first_seen = now,
-			.last_seen = now,
-		};
+		struct peer_counters fresh = {};
 
+		if (out) {
+			fresh.out_packets = packets;
+			fresh.out_bytes = bytes;
+		} else {
+			fresh.in_packets = packets;
+			fresh.in_bytes = bytes;
+		}
 		if (peers.insert(peer, &fresh) == 0) {
-			count_total(TOTALS_MATCHED, packets, bytes);
+			count_total(out ? TOTALS_MATCHED_OUT : TOTALS_MATCHED_IN, packets, bytes);
 			return;
 		}
 		/* -EEXIST: another CPU created the entry after our lookup; any
@@ -98,10 +99,14 @@ static __always_inline void count_peer(struct l3_info *l3, __u64 packets, __u64 
 			return;
 		}
 	}
-	c->packets += packets;
-	c->bytes += bytes;
-	c->last_seen = now;
-	count_total(TOTALS_MATCHED, packets, bytes);
+	if (out) {
+		c->out_packets += packets;
+		c->out_bytes += bytes;
+	} else {
+		c->in_packets += packets;
+		c->in_bytes += bytes;
+	}
+	count_total(out ? TOTALS_MATCHED_OUT : TOTALS_MATCHED_IN, packets, bytes);
 }
 
 #ifdef NCEBPF_PAYLOAD
@@ -270,19 +275,6 @@ int ncebpf_tc(struct __sk_buff *skb)
 	count_peer(&l3, packets, bytes);
 	/* UNSPEC, not OK: let any filter after ours classify the packet too. */
 	return TC_ACT_UNSPEC;
-}
-
-/* Not attached anywhere: user space test-runs it to relate jiffies to CLOCK_MONOTONIC. */
-int ncebpf_clock(struct xdp_md *ctx)
-{
-	__u32 zero = 0;
-	struct clock_sample *sample = clock_samples.lookup(&zero);
-
-	if (sample) {
-		sample->jiffies = bpf_jiffies64();
-		sample->monotonic_ns = bpf_ktime_get_ns();
-	}
-	return XDP_PASS;
 }
 
 #ifdef NCEBPF_FILTER

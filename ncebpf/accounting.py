@@ -7,10 +7,15 @@ IPv4 peer from its IPv4-mapped IPv6 twin, and puts IPv4 first in key order.
 
 Rates follow Net::Connection::Sniffer (spec §7) exactly when fed packet by
 packet. ncebpf feeds them per drain instead: the packets a peer sent since
-the previous drain arrive as one batch at the time of the last of them, so
-an interval boundary falls on a drain boundary, up to --interval seconds
-from where the upstream daemon would have put it. Times are whole epoch
-seconds, as upstream.
+the previous drain arrive as one batch at the drain's time, so an interval
+boundary falls on a drain boundary, up to --interval seconds from where the
+upstream daemon would have put it. Times are whole epoch seconds, as
+upstream.
+
+The table is columnar (issue 13, item 4): one row per peer in numpy
+arrays, found through ncebpf.peerindex, with no Python object per peer.
+A drain updates a million rows with a few numpy operations; `peers` is a
+read-only mapping view whose values (PeerRow) read their row on demand.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ from __future__ import annotations
 import gc
 import ipaddress
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
+from ncebpf.peerindex import KEY_SIZE as KEY_SIZE  # re-exported: the key's definition lives here
+from ncebpf.peerindex import KeyIndex, Keys, Rows, key_array
+
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 ZERO_80 = bytes(10)
-KEY_SIZE = 20  # sizeof(struct peer_key)
 IPV4_KEY_PREFIX = b"\x04\0\0\0" + IPV4_MAPPED_PREFIX  # the 16 bytes before an IPv4 address
 IPV6_KEY_PREFIX = b"\x06\0\0\0"  # the 4 bytes before an IPv6 address
 PEER_INTERVAL_S = 300  # a peer's rates update at most this often
@@ -89,40 +99,6 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class PeerRecord:
-    """One peer: the upstream fields (spec §7.2) and exact counts since creation."""
-
-    __slots__ = ("B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes")
-
-    def __init__(self, packets: int, nbytes: int, now: int, start: int) -> None:
-        self.B: float = nbytes  # bytes in the current interval
-        self.C = packets  # packets ("hits") in the current interval
-        self.E = now  # last rate update, or creation
-        self.N: Sequence[str] = ()  # reverse-DNS names; a shared empty tuple until there are some
-        self.R = 0.0  # hits per hour
-        self.S = start  # the collection start when the record was made
-        self.T = 0  # when to ask DNS again; 0 = never asked
-        self.W = 0.0  # bytes per hour
-        self.packets = packets
-        self.bytes = nbytes
-
-    def add(self, packets: int, nbytes: int, now: int) -> None:
-        self.packets += packets
-        self.bytes += nbytes
-        if now < self.E + PEER_INTERVAL_S or (self.E == self.S and self.C < 5):
-            self.B += nbytes
-            self.C += packets
-            return
-        elapsed = now - self.S if self.S == self.E else HOUR_S + (now - self.E)
-        self.R = (self.R + self.C) * HOUR_S / elapsed
-        self.W = (self.W + self.B) * HOUR_S / elapsed
-        self.E, self.B, self.C = now, nbytes, packets
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"PeerRecord({fields})"
-
-
 @dataclass
 class GlobalRates:
     """Hits and bytes per hour over all peers (spec §7.1)."""
@@ -163,7 +139,7 @@ class GlobalRates:
 class Totals:
     """Every frame a source saw, by where it landed (design §2, conservation)."""
 
-    packets: int = 0  # counted under a peer
+    packets: int = 0  # counted under a peer, both directions
     bytes: int = 0
     filtered_out: int = 0
     unparsed: int = 0  # frames that carry no IP (ARP, LLDP, PPPoE discovery, ...)
@@ -175,6 +151,16 @@ class Totals:
     # Counts the source cannot know, by field name, each with the reason; such a
     # field's number means nothing and the JSON dump writes it as null.
     unknown: dict[str, str] = field(default_factory=dict)
+    out_packets: int = 0  # of packets/bytes: sent to the peer (the rest the peer sent)
+    out_bytes: int = 0
+
+    @property
+    def in_packets(self) -> int:
+        return self.packets - self.out_packets
+
+    @property
+    def in_bytes(self) -> int:
+        return self.bytes - self.out_bytes
 
     @property
     def frames(self) -> int:
@@ -188,7 +174,8 @@ class Totals:
                       unparsed=self.unparsed - base.unparsed,
                       unattributed=self.unattributed - base.unattributed,
                       overflow=self.overflow - base.overflow, dropped=self.dropped - base.dropped,
-                      unknown=self.unknown)
+                      unknown=self.unknown, out_packets=self.out_packets - base.out_packets,
+                      out_bytes=self.out_bytes - base.out_bytes)
 
 
 @dataclass
@@ -202,35 +189,249 @@ class Others:
     bytes: int = 0
 
 
-@dataclass
+
+# Columns of PeerTable.counts and of a source's cumulative counters (design §2: in = the
+# peer sent the frame to a local address, out = the peer is the destination).
+IN_PACKETS, IN_BYTES, OUT_PACKETS, OUT_BYTES = range(4)
+COUNT_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
+Counts = npt.NDArray[np.uint64]  # (n, 4): in packets, in bytes, out packets, out bytes
+NO_NAMES: Sequence[str] = ()
+
+
+def packets_of(counts: Counts) -> npt.NDArray[np.uint64]:
+    """Both directions' packets of (n, 4) counts."""
+    total: npt.NDArray[np.uint64] = counts[:, IN_PACKETS] + counts[:, OUT_PACKETS]
+    return total
+
+
+def bytes_of(counts: Counts) -> npt.NDArray[np.uint64]:
+    """Both directions' bytes of (n, 4) counts."""
+    total: npt.NDArray[np.uint64] = counts[:, IN_BYTES] + counts[:, OUT_BYTES]
+    return total
+
+
+def _column(name: str, kind: type[int] | type[float]) -> property:
+    """A PeerRow attribute that reads and writes its row of the table's column `name`."""
+    def read(row: PeerRow) -> int | float:
+        return kind(getattr(row._table, name)[row._row])
+
+    def write(row: PeerRow, value: float) -> None:
+        getattr(row._table, name)[row._row] = value
+
+    return property(read, write)
+
+
+class PeerRow:
+    """One listed peer of a PeerTable, read from its columns when asked (a view, not a copy).
+
+    The upstream fields (spec §7.2) B C E N R S T W, exact counts since S both
+    ways (packets, bytes) and by direction (in_packets ... out_bytes), and the
+    drain times at which the peer was first listed and its counters last moved
+    (first_seen, last_seen). N and T are written by the resolver, the other
+    upstream fields by the table (or a test that sets up a record). Valid
+    while the peer stays listed.
+    """
+
+    __slots__ = ("_row", "_table")
+
+    def __init__(self, table: PeerTable, row: int) -> None:
+        self._table, self._row = table, row
+
+    B = _column("B", int)
+    C = _column("C", int)
+    E = _column("E", int)
+    R = _column("R", float)
+    W = _column("W", float)
+    T = _column("T", int)
+    first_seen = _column("first_seen", int)
+    last_seen = _column("last_seen", int)
+    S = property(lambda self: self._table.start)
+    in_packets = property(lambda self: int(self._table.counts[self._row, IN_PACKETS]))
+    in_bytes = property(lambda self: int(self._table.counts[self._row, IN_BYTES]))
+    out_packets = property(lambda self: int(self._table.counts[self._row, OUT_PACKETS]))
+    out_bytes = property(lambda self: int(self._table.counts[self._row, OUT_BYTES]))
+
+    @property
+    def packets(self) -> int:
+        return int(self._table.counts[self._row, IN_PACKETS]
+                   + self._table.counts[self._row, OUT_PACKETS])
+
+    @property
+    def bytes(self) -> int:
+        return int(self._table.counts[self._row, IN_BYTES]
+                   + self._table.counts[self._row, OUT_BYTES])
+
+    @property
+    def N(self) -> Sequence[str]:  # noqa: N802 - upstream's field name
+        return self._table.names.get(self._row, NO_NAMES)
+
+    @N.setter
+    def N(self, names: Sequence[str]) -> None:  # noqa: N802
+        if names:
+            self._table.names[self._row] = names
+        else:
+            self._table.names.pop(self._row, None)
+
+    def __repr__(self) -> str:
+        fields = ("B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes", *COUNT_FIELDS)
+        return "PeerRow(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in fields) + ")"
+
+
+class PeerView(Mapping[bytes, PeerRow]):
+    """The listed peers as a read-only mapping from key to PeerRow (what a dict of records was)."""
+
+    def __init__(self, table: PeerTable) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return self._table.listed_count
+
+    def __getitem__(self, key: bytes) -> PeerRow:
+        row = self._table.row_of(key)
+        if row < 0:
+            raise KeyError(key)
+        return PeerRow(self._table, row)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, bytes) and self._table.row_of(key) >= 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        table = self._table
+        keys: list[bytes] = table.index.keys[table.listed_rows()].tolist()
+        return iter(keys)
+
+
 class PeerTable:
-    start: int  # epoch seconds when collection (or the last reset) started
-    peers: dict[bytes, PeerRecord] = field(default_factory=dict)
-    rates: GlobalRates = field(init=False)
-    created: list[bytes] = field(default_factory=list)  # new peers, for the name lookups
-    others: Others = field(default_factory=Others)  # retired peers, since the start or reset
-    _source_totals: Totals = field(default_factory=Totals)  # cumulative, as the source says
-    _totals_base: Totals = field(default_factory=Totals)  # the source's totals at the reset
+    """The peers since the start or the last reset, in columns; the global rates; the totals.
 
-    def __post_init__(self) -> None:
+    Rows come from a KeyIndex. A row may exist without being listed: the
+    source's cumulative counters (`source`, the collector's memory of what it
+    last read) outlive a reset or a purge, so that the next drain counts only
+    what is new; such a row is listed again when its counters move. Columns
+    have one entry per row the index has handed out (`index.high`); an
+    unlisted or free row holds zeros. Epoch-second columns are uint32 (to 2106).
+    """
+
+    def __init__(self, start: int) -> None:
+        self.start = int(start)  # epoch seconds when collection (or the last reset) started
         self.rates = GlobalRates(self.start)
+        self.others = Others()  # retired peers, since the start or reset
+        self.index = KeyIndex()
+        self.names: dict[int, Sequence[str]] = {}  # row -> reverse-DNS names, when there are some
+        self.listed_count = 0
+        self._created: list[Keys] = []  # keys of new peers, for the name lookups
+        self._source_totals = Totals()  # cumulative, as the source says
+        self._totals_base = Totals()  # the source's totals at the reset
+        self.listed = np.zeros(0, dtype=np.bool_)
+        self.counts: Counts = np.zeros((0, 4), dtype=np.uint64)  # since the peer's S
+        self.source: Counts = np.zeros((0, 4), dtype=np.uint64)  # the source's, last read
+        self.B = np.zeros(0, dtype=np.uint64)  # bytes in the current interval
+        self.C = np.zeros(0, dtype=np.uint64)  # packets ("hits") in the current interval
+        self.R = np.zeros(0, dtype=np.float64)  # hits per hour
+        self.W = np.zeros(0, dtype=np.float64)  # bytes per hour
+        self.E = np.zeros(0, dtype=np.uint32)  # last rate update, or creation
+        self.T = np.zeros(0, dtype=np.uint32)  # when to ask DNS again; 0 = never asked
+        self.first_seen = np.zeros(0, dtype=np.uint32)  # drain time the peer was listed
+        self.last_seen = np.zeros(0, dtype=np.uint32)  # drain time its counters last moved
 
-    def add(self, key: bytes, packets: int, nbytes: int, first_seen: float,
-            last_seen: float) -> None:
-        """Count packets a source saw for a peer between first_seen and last_seen."""
-        self.rates.add(packets, nbytes, int(last_seen))
-        self.add_peer(key, packets, nbytes, first_seen, last_seen)
+    _COLUMNS = ("listed", "counts", "source", "B", "C", "R", "W", "E", "T", "first_seen",
+                "last_seen")
+
+    @property
+    def peers(self) -> PeerView:
+        return PeerView(self)
+
+    def _fit_columns(self) -> None:
+        """Grow every column to the index's row capacity (untouched pages cost nothing)."""
+        size = len(self.index.live)
+        if len(self.listed) >= size:
+            return
+        for name in self._COLUMNS:
+            old = getattr(self, name)
+            grown = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+            grown[:len(old)] = old
+            setattr(self, name, grown)
+
+    def rows_of(self, keys: Keys, now: int) -> Rows:
+        """The rows of these distinct keys, made (unlisted, last seen now) where missing."""
+        rows, new = self.index.rows(keys, add=True)
+        self._fit_columns()
+        self.last_seen[rows[new]] = now
+        return rows
+
+    def row_of(self, key: bytes) -> int:
+        """The row of a listed peer, or -1."""
+        if len(key) != KEY_SIZE:
+            return -1
+        row = int(self.index.rows(key_array(key), add=False)[0][0])
+        return row if row >= 0 and self.listed[row] else -1
+
+    def listed_rows(self) -> Rows:
+        return np.flatnonzero(self.listed[:self.index.high])
+
+    def sorted_rows(self) -> Rows:
+        """Listed rows in key order (IPv4 before IPv6, then numeric): bytes order of keys."""
+        rows = self.listed_rows()
+        order: Rows = rows[np.argsort(self.index.keys[rows], kind="stable")]
+        return order
+
+    def count(self, rows: Rows, deltas: Counts, now: int, created: int | None = None) -> None:
+        """Add deltas (n, 4) to these distinct rows at epoch second now: upstream's per-peer
+        update (spec §7.2), one per row, vectorized. An unlisted row becomes a new record,
+        created at `created` (default now); the global rates are the caller's."""
+        self.last_seen[rows] = now
+        listed = self.listed[rows]
+        self._create(rows[~listed], deltas[~listed], now if created is None else created)
+        rows, deltas = rows[listed], deltas[listed]
+        if not len(rows):
+            return
+        self.counts[rows] += deltas
+        packets, nbytes = packets_of(deltas), bytes_of(deltas)
+        E = self.E[rows].astype(np.int64)  # noqa: N806 - upstream's field name
+        C = self.C[rows]  # noqa: N806
+        within = (now < E + PEER_INTERVAL_S) | ((E == self.start) & (C < 5))
+        same = rows[within]
+        self.B[same] += nbytes[within]
+        self.C[same] += packets[within]
+        roll, rolled = rows[~within], E[~within]
+        elapsed = np.where(rolled == self.start, now - self.start,
+                           HOUR_S + (now - rolled)).astype(np.float64)
+        # The same float operations in the same order as upstream's Perl (and
+        # PeerRecord before the columns): (R + C) * 3600 / elapsed.
+        self.R[roll] = (self.R[roll] + self.C[roll].astype(np.float64)) * HOUR_S / elapsed
+        self.W[roll] = (self.W[roll] + self.B[roll].astype(np.float64)) * HOUR_S / elapsed
+        self.E[roll] = now
+        self.B[roll] = nbytes[~within]
+        self.C[roll] = packets[~within]
+
+    def _create(self, rows: Rows, deltas: Counts, created: int) -> None:
+        if not len(rows):
+            return
+        self.listed[rows] = True
+        self.listed_count += len(rows)
+        self.counts[rows] = deltas
+        self.B[rows] = bytes_of(deltas)
+        self.C[rows] = packets_of(deltas)
+        self.R[rows] = self.W[rows] = 0.0
+        self.E[rows] = created
+        self.T[rows] = 0
+        self.first_seen[rows] = created
+        self._created.append(self.index.keys[rows])
+
+    def add(self, key: bytes, packets: int, nbytes: int, first_seen: float, last_seen: float,
+            out_packets: int = 0, out_bytes: int = 0) -> None:
+        """Count one peer's frames between first_seen and last_seen: packets/nbytes it sent
+        to us (in), out_packets/out_bytes we sent to it. Feeds the global rates too."""
+        self.rates.add(packets + out_packets, nbytes + out_bytes, int(last_seen))
+        self.add_peer(key, packets, nbytes, first_seen, last_seen, out_packets, out_bytes)
 
     def add_peer(self, key: bytes, packets: int, nbytes: int, first_seen: float,
-                 last_seen: float) -> None:
-        """Like add, leaving the global rates to the caller (a drain feeds them once)."""
-        now = int(last_seen)
-        record = self.peers.get(key)
-        if record is None:
-            self.peers[key] = PeerRecord(packets, nbytes, int(first_seen), self.start)
-            self.created.append(key)
-        else:
-            record.add(packets, nbytes, now)
+                 last_seen: float, out_packets: int = 0, out_bytes: int = 0) -> None:
+        """Like add, leaving the global rates to the caller. A new peer is created at
+        first_seen, an existing one updated at last_seen (whole seconds)."""
+        rows = self.rows_of(key_array(key), int(last_seen))
+        deltas = np.array([[packets, nbytes, out_packets, out_bytes]], dtype=np.uint64)
+        self.count(rows, deltas, int(last_seen), created=int(first_seen))
 
     @property
     def totals(self) -> Totals:
@@ -242,35 +443,65 @@ class PeerTable:
         self._source_totals = cumulative
 
     def take_created(self) -> list[bytes]:
-        created, self.created = self.created, []
-        return created
+        """Keys of the peers listed since the previous call (for the name lookups)."""
+        created, self._created = self._created, []
+        keys: list[bytes] = np.concatenate(created).tolist() if created else []
+        return keys
 
-    def retire(self, keys: Iterable[bytes]) -> int:
-        """Fold these peers into `others` and drop them; return how many were listed.
+    def _fold_into_others(self, rows: Rows) -> int:
+        """Add listed rows among these to `others` and unlist them; return how many."""
+        rows = rows[self.listed[rows]]
+        if len(rows):
+            counts = self.counts[rows]
+            self.others.peers += len(rows)
+            self.others.packets += int(packets_of(counts).sum())
+            self.others.bytes += int(bytes_of(counts).sum())
+            self._unlist(rows)
+        return len(rows)
 
-        The collector retires what it evicts from the map, so the table never holds
-        more peers than the map can (--max-peers bounds both).
-        """
-        others, retired = self.others, 0
-        for key in keys:
-            record = self.peers.pop(key, None)
-            if record is not None:
-                others.peers += 1
-                others.packets += record.packets
-                others.bytes += record.bytes
-                retired += 1
+    def _unlist(self, rows: Rows) -> None:
+        self.listed[rows] = False
+        self.listed_count -= len(rows)
+        for column in (self.counts, self.B, self.C, self.R, self.W, self.E, self.T,
+                       self.first_seen):
+            column[rows] = 0
+        for row in rows.tolist() if self.names else ():
+            self.names.pop(row, None)
+
+    def retire_rows(self, rows: Rows) -> int:
+        """Fold these rows into `others` and free them, source state and all; return how
+        many were listed. For entries gone from the source (evicted)."""
+        rows = rows[(rows >= 0) & self.index.live[np.maximum(rows, 0)]]
+        retired = self._fold_into_others(rows)
+        self.source[rows] = 0
+        self.last_seen[rows] = 0
+        self.index.free(rows)
         return retired
 
+    def retire(self, keys: Iterable[bytes]) -> int:
+        """retire_rows by key: fold these peers into `others` and drop them; return how many
+        were listed. The collector retires what it evicts from the map, so the table never
+        holds more peers than the map can (--max-peers bounds both)."""
+        joined = b"".join(keys)
+        if not joined:
+            return 0
+        rows, _ = self.index.rows(key_array(joined), add=False)
+        return self.retire_rows(rows[rows >= 0])
+
     def purge(self, now: int) -> int:
-        """Retire records whose E is more than a day old (spec §9); return how many went."""
-        return self.retire([key for key, record in self.peers.items()
-                            if record.E + PURGE_AGE_S < now])
+        """Retire records whose E is more than a day old (spec §9); return how many went.
+
+        The source's counters stay remembered: a purged peer that sends again is
+        listed anew with what it sent since."""
+        rows = self.listed_rows()
+        return self._fold_into_others(rows[self.E[rows].astype(np.int64) + PURGE_AGE_S < now])
 
     def reset(self, now: int) -> None:
         """Start over (HUP): no peers, rates from zero, totals counted from here."""
-        self.peers.clear()
-        self.created.clear()
+        self._unlist(self.listed_rows())
+        self.names.clear()
+        self._created.clear()
         self.others = Others()
-        self.start = now
-        self.rates = GlobalRates(now)
+        self.start = int(now)
+        self.rates = GlobalRates(self.start)
         self._totals_base = self._source_totals

@@ -9,9 +9,11 @@ lookup-and-delete whose final values are added like any other read, and
 only for entries idle long enough (a day, or `min_idle_s` when the map is
 nearly full) that no packet is in flight for them.
 
-A source reads whole maps as a PeerBatch of columns; the collector touches
-in Python only the rows the source could not rule out as unchanged, so a
-drain over a million idle peers costs little more than the kernel read.
+A source reads whole maps as a PeerBatch of columns, and the collector
+works on whole columns with numpy: per-CPU values summed by the source,
+rows found through the table's index, deltas against the table's memory of
+the previous read, the rate update per row (ncebpf.accounting): no Python
+object per peer anywhere on the way.
 """
 
 from __future__ import annotations
@@ -24,50 +26,60 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ncebpf.accounting import KEY_SIZE, PeerTable, Totals, gc_paused
-
-NS = 1_000_000_000
+from ncebpf.accounting import Counts, PeerTable, Totals, bytes_of, packets_of
+from ncebpf.peerindex import Keys, Rows, key_array
 
 
 class PeerCounts(NamedTuple):
-    """One map entry, summed over CPUs; cumulative since the entry was created."""
+    """One map entry, summed over CPUs; cumulative since the entry was created.
+
+    in = frames the peer sent to a local address, out = frames sent to the peer
+    (design §2, the peer rule)."""
 
     key: bytes
-    packets: int
-    bytes: int
-    first_seen_ns: int  # CLOCK_MONOTONIC
-    last_seen_ns: int
+    in_packets: int
+    in_bytes: int
+    out_packets: int
+    out_bytes: int
+
+    @property
+    def packets(self) -> int:
+        return self.in_packets + self.out_packets
+
+    @property
+    def bytes(self) -> int:
+        return self.in_bytes + self.out_bytes
 
 
 @dataclass(frozen=True)
 class PeerBatch:
-    """A whole map read at once, as columns; row i's key is keys[KEY_SIZE i:KEY_SIZE (i + 1)]."""
+    """A whole map read at once: row i's key is keys[KEY_SIZE i:KEY_SIZE (i + 1)], its
+    cumulative counters counts[i] (in packets, in bytes, out packets, out bytes)."""
 
     keys: bytes
-    packets: npt.NDArray[np.uint64]  # cumulative, summed over CPUs
-    bytes: npt.NDArray[np.uint64]
-    first_seen_ns: npt.NDArray[np.int64]  # CLOCK_MONOTONIC
-    last_seen_ns: npt.NDArray[np.int64]
-    # False where the source can prove the row did not move since its previous read.
-    maybe_changed: npt.NDArray[np.bool_]
+    counts: Counts  # (n, 4) uint64, summed over CPUs
 
     def __len__(self) -> int:
-        return len(self.packets)
+        return len(self.counts)
 
-    def key_column(self) -> npt.NDArray[np.void]:
-        """The keys as one array; its .tolist() gives KEY_SIZE-byte bytes objects."""
-        return np.frombuffer(self.keys, dtype=f"V{KEY_SIZE}")
+    @property
+    def packets(self) -> npt.NDArray[np.uint64]:
+        """Both directions' packets per row."""
+        return packets_of(self.counts)
+
+    @property
+    def bytes(self) -> npt.NDArray[np.uint64]:
+        """Both directions' bytes per row."""
+        return bytes_of(self.counts)
+
+    def key_column(self) -> Keys:
+        """The keys as one (n,) V20 array; its .tolist() gives KEY_SIZE-byte bytes objects."""
+        return key_array(self.keys)
 
     @classmethod
     def from_counts(cls, rows: Sequence[PeerCounts]) -> PeerBatch:
-        return cls(
-            keys=b"".join(r.key for r in rows),
-            packets=np.array([r.packets for r in rows], dtype=np.uint64),
-            bytes=np.array([r.bytes for r in rows], dtype=np.uint64),
-            first_seen_ns=np.array([r.first_seen_ns for r in rows], dtype=np.int64),
-            last_seen_ns=np.array([r.last_seen_ns for r in rows], dtype=np.int64),
-            maybe_changed=np.ones(len(rows), dtype=np.bool_),
-        )
+        counts = np.array([r[1:] for r in rows], dtype=np.uint64).reshape(-1, 4)
+        return cls(keys=b"".join(r.key for r in rows), counts=counts)
 
 
 class CounterSource(Protocol):
@@ -85,13 +97,16 @@ class CounterSource(Protocol):
         ...
 
 
-def system_clock() -> tuple[float, int]:
-    """(epoch seconds, CLOCK_MONOTONIC ns), read together."""
-    return time.time(), time.monotonic_ns()
+def system_clock() -> float:
+    """Epoch seconds."""
+    return time.time()
 
 
 @dataclass(frozen=True)
 class EvictionPolicy:
+    """Idleness is judged at drain granularity: a peer is idle since the last drain that
+    saw its counters move (the kernel keeps no time stamps, issue 13 item 3)."""
+
     idle_s: float = 86400.0  # always evict entries idle this long (upstream purge age)
     high_water: float = 0.9  # when the map is this full ...
     low_water: float = 0.75  # ... evict the longest-idle entries down to this fill
@@ -107,75 +122,72 @@ class DrainReport:
 
 
 class Collector:
+    """Drains a CounterSource into a PeerTable, whole batches at a time with numpy.
+
+    The table remembers, per row, the source's cumulative counters as last
+    read (PeerTable.source); a drain subtracts them, so a delta is exactly
+    what arrived since. A cumulative value below the remembered one means
+    the entry was deleted and made anew in between (by someone else): it
+    counts whole.
+    """
+
     def __init__(self, source: CounterSource, table: PeerTable,
                  policy: EvictionPolicy = EvictionPolicy(),
-                 clock: Callable[[], tuple[float, int]] = system_clock) -> None:
+                 clock: Callable[[], float] = system_clock) -> None:
         self._source = source
         self._table = table
         self._policy = policy
         self._clock = clock
-        # Last cumulative (packets, bytes) read per map entry.
-        self._seen: dict[bytes, tuple[int, int]] = {}
 
     def drain(self) -> DrainReport:
         started = time.perf_counter()
-        epoch, now_ns = self._clock()
-        offset_s = epoch - now_ns / NS
+        now = self._clock()
         batch = self._source.read_peers()
         totals_before = self._table.totals
-        changed = self._absorb_batch(batch, offset_s)
-        stale = self._eviction_candidates(batch, now_ns)
+        rows = self._table.rows_of(batch.key_column(), int(now))
+        changed = self._absorb(rows, batch.counts, int(now))
+        stale = self._eviction_candidates(rows, now)
         evicted = 0
-        for counts in self._source.evict(stale):
-            key, packets, nbytes, first_ns, last_ns = counts
-            self._absorb(key, packets, nbytes, first_ns / NS + offset_s, last_ns / NS + offset_s)
-            evicted += 1
-        for key in stale:
-            self._seen.pop(key, None)
-        # Out of the map, out of the table: the daemon is bounded as the map is.
-        self._table.retire(stale)
+        if len(stale):
+            final = PeerBatch.from_counts(list(self._source.evict(
+                self._table.index.keys[stale].tolist())))
+            evicted = len(final)
+            if evicted:
+                self._absorb(self._table.rows_of(final.key_column(), int(now)), final.counts,
+                             int(now))
+            # Out of the map, out of the table: the daemon is bounded as the map is.
+            self._table.retire_rows(stale)
         self._table.totals = self._source.read_totals()
         # The global rates take the drain as one batch, as the peers take theirs.
         grown = self._table.totals
         self._table.rates.add(grown.packets - totals_before.packets,
-                              grown.bytes - totals_before.bytes, int(epoch))
+                              grown.bytes - totals_before.bytes, int(now))
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
 
-    def _absorb_batch(self, batch: PeerBatch, offset_s: float) -> int:
-        with gc_paused():
-            return self._absorb_rows(batch, offset_s)
+    def _absorb(self, rows: Rows, cumulative: Counts, now: int) -> int:
+        """Count what moved since the last read of these rows; return how many moved."""
+        table = self._table
+        previous = table.source[rows]
+        remade = np.any(cumulative < previous, axis=1)
+        deltas = cumulative - np.where(remade[:, None], np.uint64(0), previous)
+        moved = np.any(deltas != 0, axis=1)
+        if not moved.all():
+            rows, deltas, cumulative = rows[moved], deltas[moved], cumulative[moved]
+        table.source[rows] = cumulative
+        table.count(rows, deltas, now)
+        return len(rows)
 
-    def _absorb_rows(self, batch: PeerBatch, offset_s: float) -> int:
-        rows = np.flatnonzero(batch.maybe_changed)
-        columns = (batch.key_column()[rows].tolist(), batch.packets[rows].tolist(),
-                   batch.bytes[rows].tolist(),
-                   (batch.first_seen_ns[rows] / NS + offset_s).tolist(),
-                   (batch.last_seen_ns[rows] / NS + offset_s).tolist())
-        return sum(self._absorb(*row) for row in zip(*columns, strict=True))
-
-    def _absorb(self, key: bytes, packets: int, nbytes: int, first_s: float,
-                last_s: float) -> bool:
-        previous = self._seen.get(key)
-        if previous is not None and previous[0] <= packets:
-            packets_delta, bytes_delta = packets - previous[0], nbytes - previous[1]
-            if not (packets_delta or bytes_delta):
-                return False
-        else:
-            packets_delta, bytes_delta = packets, nbytes
-        self._seen[key] = (packets, nbytes)
-        self._table.add_peer(key, packets_delta, bytes_delta, first_s, last_s)
-        return True
-
-    def _eviction_candidates(self, batch: PeerBatch, now_ns: int) -> list[bytes]:
+    def _eviction_candidates(self, rows: Rows, now: float) -> Rows:
         policy = self._policy
-        last = batch.last_seen_ns
-        idle = last < now_ns - int(policy.idle_s * NS)
+        last = self._table.last_seen[rows].astype(np.float64)
+        idle = last < now - policy.idle_s
         chosen = np.flatnonzero(idle)
-        entries = len(batch)
-        excess = entries - len(chosen) - int(policy.low_water * self._source.capacity)
-        if entries > policy.high_water * self._source.capacity and excess > 0:
-            evictable = np.flatnonzero(~idle & (last < now_ns - int(policy.min_idle_s * NS)))
+        entries = len(rows)
+        capacity = self._source.capacity
+        excess = entries - len(chosen) - int(policy.low_water * capacity)
+        if entries > policy.high_water * capacity and excess > 0:
+            evictable = np.flatnonzero(~idle & (last < now - policy.min_idle_s))
             oldest_first = evictable[np.argsort(last[evictable], kind="stable")]
             chosen = np.concatenate([chosen, oldest_first[:excess]])
-        keys: list[bytes] = batch.key_column()[chosen].tolist()
-        return keys
+        stale: Rows = rows[chosen]
+        return stale

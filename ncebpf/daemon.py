@@ -261,7 +261,6 @@ class Daemon:
                 programs = stack.enter_context(loaded_programs(self._build_options(prepared)))
                 log.info("compiled and loaded in %.2f s", programs.compile_seconds)
                 source = KernelCounterSource(programs, self._features)
-                log.debug("kernel clock: HZ %g", source.clock.hz)
                 # Preallocated and per CPU: this grows with the CPU count, not with traffic.
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
                          source.capacity, source.memory_bytes / (1 << 20))

@@ -20,12 +20,21 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncebpf.accounting import Others, PeerRecord, PeerTable, Totals, peer_text
+from ncebpf.accounting import (
+    IN_BYTES,
+    IN_PACKETS,
+    OUT_BYTES,
+    OUT_PACKETS,
+    Others,
+    PeerTable,
+    Totals,
+    peer_text,
+)
 
 SCHEMA_VERSION = 1
 UPSTREAM_VERSION = "0.36"
@@ -79,6 +88,10 @@ def totals_document(totals: Totals) -> dict[str, Any]:
     document: dict[str, Any] = {
         "packets": totals.packets,
         "bytes": totals.bytes,
+        "in_packets": totals.in_packets,
+        "in_bytes": totals.in_bytes,
+        "out_packets": totals.out_packets,
+        "out_bytes": totals.out_bytes,
         "filtered_out": totals.filtered_out,
         "unparsed": totals.unparsed,
         "unattributed": totals.unattributed,
@@ -91,14 +104,26 @@ def totals_document(totals: Totals) -> dict[str, Any]:
     return document
 
 
-def _json_peer(record: PeerRecord) -> str:
-    # Formatted by hand: json.dumps per peer would triple the cost of a dump.
-    # repr() of int and float is what json writes for them.
-    r = record
-    names = json.dumps(list(r.N)) if r.N else "[]"
-    return (f'{{"B": {r.B!r}, "C": {r.C!r}, "E": {r.E!r}, "N": {names}, "R": {r.R!r}, '
-            f'"S": {r.S!r}, "T": {r.T!r}, "W": {r.W!r}, "packets": {r.packets!r}, '
-            f'"bytes": {r.bytes!r}}}')
+PeerFields = tuple[str, int, int, int, Sequence[str], float, int, int, float, int, int, int,
+                   int]  # address, B C E N R S T W, in/out packets/bytes
+
+
+def _rows_in_pieces(table: PeerTable) -> Iterator[list[PeerFields]]:
+    """The listed peers in key order (IPv4 before IPv6, numeric), PEERS_PER_PIECE at a time,
+    each as plain Python values read from the columns in one numpy call per column."""
+    ordered = table.sorted_rows()
+    names, start = table.names, table.start
+    for at in range(0, len(ordered), PEERS_PER_PIECE):
+        rows = ordered[at:at + PEERS_PER_PIECE]
+        counts = table.counts[rows]
+        keys: list[bytes] = table.index.keys[rows].tolist()
+        yield [(peer_text(key), b, c, e, names.get(row, ()), r, start, t, w, ip, ib, op, ob)
+               for key, row, b, c, e, r, t, w, ip, ib, op, ob in zip(
+                   keys, rows.tolist(), table.B[rows].tolist(), table.C[rows].tolist(),
+                   table.E[rows].tolist(), table.R[rows].tolist(), table.T[rows].tolist(),
+                   table.W[rows].tolist(), counts[:, IN_PACKETS].tolist(),
+                   counts[:, IN_BYTES].tolist(), counts[:, OUT_PACKETS].tolist(),
+                   counts[:, OUT_BYTES].tolist(), strict=True)]
 
 
 def json_pieces(table: PeerTable, context: DumpContext, now: float
@@ -106,18 +131,42 @@ def json_pieces(table: PeerTable, context: DumpContext, now: float
     """The JSON dump as pieces of text, each with the number of peers written so far.
 
     Peers are in key order (IPv4 before IPv6, numeric). Joined, the pieces are
-    one JSON document of schema 1: `json_document` plus nothing.
+    one JSON document of schema 1: `json_document` plus nothing. Each peer is
+    formatted by hand: json.dumps per peer would triple the cost of a dump;
+    repr() of int and float is what json writes for them.
     """
     head = json.dumps(_json_header(table, context, now), indent=1)
     yield head[:-2] + ',\n "peers": {', 0
-    peers, done, lines = table.peers, 0, []
-    for key in sorted(peers):
-        lines.append(f'{"," if done else ""}\n  "{peer_text(key)}": {_json_peer(peers[key])}')
-        done += 1
-        if len(lines) == PEERS_PER_PIECE:
-            yield "".join(lines), done
-            lines = []
-    yield "".join(lines) + ("\n }\n}\n" if done else "}\n}\n"), done
+    yield from _closed(_json_peer_texts(table), "\n }\n}\n", "}\n}\n")
+
+
+def _json_peer_texts(table: PeerTable) -> Iterator[tuple[str, int]]:
+    done = 0
+    for piece in _rows_in_pieces(table):
+        lines = []
+        for address, b, c, e, n, r, s, t, w, ip, ib, op, ob in piece:
+            names = json.dumps(list(n)) if n else "[]"
+            lines.append(f'{"," if done else ""}\n  "{address}": {{"B": {b!r}, "C": {c!r}, '
+                         f'"E": {e!r}, "N": {names}, "R": {r!r}, "S": {s!r}, "T": {t!r}, '
+                         f'"W": {w!r}, "packets": {ip + op!r}, "bytes": {ib + ob!r}, '
+                         f'"in_packets": {ip!r}, "in_bytes": {ib!r}, "out_packets": {op!r}, '
+                         f'"out_bytes": {ob!r}}}')
+            done += 1
+        yield "".join(lines), len(piece)
+
+
+def _closed(texts: Iterator[tuple[str, int]], closing: str, closing_empty: str | None = None
+            ) -> Iterator[tuple[str, int]]:
+    """(text, peers in it) pieces as (text, peers written so far), closing appended to the
+    last partial piece (or alone after full ones); closing_empty when there were no peers."""
+    done = 0
+    for text, peers in texts:
+        done += peers
+        if peers < PEERS_PER_PIECE:
+            yield text + closing, done
+            return
+        yield text, done
+    yield (closing if done or closing_empty is None else closing_empty), done
 
 
 def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
@@ -203,21 +252,20 @@ def perl_pieces(table: PeerTable, context: DumpContext, now: float
                           context.promiscuous, context.filter, context.match, context.nomatch,
                           context.payload, context.snaplen, table.others)
     yield header + "{\n  my $dump = {\n", 0
-    peers, done, lines = table.peers, 0, []
-    for key in sorted(peers):
-        r = peers[key]
-        address = peer_text(key)
-        separator = " " if len(address) > 13 else "\t"
-        names = "".join(f"{_perl_string(name)}," for name in r.N)
-        lines.append(f"\t'{address}'{separator}=> {{\n"
-                     f"\t\tB\t=> {r.B:.0f},\n\t\tC\t=> {r.C},\n\t\tE\t=> {r.E},\n"
-                     f"\t\tN\t=> [{names}],\n\t\tR\t=> {r.R:.0f},\n\t\tS\t=> {r.S},\n"
-                     f"\t\tT\t=> {r.T},\n\t\tW\t=> {r.W:.0f},\n\t}},\n")
-        done += 1
-        if len(lines) == PEERS_PER_PIECE:
-            yield "".join(lines), done
-            lines = []
-    yield "".join(lines) + "  };\n}\n", done
+    yield from _closed(_perl_peer_texts(table), "  };\n}\n")
+
+
+def _perl_peer_texts(table: PeerTable) -> Iterator[tuple[str, int]]:
+    for piece in _rows_in_pieces(table):
+        lines = []
+        for address, b, c, e, n, r, s, t, w, *_ in piece:
+            separator = " " if len(address) > 13 else "\t"
+            names = "".join(f"{_perl_string(name)}," for name in n)
+            lines.append(f"\t'{address}'{separator}=> {{\n"
+                         f"\t\tB\t=> {b:.0f},\n\t\tC\t=> {c},\n\t\tE\t=> {e},\n"
+                         f"\t\tN\t=> [{names}],\n\t\tR\t=> {r:.0f},\n\t\tS\t=> {s},\n"
+                         f"\t\tT\t=> {t},\n\t\tW\t=> {w:.0f},\n\t}},\n")
+        yield "".join(lines), len(piece)
 
 
 def render_perl(table: PeerTable, context: DumpContext, now: float) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -76,7 +75,7 @@ class PcapSource:
         self._searching = bool(match or nomatch)
         self._handle: int | None = None
         self._local: set[bytes] = set()
-        # key -> [packets, bytes, first seen ns, last seen ns]; cumulative, like the kernel's.
+        # key -> [in packets, in bytes, out packets, out bytes]; cumulative, like the kernel's.
         self._peers: dict[bytes, list[int]] = {}
         self._totals = Totals()
         self._callback = Handler(self._frame)
@@ -180,20 +179,22 @@ class PcapSource:
                 totals.unattributed += 1
             return
         source, destination = found
-        peer = destination if source in self._local else source
-        now = time.monotonic_ns()
+        # The kernel programs' rule (bpf/ncebpf.c count_peer): out when the source is local.
+        out = source in self._local
+        peer = destination if out else source
         counts = self._peers.get(peer)
         if counts is None:
             if len(self._peers) >= self._capacity:
                 totals.overflow += 1
                 return
-            self._peers[peer] = [1, length, now, now]
-        else:
-            counts[0] += 1
-            counts[1] += length
-            counts[3] = now
+            counts = self._peers[peer] = [0, 0, 0, 0]
+        counts[2 * out] += 1  # in/out packets, then in/out bytes: PeerCounts' order
+        counts[2 * out + 1] += length
         totals.packets += 1
         totals.bytes += length
+        if out:
+            totals.out_packets += 1
+            totals.out_bytes += length
 
     @property
     def capacity(self) -> int:

@@ -12,7 +12,6 @@ from ncebpf.accounting import (
     IPV4_MAPPED_PREFIX,
     KEY_SIZE,
     GlobalRates,
-    PeerRecord,
     PeerTable,
     Totals,
     ipv4_key,
@@ -49,7 +48,9 @@ def test_ipv4_keys_sort_numerically() -> None:
 
 
 def test_record_creation_matches_upstream_init_t() -> None:
-    record = PeerRecord(1, 234, now=9876, start=1098)
+    table = PeerTable(start=1098)
+    table.add_peer(peer_key("10.77.0.2"), 1, 234, 9876, 9876)
+    record = table.peers[peer_key("10.77.0.2")]
     assert (record.B, record.C, record.E, list(record.N), record.R, record.S, record.T,
             record.W) == (234, 1, 9876, [], 0.0, 1098, 0, 0.0)
 

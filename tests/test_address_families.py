@@ -18,7 +18,7 @@ import dns.reversename
 import pytest
 
 from ncebpf.accounting import peer_key, peer_text
-from ncebpf.collector import KEY_SIZE
+from ncebpf.accounting import KEY_SIZE
 from ncebpf.filter.frames import IPPROTO_UDP, ethernet, ip_frame, ipv4, ipv6, udp
 from ncebpf.kernel.maps import local_slot_of
 from ncebpf.packet import addresses

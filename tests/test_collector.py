@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from ncebpf.accounting import Others, PeerTable, Totals, peer_key
-from ncebpf.collector import NS, Collector, EvictionPolicy, PeerBatch, PeerCounts
+from ncebpf.collector import Collector, EvictionPolicy, PeerBatch, PeerCounts
 
 
 class DictSource:
@@ -19,20 +19,24 @@ class DictSource:
         self.totals = Totals()
         self._capacity = capacity
         self.evicted: list[bytes] = []
+        # Counted between a drain's read and its eviction (a packet in flight).
+        self.late: list[tuple[str, int, int]] = []
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
-    def count(self, address: str, packets: int, nbytes: int, now_s: float) -> None:
+    def count(self, address: str, packets: int, nbytes: int, out: bool = False) -> None:
         key = peer_key(address)
-        old = self.entries.get(key)
-        now = int(now_s * NS)
-        if old is None:
-            self.entries[key] = PeerCounts(key, packets, nbytes, now, now)
+        old = self.entries.get(key, PeerCounts(key, 0, 0, 0, 0))
+        if out:
+            self.entries[key] = old._replace(out_packets=old.out_packets + packets,
+                                             out_bytes=old.out_bytes + nbytes)
+            self.totals.out_packets += packets
+            self.totals.out_bytes += nbytes
         else:
-            self.entries[key] = PeerCounts(key, old.packets + packets, old.bytes + nbytes,
-                                           old.first_seen_ns, now)
+            self.entries[key] = old._replace(in_packets=old.in_packets + packets,
+                                             in_bytes=old.in_bytes + nbytes)
         self.totals.packets += packets
         self.totals.bytes += nbytes
 
@@ -43,6 +47,9 @@ class DictSource:
         return Totals(**vars(self.totals))
 
     def evict(self, keys: Sequence[bytes]) -> Iterator[PeerCounts]:
+        for address, packets, nbytes in self.late:
+            self.count(address, packets, nbytes)
+        self.late = []
         for key in keys:
             if key in self.entries:
                 self.evicted.append(key)
@@ -50,12 +57,11 @@ class DictSource:
 
 
 class Clock:
-    def __init__(self, epoch: float = 1_000_000.0, mono_s: float = 500.0) -> None:
-        self.offset = epoch - mono_s
-        self.mono_s = mono_s
+    def __init__(self, epoch: float = 1_000_000.0) -> None:
+        self.epoch = epoch
 
-    def __call__(self) -> tuple[float, int]:
-        return self.mono_s + self.offset, int(self.mono_s * NS)
+    def __call__(self) -> float:
+        return self.epoch
 
 
 def make(capacity: int = 100, **policy: float) -> tuple[DictSource, PeerTable, Collector, Clock]:
@@ -65,10 +71,10 @@ def make(capacity: int = 100, **policy: float) -> tuple[DictSource, PeerTable, C
 
 def test_repeated_drains_count_nothing_twice() -> None:
     source, table, collector, clock = make()
-    source.count("10.77.0.2", 3, 300, clock.mono_s)
+    source.count("10.77.0.2", 3, 300)
     collector.drain()
     collector.drain()
-    source.count("10.77.0.2", 4, 400, clock.mono_s)
+    source.count("10.77.0.2", 4, 400)
     report = collector.drain()
     assert report.changed == 1
     assert collector.drain().changed == 0
@@ -77,26 +83,52 @@ def test_repeated_drains_count_nothing_twice() -> None:
     assert table.totals.packets == 7
 
 
-def test_times_convert_from_monotonic_to_epoch() -> None:
+def test_times_are_the_drains() -> None:
+    """The kernel keeps no time stamps (issue 13 item 3): a peer is created at the drain
+    that first sees it, and last seen at the last drain that saw its counters move."""
     source, table, collector, clock = make()
-    source.count("fd77::2", 1, 90, clock.mono_s - 2)
+    source.count("fd77::2", 1, 90)
     collector.drain()
     record = table.peers[peer_key("fd77::2")]
-    assert record.E == int(clock.mono_s - 2 + clock.offset)
+    assert record.E == record.first_seen == record.last_seen == int(clock.epoch)
+    clock.epoch += 7
+    collector.drain()
+    assert record.last_seen == int(clock.epoch) - 7
+    source.count("fd77::2", 1, 90)
+    collector.drain()
+    assert (record.E, record.first_seen, record.last_seen) == (int(clock.epoch) - 7,
+                                                               int(clock.epoch) - 7,
+                                                               int(clock.epoch))
+
+
+def test_in_and_out_are_counted_apart() -> None:
+    source, table, collector, clock = make()
+    source.count("10.77.0.2", 3, 300)
+    source.count("10.77.0.2", 5, 700, out=True)
+    collector.drain()
+    source.count("10.77.0.2", 2, 80, out=True)
+    collector.drain()
+    record = table.peers[peer_key("10.77.0.2")]
+    assert (record.in_packets, record.in_bytes, record.out_packets, record.out_bytes) == \
+        (3, 300, 7, 780)
+    assert (record.packets, record.bytes) == (10, 1080)
+    totals = table.totals
+    assert (totals.in_packets, totals.in_bytes, totals.out_packets, totals.out_bytes) == \
+        (3, 300, 7, 780)
 
 
 def test_idle_entries_are_evicted_with_their_last_increments() -> None:
     source, table, collector, clock = make(idle_s=60)
-    source.count("10.77.0.3", 2, 200, clock.mono_s)
+    source.count("10.77.0.3", 2, 200)
     collector.drain()
-    source.count("10.77.0.3", 5, 500, clock.mono_s)  # lands after the read ...
-    clock.mono_s += 120
+    clock.epoch += 120
+    source.late.append(("10.77.0.3", 5, 500))  # lands after the read ...
     report = collector.drain()  # ... and is still counted: eviction reads the final value
     assert report.evicted == 1
     assert source.entries == {}
     assert peer_key("10.77.0.3") not in table.peers  # out of the map, out of the table ...
     assert table.others == Others(peers=1, packets=7, bytes=700)  # ... into others, whole
-    source.count("10.77.0.3", 1, 100, clock.mono_s)  # the peer comes back: a fresh entry
+    source.count("10.77.0.3", 1, 100)  # the peer comes back: a fresh entry
     collector.drain()
     assert table.peers[peer_key("10.77.0.3")].packets == 1
     assert table.peers[peer_key("10.77.0.3")].packets + table.others.packets == \
@@ -107,8 +139,11 @@ def test_a_nearly_full_map_sheds_its_longest_idle_entries() -> None:
     source, table, collector, clock = make(capacity=10, high_water=0.9, low_water=0.5,
                                            min_idle_s=10)
     for i in range(10):
-        source.count(f"10.77.1.{i}", 1, 100, clock.mono_s - 100 + i)
-    source.count("10.77.1.99", 1, 100, clock.mono_s)  # active: never evicted early
+        source.count(f"10.77.1.{i}", 1, 100)
+        collector.drain()  # seen at drains a second apart: 10.77.1.0 has been idle longest
+        clock.epoch += 1
+    clock.epoch += 100
+    source.count("10.77.1.99", 1, 100)  # active: never evicted early
     report = collector.drain()
     assert report.evicted == 6  # 11 entries down to 5
     assert source.evicted == [peer_key(f"10.77.1.{i}") for i in range(6)]
@@ -126,12 +161,12 @@ def test_the_table_is_bounded_as_the_map_is_through_waves_of_new_peers() -> None
     for wave in range(4):
         for i in range(520):
             if len(source.entries) < capacity:
-                source.count(f"fd77::{wave:x}:{i:x}", 1, 60, clock.mono_s)
+                source.count(f"fd77::{wave:x}:{i:x}", 1, 60)
             else:
                 overflow += 1
         collector.drain()
         assert len(table.peers) <= capacity
-        clock.mono_s += 11  # the wave's sources fall idle
+        clock.epoch += 11  # the wave's sources fall idle
         collector.drain()
         assert len(table.peers) <= capacity
         listed = sum(r.packets for r in table.peers.values())
@@ -143,5 +178,7 @@ def test_the_table_is_bounded_as_the_map_is_through_waves_of_new_peers() -> None
 def test_nothing_is_evicted_below_the_high_water_mark() -> None:
     source, table, collector, clock = make(capacity=100, min_idle_s=1)
     for i in range(50):
-        source.count(f"10.77.2.{i}", 1, 1, clock.mono_s - 50)
+        source.count(f"10.77.2.{i}", 1, 1)
+    collector.drain()
+    clock.epoch += 50
     assert collector.drain().evicted == 0

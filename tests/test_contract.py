@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from ncebpf.accounting import KEY_SIZE, peer_key
+from ncebpf.accounting import COUNT_FIELDS, KEY_SIZE, peer_key
 from ncebpf.kernel.build import bpf_source_dir
-from ncebpf.kernel.maps import TotalsSlot
+from ncebpf.kernel.maps import COUNTER_FIELDS, TotalsSlot
 
 HEADER = bpf_source_dir() / "ncebpf_kern_user.h"
 
@@ -26,8 +26,8 @@ def test_totals_slots_match_the_enum() -> None:
 
 def test_peer_counters_field_order_is_what_the_decoder_assumes() -> None:
     fields = re.findall(r"__u64 (\w+);", _block("struct peer_counters"))
-    # KernelCounterSource._decode reads packets, bytes, first_seen, last_seen in this order.
-    assert fields == ["packets", "bytes", "first_seen", "last_seen"]
+    # KernelCounterSource folds the fields in this order into PeerBatch.counts' columns.
+    assert fields == list(COUNTER_FIELDS) == list(COUNT_FIELDS)
 
 
 def test_peer_key_is_family_then_address_as_accounting_builds_it() -> None:

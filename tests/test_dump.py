@@ -47,19 +47,43 @@ def test_json_document_follows_schema_version_1() -> None:
     assert list(doc) == TOP_LEVEL
     assert doc["version"] == 1 and doc["start"] == 1000 and doc["current"] == 2000
     assert doc["users"] == 4
-    assert doc["totals"] == {"packets": 12, "bytes": 1150, "filtered_out": 0, "unparsed": 4,
+    assert doc["totals"] == {"packets": 12, "bytes": 1150, "in_packets": 12, "in_bytes": 1150,
+                             "out_packets": 0, "out_bytes": 0, "filtered_out": 0, "unparsed": 4,
                              "unattributed": 0, "overflow": 0, "dropped": 0}
     assert list(doc["peers"]) == ["10.77.0.9", "10.77.0.10", "192.168.100.200", "fd77::2"]
     peer = doc["peers"]["fd77::2"]
-    assert list(peer) == ["B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes"]
+    assert list(peer) == ["B", "C", "E", "N", "R", "S", "T", "W", "packets", "bytes",
+                          "in_packets", "in_bytes", "out_packets", "out_bytes"]
     assert (peer["packets"], peer["bytes"], peer["E"], peer["S"]) == (3, 330, 1001, 1000)
+    assert (peer["in_packets"], peer["in_bytes"], peer["out_packets"], peer["out_bytes"]) == \
+        (3, 330, 0, 0)
     assert doc["peers"]["10.77.0.9"]["R"] > 0
+
+
+def test_in_and_out_split_packets_and_bytes_and_the_totals() -> None:
+    """Issue 13 item 3: in = the peer sent it, out = sent to the peer; both add up to
+    packets/bytes, which with B and C count both ways."""
+    table = PeerTable(start=1000)
+    table.add(peer_key("10.77.0.2"), 3, 300, 1001, 1001, out_packets=5, out_bytes=700)
+    table.add(peer_key("10.77.0.2"), 0, 0, 1002, 1002, out_packets=2, out_bytes=80)
+    table.totals = Totals(packets=10, bytes=1080, out_packets=7, out_bytes=780)
+    doc = json_document(table, CONTEXT, now=2000)
+    peer = doc["peers"]["10.77.0.2"]
+    assert (peer["in_packets"], peer["in_bytes"], peer["out_packets"], peer["out_bytes"]) == \
+        (3, 300, 7, 780)
+    assert (peer["packets"], peer["bytes"], peer["C"], peer["B"]) == (10, 1080, 10, 1080)
+    totals = doc["totals"]
+    assert (totals["in_packets"], totals["in_bytes"], totals["out_packets"],
+            totals["out_bytes"]) == (3, 300, 7, 780)
+    assert "out_packets" not in render_perl(table, CONTEXT, 2000)
 
 
 def test_integers_stay_integers() -> None:
     text = render_json(json_document(sample_table(), CONTEXT, 2000.0))
     for peer in json.loads(text)["peers"].values():
-        assert all(isinstance(peer[k], int) for k in ("C", "E", "S", "T", "packets", "bytes"))
+        assert all(isinstance(peer[k], int) for k in ("C", "E", "S", "T", "packets", "bytes",
+                                                       "in_packets", "in_bytes", "out_packets",
+                                                       "out_bytes"))
 
 
 def test_perl_layout_is_upstreams_byte_for_byte() -> None:

@@ -164,6 +164,7 @@ def test_an_unknown_total_is_null_with_its_reason() -> None:
     table.totals = Totals(packets=5, bytes=500, unparsed=2,
                           unknown={"filtered_out": "the socket filter does not say"})
     totals = json_document(table, DumpContext("n", "eth1", "pcap"), 1200.0)["totals"]
-    assert totals == {"packets": 2, "bytes": 200, "filtered_out": None, "unparsed": 1,
+    assert totals == {"packets": 2, "bytes": 200, "in_packets": 2, "in_bytes": 200,
+                      "out_packets": 0, "out_bytes": 0, "filtered_out": None, "unparsed": 1,
                       "unattributed": 0, "overflow": 0, "dropped": 0,
                       "unknown": {"filtered_out": "the socket filter does not say"}}

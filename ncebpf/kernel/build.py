@@ -24,7 +24,6 @@ from ncebpf.payload import needle_words
 
 XDP_FUNCTION = "ncebpf_xdp"
 TC_FUNCTION = "ncebpf_tc"
-CLOCK_FUNCTION = "ncebpf_clock"  # never attached; test-run to sample the kernel clocks
 VERDICT_FUNCTION = "ncebpf_filter_verdict"  # never attached; test-run for filter verdicts
 PAYLOAD_VERDICT_FUNCTION = "ncebpf_payload_verdict"  # never attached; test-run
 GENERATED_FILTER_HEADER = "ncebpf_filter.h"
@@ -124,7 +123,6 @@ class LoadedPrograms:
     bpf: Any
     xdp: Any  # bcc.BPF.Function: .fd, .name; None when BuildOptions.loads_xdp is False
     tc: Any
-    clock: Any
     verdict: Any  # the filter alone, for test runs; None without a filter
     payload_verdict: Any  # the payload search alone, for test runs; None without one or XDP
     compile_seconds: float
@@ -154,7 +152,6 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
             xdp = module.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP) \
                 if options.loads_xdp else None
             tc = module.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
-            clock = module.load_func(CLOCK_FUNCTION.encode(), bcc.BPF.XDP)
             verdict = None if options.filter is None else \
                 module.load_func(VERDICT_FUNCTION.encode(), bcc.BPF.XDP)
             payload_verdict = None if options.payload is None or not options.loads_xdp else \
@@ -163,7 +160,7 @@ def loaded_programs(options: BuildOptions = BuildOptions()) -> Iterator[LoadedPr
             raise CompileError(f"the kernel rejected ncebpf's programs: {exc}") from exc
         if options.payload is not None:
             _set_needles(module, options.payload)
-        yield LoadedPrograms(module, xdp, tc, clock, verdict, payload_verdict,
+        yield LoadedPrograms(module, xdp, tc, verdict, payload_verdict,
                              time.monotonic() - started)
     finally:
         module.cleanup()

@@ -2,9 +2,10 @@
 
 Layouts come from BCC's generated ctypes types for bpf/ncebpf_kern_user.h;
 nothing here restates a C struct. Per-CPU values arrive as one copy per
-possible CPU, which we sum (packets, bytes), minimise (first seen, ignoring
-CPUs that never saw the peer) and maximise (last seen), a whole map at a
-time with numpy.
+possible CPU, which numpy sums over the CPU axis straight from the batch
+buffer, a chunk at a time: four cumulative counters per peer (in packets,
+in bytes, out packets, out bytes). The kernel keeps no time stamps; the
+collector knows when counters moved at drain granularity.
 
 Where the kernel lacks BPF_MAP_LOOKUP_BATCH (5.6) or lookup-and-delete on
 hash maps (5.14), ncebpf.kernel.features says so and the source reads key
@@ -22,27 +23,27 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from ncebpf.accounting import KEY_SIZE, Totals, peer_key
+from ncebpf.accounting import KEY_SIZE, Counts, Totals, peer_key
 from ncebpf.collector import PeerBatch, PeerCounts
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import LoadedPrograms
-from ncebpf.kernel.clock import JiffiesClock
 from ncebpf.kernel.features import KernelFeatures, probe
 
 BATCH_ENTRIES = 8192
 LOCAL_SLOTS = 256  # NCEBPF_LOCAL_SLOTS
 # struct peer_counters, in order; a unit test holds the header to it.
-PACKETS, BYTES, FIRST_SEEN, LAST_SEEN = range(4)
+COUNTER_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
 
 
 class TotalsSlot(IntEnum):
     """enum totals_slot in bpf/ncebpf_kern_user.h (a unit test keeps the two in step)."""
 
-    MATCHED = 0
+    MATCHED_IN = 0
     FILTERED_OUT = 1
     UNPARSED = 2
     OVERFLOW = 3
     UNATTRIBUTED = 4
+    MATCHED_OUT = 5
 
 
 def map_memory_bytes(map_fd: int) -> int:
@@ -63,16 +64,10 @@ def local_slot_of(key: bytes) -> int:
     return fold & (LOCAL_SLOTS - 1)
 
 
-def fold_cpus(values: npt.NDArray[np.uint64]
-              ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64],
-                         npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """(packets, bytes, first seen, last seen) from an (entries, cpus, fields) array."""
-    firsts = values[:, :, FIRST_SEEN]
-    never = np.iinfo(np.uint64).max
-    first = np.where(firsts == 0, never, firsts).min(axis=1)
-    first[first == never] = 0
-    return (values[:, :, PACKETS].sum(axis=1), values[:, :, BYTES].sum(axis=1), first,
-            values[:, :, LAST_SEEN].max(axis=1))
+def fold_cpus(values: npt.NDArray[np.uint64]) -> Counts:
+    """(entries, 4) counters from an (entries, cpus, 4) array of per-CPU copies: the sum."""
+    folded: Counts = values.sum(axis=1, dtype=np.uint64)
+    return folded
 
 
 class KernelCounterSource:
@@ -93,7 +88,6 @@ class KernelCounterSource:
         self._totals = programs.table("totals")
         self._local = programs.table("local_addrs")
         self._local_slots = programs.table("local_slots")
-        self._clock_samples = programs.table("clock_samples")
         self._fd: int = self._peers.map_fd
         self.cpus: int = self._peers.total_cpu
         self._fields = len(self._peers.sLeaf._fields_)
@@ -103,13 +97,6 @@ class KernelCounterSource:
         self._values = ct.create_string_buffer(self._value_size * BATCH_ENTRIES)
         self._one_value = ct.create_string_buffer(self._value_size)
         self._slots_written: dict[int, tuple[int, bytes]] = {}
-        self.clock = JiffiesClock(self._sample_clocks)
-        self._previous_read_jiffies: int | None = None
-
-    def _sample_clocks(self) -> tuple[int, int]:
-        libbpf.prog_test_run(self._programs.clock.fd, bytes(64))
-        sample = self._clock_samples[ct.c_int(0)]
-        return int(sample.jiffies), int(sample.monotonic_ns)
 
     @property
     def capacity(self) -> int:
@@ -120,28 +107,16 @@ class KernelCounterSource:
         return map_memory_bytes(self._fd)
 
     def read_peers(self) -> PeerBatch:
-        self.clock.resync()
-        read_jiffies = self.clock.anchor_jiffies
-        keys, chunks = [], []
-        words_per_entry = self.cpus * self._fields
+        keys, chunks = bytearray(), []
+        key_view, value_view = memoryview(self._keys), memoryview(self._values)
         for count in self._read_chunks(self._fd, self._keys, self._values, self._key_size,
                                        self._value_size):
-            keys.append(self._keys.raw[:count * self._key_size])
-            chunks.append(np.frombuffer(memoryview(self._values), dtype=np.uint64,
-                                        count=count * words_per_entry).copy())
-        values = (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint64))
-        packets, nbytes, first, last = fold_cpus(values.reshape(-1, self.cpus, self._fields))
-        if self._previous_read_jiffies is None:
-            maybe_changed = np.ones(len(packets), dtype=np.bool_)
-        else:
-            # A program that bumps a counter after our previous read stamps it
-            # with a jiffies value at least that read's, less the one jiffy a
-            # program can straddle between reading the clock and adding.
-            maybe_changed = last >= np.uint64(max(self._previous_read_jiffies - 1, 0))
-        self._previous_read_jiffies = read_jiffies
-        to_ns = self.clock.to_monotonic_ns_array
-        return PeerBatch(b"".join(keys), packets, nbytes, to_ns(first), to_ns(last),
-                         maybe_changed)
+            keys += key_view[:count * self._key_size]
+            per_cpu = np.frombuffer(value_view, dtype=np.uint64,
+                                    count=count * self.cpus * self._fields)
+            chunks.append(fold_cpus(per_cpu.reshape(count, self.cpus, self._fields)))
+        counts = np.concatenate(chunks) if chunks else np.zeros((0, self._fields), np.uint64)
+        return PeerBatch(bytes(keys), counts)
 
     def read_totals(self) -> Totals:
         packets, nbytes = {}, {}
@@ -149,7 +124,10 @@ class KernelCounterSource:
             cpus = self._totals[ct.c_int(slot)]  # one lookup: every CPU's copy
             packets[slot] = sum(c.packets for c in cpus)
             nbytes[slot] = sum(c.bytes for c in cpus)
-        return Totals(packets=packets[TotalsSlot.MATCHED], bytes=nbytes[TotalsSlot.MATCHED],
+        return Totals(packets=packets[TotalsSlot.MATCHED_IN] + packets[TotalsSlot.MATCHED_OUT],
+                      bytes=nbytes[TotalsSlot.MATCHED_IN] + nbytes[TotalsSlot.MATCHED_OUT],
+                      out_packets=packets[TotalsSlot.MATCHED_OUT],
+                      out_bytes=nbytes[TotalsSlot.MATCHED_OUT],
                       filtered_out=packets[TotalsSlot.FILTERED_OUT],
                       unparsed=packets[TotalsSlot.UNPARSED],
                       unattributed=packets[TotalsSlot.UNATTRIBUTED],
@@ -161,10 +139,8 @@ class KernelCounterSource:
             if self._take(key, value):
                 row = np.frombuffer(memoryview(value), dtype=np.uint64).reshape(
                     1, self.cpus, self._fields)
-                packets, nbytes, first, last = fold_cpus(row)
-                yield PeerCounts(key, int(packets[0]), int(nbytes[0]),
-                                 self.clock.to_monotonic_ns(int(first[0])),
-                                 self.clock.to_monotonic_ns(int(last[0])))
+                in_packets, in_bytes, out_packets, out_bytes = fold_cpus(row)[0].tolist()
+                yield PeerCounts(key, in_packets, in_bytes, out_packets, out_bytes)
 
     def _take(self, key: bytes, value: ct.Array[ct.c_char]) -> bool:
         """Read an entry's last counts into value and remove it; False if it was not there."""
