@@ -319,7 +319,7 @@ class PeerTable:
         self.index = KeyIndex()
         self.names: dict[int, Sequence[str]] = {}  # row -> reverse-DNS names, when there are some
         self.listed_count = 0
-        self._created: list[Keys] = []  # keys of new peers, for the name lookups
+        self._created: list[Rows] = []  # rows of new peers, for the name lookups
         self._source_totals = Totals()  # cumulative, as the source says
         self._totals_base = Totals()  # the source's totals at the reset
         self.listed = np.zeros(0, dtype=np.bool_)
@@ -416,7 +416,7 @@ class PeerTable:
         self.E[rows] = created
         self.T[rows] = 0
         self.first_seen[rows] = created
-        self._created.append(self.index.keys[rows])
+        self._created.append(rows.astype(np.int32))
 
     def add(self, key: bytes, packets: int, nbytes: int, first_seen: float, last_seen: float,
             out_packets: int = 0, out_bytes: int = 0) -> None:
@@ -443,9 +443,14 @@ class PeerTable:
         self._source_totals = cumulative
 
     def take_created(self) -> list[bytes]:
-        """Keys of the peers listed since the previous call (for the name lookups)."""
+        """Keys of the peers listed since the previous call (for the name lookups), those
+        still listed. Kept as rows (4 B a peer): take them after each drain, before a
+        later drain can hand a retired peer's row to another."""
         created, self._created = self._created, []
-        keys: list[bytes] = np.concatenate(created).tolist() if created else []
+        if not created:
+            return []
+        rows = np.concatenate(created)
+        keys: list[bytes] = self.index.keys[rows[self.listed[rows]]].tolist()
         return keys
 
     def _fold_into_others(self, rows: Rows) -> int:

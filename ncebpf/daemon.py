@@ -74,6 +74,7 @@ from ncebpf.kernel.netif import (
 from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import DumpListener, allowed_or_default
 from ncebpf.locks import InstanceLock, InterfaceLock
+from ncebpf.memory import return_large_blocks
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
@@ -163,6 +164,7 @@ class Daemon:
         config = self.config
         ifindex_of(config.iface)
         os.umask(config.umask)
+        return_large_blocks()  # a drain's scratch memory goes back after each drain
         for what, directory in (("state", self.instance.statedir),
                                 ("pid", self.instance.piddir)):
             if why := shared_directory(directory):

@@ -69,6 +69,7 @@ class KeyIndex:
         self._free: list[Rows] = []  # freed rows, reused first
         self._free_count = 0
         self._tombstones = 0
+        self.generation = 0  # bumped whenever a row is freed: rows found before may be stale
 
     def __len__(self) -> int:
         return self._high - self._free_count
@@ -86,10 +87,24 @@ class KeyIndex:
 
         Without add, a key the index lacks gets row -1 and is not added.
         """
-        found, _ = self._probe(keys, add=False)
+        if len(self):
+            found, _ = self._probe(keys, add=False)
+        else:  # nothing to find: a first drain goes straight to adding
+            found = np.full(len(keys), -1, dtype=np.int64)
         new = np.zeros(len(keys), dtype=np.bool_)
         missing = np.flatnonzero(found < 0)
-        if add and len(missing):
+        if add and len(missing) > len(self) // 4:
+            # Many new keys (a first drain, a flood): rows first, then all slots anew in
+            # one pass, which beats probing for a place key by key.
+            rows = self._take_rows(len(missing))
+            self.keys[rows] = keys[missing]
+            self.live[rows] = True
+            size = len(self._slots)
+            while 2 * len(self) > size:
+                size *= 2
+            self._rebuild(size)
+            found[missing], new[missing] = rows, True
+        elif add and len(missing):
             # Sized for the keys really missing, not the batch: a steady drain adds nothing.
             self._reserve(len(self) + len(missing))
             found[missing], new[missing] = self._probe(keys[missing], add=True)
@@ -178,11 +193,9 @@ class KeyIndex:
         self.keys[rows] = bytes(KEY_SIZE)
         self._free.append(rows.astype(np.int64))
         self._free_count += len(rows)
+        self.generation += 1
         if self._tombstones > len(self._slots) // 4:
             self._rebuild(len(self._slots))
-
-    def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
 
     def _reserve(self, rows: int) -> None:
         """Rebuild into a larger slot array if rows would fill more than half of it."""
@@ -194,21 +207,24 @@ class KeyIndex:
         self._rebuild(size)
 
     def _rebuild(self, size: int) -> None:
+        """Place every live row anew into size slots, in one pass without probing.
+
+        Linear probing into empty slots, keys taken in order of their home slot
+        h, puts the i-th key at p(i) = max(h(i), p(i-1) + 1), that is
+        i + max over j <= i of (h(j) - j): a running maximum (numpy's
+        maximum.accumulate). The few keys of a cluster that runs past the last
+        slot continue at slot 0, into the first empty slots in order.
+        """
         live = self.live_rows()
         self._bits = size.bit_length() - 1
-        self._slots = np.full(size, EMPTY, dtype=np.int32)
         self._tombstones = 0
-        mask = np.uint64(size - 1)
-        slot = (hash_keys(self.keys[live]) >> np.uint64(64 - self._bits)) & mask
-        pending = np.arange(len(live))
-        while len(pending):
-            at = slot[pending]
-            empty = self._slots[at] == EMPTY
-            candidates = pending[empty]
-            self._slots[at[empty]] = -3 - candidates.astype(np.int32)
-            won = self._slots[at[empty]] == -3 - candidates.astype(np.int32)
-            self._slots[at[empty][won]] = live[candidates[won]]
-            placed = np.zeros(len(pending), dtype=np.bool_)
-            placed[np.flatnonzero(empty)[won]] = True
-            slot[pending[~placed]] = (slot[pending[~placed]] + np.uint64(1)) & mask
-            pending = pending[~placed]
+        home = (hash_keys(self.keys[live]) >> np.uint64(64 - self._bits)).astype(np.int64)
+        order = np.argsort(home, kind="stable")
+        steps = np.arange(len(live), dtype=np.int64)
+        place = steps + np.maximum.accumulate(home[order] - steps) if len(live) else steps
+        slots = np.full(size, EMPTY, dtype=np.int32)
+        fits = place < size
+        slots[place[fits]] = live[order[fits]]
+        wrapped = live[order[~fits]]
+        slots[np.flatnonzero(slots == EMPTY)[:len(wrapped)]] = wrapped
+        self._slots = slots

@@ -17,8 +17,7 @@ from typing import Any
 import dns.reversename
 import pytest
 
-from ncebpf.accounting import peer_key, peer_text
-from ncebpf.accounting import KEY_SIZE
+from ncebpf.accounting import KEY_SIZE, peer_key, peer_text
 from ncebpf.filter.frames import IPPROTO_UDP, ethernet, ip_frame, ipv4, ipv6, udp
 from ncebpf.kernel.maps import local_slot_of
 from ncebpf.packet import addresses
