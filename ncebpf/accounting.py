@@ -443,9 +443,8 @@ class PeerTable:
         self._source_totals = cumulative
 
     def take_created(self) -> list[bytes]:
-        """Keys of the peers listed since the previous call (for the name lookups), those
-        still listed. Kept as rows (4 B a peer): take them after each drain, before a
-        later drain can hand a retired peer's row to another."""
+        """Keys of the peers listed since the previous call and still listed (for the name
+        lookups). Kept as rows: 4 B a peer, not a bytes object."""
         created, self._created = self._created, []
         if not created:
             return []
@@ -467,6 +466,8 @@ class PeerTable:
     def _unlist(self, rows: Rows) -> None:
         self.listed[rows] = False
         self.listed_count -= len(rows)
+        # A new peer's row, unlisted before its name was asked for, may go to another.
+        self._created = [c[~np.isin(c, rows)] for c in self._created]
         for column in (self.counts, self.B, self.C, self.R, self.W, self.E, self.T,
                        self.first_seen):
             column[rows] = 0
