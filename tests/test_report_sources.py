@@ -19,7 +19,7 @@ from ncebpf.dump import DumpContext, json_document, render_json, render_perl
 from ncebpf.errors import NcebpfError
 from ncebpf.filter.frames import ip_frame
 from ncebpf.report import perldata, sources
-from ncebpf.report.model import TOTAL_FIELDS, Snapshot
+from ncebpf.report.model import DIRECTION_FIELDS, TOTAL_FIELDS, Snapshot
 from ncebpf.report.sources import from_instance, parse_dump, read_dump
 from tests.netns import DaemonProcess, NetnsPair
 
@@ -83,8 +83,14 @@ def test_json_and_stats_of_one_moment_read_back_the_same(tmp_path: Path) -> None
         fields = document["peers"][peer.address]
         assert (peer.B, peer.R, peer.W, peer.packets, peer.bytes) == (
             fields["B"], fields["R"], fields["W"], fields["packets"], fields["bytes"])
+        assert (peer.in_packets, peer.in_bytes, peer.out_packets, peer.out_bytes) == (
+            fields["in_packets"], fields["in_bytes"], fields["out_packets"], fields["out_bytes"])
         assert [p for p in from_stats.peers if p.address == peer.address][0].packets is None
+        assert [p for p in from_stats.peers if p.address == peer.address][0].in_packets is None
     assert from_json.peers[-1].N == tuple(HOSTILE)
+    assert {k: from_json.totals[k] for k in ("in_packets", "in_bytes", "out_packets",
+                                            "out_bytes")} == {
+        k: document["totals"][k] for k in ("in_packets", "in_bytes", "out_packets", "out_bytes")}
     for snapshot in (from_json, from_stats):
         assert (snapshot.start, snapshot.current, snapshot.users) == (1000, 2000, 5)
         assert (snapshot.hits_per_minute, snapshot.bytes_per_second) == (
@@ -99,10 +105,28 @@ def test_json_and_stats_of_one_moment_read_back_the_same(tmp_path: Path) -> None
     assert (from_stats.name, from_stats.mode, from_stats.match, from_stats.nomatch) == (
         None, None, "get /", "x\\x{1}")
     assert from_json.totals == {"packets": 13, "bytes": 1210, "filtered_out": 0, "unparsed": 4,
-                                "unattributed": 0, "overflow": 0, "dropped": 0}
+                                "unattributed": 0, "overflow": 0, "dropped": 0,
+                                "in_packets": 13, "in_bytes": 1210, "out_packets": 0,
+                                "out_bytes": 0}
     assert from_stats.totals == {} and from_json.unknown == {}
     assert (from_json.source, from_stats.source) == (str(tmp_path / "n.json"),
                                                       str(tmp_path / "n.stats"))
+
+
+def test_a_dump_from_before_in_and_out_still_reads(tmp_path: Path) -> None:
+    """JSON dumps written before issue 13 have no in/out: read, with None there."""
+    document = json_document(sample_table(), CONTEXT, 2000)
+    for record in document["peers"].values():
+        for key in ("in_packets", "in_bytes", "out_packets", "out_bytes"):
+            del record[key]
+    for key in ("in_packets", "in_bytes", "out_packets", "out_bytes"):
+        del document["totals"][key]
+    snapshot = read_dump(write(tmp_path / "old.json", render_json(document)))
+    assert all(p.in_packets is None and p.out_bytes is None for p in snapshot.peers)
+    assert [p.packets for p in snapshot.peers] == [r["packets"]
+                                                   for r in document["peers"].values()]
+    assert "in_packets" not in snapshot.totals and snapshot.totals["packets"] == \
+        document["totals"]["packets"]
 
 
 def test_the_format_is_the_contents_not_the_name(tmp_path: Path) -> None:
@@ -132,7 +156,7 @@ def test_json_with_unknown_totals(tmp_path: Path) -> None:
     document = json_document(table, CONTEXT, 2000)
     assert document["totals"]["filtered_out"] is None
     snapshot = read_dump(write(tmp_path / "n.json", render_json(document)))
-    assert list(snapshot.totals) == list(TOTAL_FIELDS)
+    assert list(snapshot.totals) == list(TOTAL_FIELDS) + list(DIRECTION_FIELDS)
     assert snapshot.totals["filtered_out"] is None and snapshot.totals["packets"] == 13
     assert snapshot.unknown == {"filtered_out": "the socket filter rejects frames unseen"}
 

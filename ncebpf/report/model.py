@@ -21,6 +21,8 @@ BY_CHOICES: tuple[By, ...] = ("cidr", "domain", "peer")
 SORT_CHOICES: tuple[Sort, ...] = ("bandwidth", "hits", "peers", "last", "packets", "bytes")
 DOMAIN_RULES: tuple[DomainRule, ...] = ("psl", "upstream")
 # The dump's totals, in the order reports show them (README "Reading a dump").
+# The JSON dump's per-direction counts (peers and totals), since issue 13: carried when present.
+DIRECTION_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
 TOTAL_FIELDS = ("packets", "bytes", "filtered_out", "unparsed", "unattributed", "overflow",
                 "dropped")
 
@@ -29,7 +31,9 @@ class Peer(NamedTuple):
     """One peer of a dump: its address text and the upstream fields (spec §7.2).
 
     packets and bytes are the exact counts since the peer's S; None when the
-    dump does not have them (an upstream `.stats` file). A named tuple, not a
+    dump does not have them (an upstream `.stats` file). in_packets ...
+    out_bytes split them by direction (in = the peer sent it); None in dumps
+    from before issue 13 and in `.stats` files. A named tuple, not a
     frozen dataclass: a report reads 100 000 of these, and a tuple is made
     five times faster.
     """
@@ -45,6 +49,10 @@ class Peer(NamedTuple):
     W: float
     packets: int | None = None
     bytes: int | None = None
+    in_packets: int | None = None
+    in_bytes: int | None = None
+    out_packets: int | None = None
+    out_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ncebpf.dump import SCHEMA_VERSION, stats_header
 from ncebpf.errors import NcebpfError
 from ncebpf.report import perldata
 from ncebpf.report.aggregate import address_order
-from ncebpf.report.model import TOTAL_FIELDS, Peer, Snapshot
+from ncebpf.report.model import DIRECTION_FIELDS, TOTAL_FIELDS, Peer, Snapshot
 
 # The regular layout of spec §10.3, as ncebpf and upstream write it.
 _BODY_OPEN = re.compile(r"\{\n  my \$dump = \{\n")
@@ -251,7 +251,7 @@ def _json_totals(totals: Any, source: str) -> tuple[dict[str, int | None], dict[
     if not isinstance(totals, dict):
         raise NcebpfError(f"{source}: \"totals\" is not an object")
     counts: dict[str, int | None] = {}
-    for key in TOTAL_FIELDS:
+    for key in TOTAL_FIELDS + tuple(k for k in DIRECTION_FIELDS if k in totals):
         value = totals.get(key)
         if value is not None and not _is_int(value):
             raise NcebpfError(f"{source}: totals \"{key}\" is {value!r}, not a count or null")
@@ -281,7 +281,8 @@ def _json_peers(peers: Any, source: str) -> tuple[Peer, ...]:
         try:
             names = p["N"]
             peer = Peer(address, p["B"], p["C"], p["E"], tuple(names), p["R"], p["S"], p["T"],
-                        p["W"], p.get("packets"), p.get("bytes"))
+                        p["W"], p.get("packets"), p.get("bytes"), p.get("in_packets"),
+                        p.get("in_bytes"), p.get("out_packets"), p.get("out_bytes"))
         except (KeyError, TypeError) as err:
             raise NcebpfError(f"{source}: peer {address!r} is not a peer record "
                               f"(B C E N R S T W): {type(err).__name__} {err}") from None
@@ -291,9 +292,11 @@ def _json_peers(peers: Any, source: str) -> tuple[Peer, ...]:
                 and type(peer.T) is int and type(names) is list
                 and all(type(n) is str for n in names)
                 and (peer.packets is None or type(peer.packets) is int)
-                and (peer.bytes is None or type(peer.bytes) is int)):
+                and (peer.bytes is None or type(peer.bytes) is int)
+                and all(count is None or type(count) is int for count in peer[-4:])):
             raise NcebpfError(f"{source}: peer {address!r} has a field of the wrong type "
-                              "(B R W numbers, C E S T integers, N a list of strings)")
+                              "(B R W numbers, C E S T integers, N a list of strings, "
+                              "packets, bytes and in/out counts integers)")
         out.append(peer)
     return tuple(out)
 
