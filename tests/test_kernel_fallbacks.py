@@ -61,8 +61,8 @@ def test_explain_checks_no_filter_where_the_programs_cannot_load(privileged: Non
     out = run("env", f"{MASK_VARIABLE}=bpf_jiffies64", *NCEBPF, "explain", "udp")
     assert out.stdout.splitlines()[-1] == (
         f"kernel: not checked: {MASK_VARIABLE} masks bpf_jiffies64 (test aid), which ncebpf's "
-        "programs need for peer time stamps in both programs, and the kernel clock "
-        "(ncebpf_clock)")
+        "programs need for the verifier limits and helpers of its kernel generation (probed "
+        "in their place; the programs no longer call it)")
 
 
 def test_the_probes_can_say_no(privileged: None) -> None:
@@ -217,8 +217,8 @@ def test_kernel_modes_refuse_without_bpf_jiffies64(silent_pair: NetnsPair, workd
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         f"Error: {MASK_VARIABLE} masks bpf_jiffies64 (test aid), which ncebpf's programs need "
-        "for peer time stamps in both programs, and the kernel clock (ncebpf_clock): count "
-        "with --mode pcap (or auto)")
+        "for the verifier limits and helpers of its kernel generation (probed in their place; "
+        "the programs no longer call it): count with --mode pcap (or auto)")
     assert "Traceback" not in out.stderr
 
 

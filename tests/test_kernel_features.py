@@ -79,8 +79,9 @@ def test_a_masked_feature_is_off_and_says_it_was_masked() -> None:
 
 def test_the_kernel_path_needs_jiffies_and_the_tc_helpers() -> None:
     assert combine({"bpf_jiffies64": False}, frozenset()).kernel_path_refusal() == (
-        "this kernel lacks bpf_jiffies64 (5.5), which ncebpf's programs need for peer time "
-        "stamps in both programs, and the kernel clock (ncebpf_clock)")
+        "this kernel lacks bpf_jiffies64 (5.5), which ncebpf's programs need for the verifier "
+        "limits and helpers of its kernel generation (probed in their place; the programs no "
+        "longer call it)")
     refusal = combine({}, frozenset({"tc_skb_helpers"})).kernel_path_refusal()
     assert refusal is not None and refusal.startswith(
         f"{MASK_VARIABLE} masks bpf_skb_load_bytes and bpf_skb_pull_data at TC (test aid)")

@@ -67,7 +67,8 @@ class FeatureInfo:
 
 FEATURES = (
     FeatureInfo("bpf_jiffies64", "bpf_jiffies64", "5.5",
-                "peer time stamps in both programs, and the kernel clock (ncebpf_clock)",
+                "the verifier limits and helpers of its kernel generation (probed in their "
+                "place; the programs no longer call it)",
                 "libpcap capture in user space (--mode auto); --mode xdp and tc refuse"),
     FeatureInfo("tc_skb_helpers", "bpf_skb_load_bytes and bpf_skb_pull_data at TC", "4.9",
                 "the TC program's reads past the linear data (filter, payload, TCP header)",
@@ -185,9 +186,9 @@ def combine(found: Mapping[str, bool], masked: frozenset[str], not_probed: str =
 def has_bpf_jiffies64() -> bool:
     """bpf_jiffies64 callable from XDP programs (mainline 5.5).
 
-    Both programs stamp each peer's first and last packet with it, the
-    cheapest clock they can read, and ncebpf_clock relates it to
-    CLOCK_MONOTONIC.
+    The programs no longer call it (the kernel keeps no time stamps since
+    issue 13); a kernel that has it has everything they need (IMPLIED), so it
+    stays the probe of that generation of kernel.
     """
     return libbpf.probe_helper(BPF_PROG_TYPE_XDP, HELPER_IDS["jiffies64"])
 
