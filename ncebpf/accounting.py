@@ -363,8 +363,18 @@ class PeerTable:
         """The row of a listed peer, or -1."""
         if len(key) != KEY_SIZE:
             return -1
-        row = int(self.index.rows(key_array(key), add=False)[0][0])
+        row = self.index.row(key)
         return row if row >= 0 and self.listed[row] else -1
+
+    def listed_among(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key is a listed peer: `key in peers` for many keys in one pass."""
+        if not keys:
+            return []
+        rows, _ = self.index.rows(key_array(b"".join(keys)), add=False)
+        found = rows >= 0
+        found[found] = self.listed[rows[found]]
+        listed: list[bool] = found.tolist()
+        return listed
 
     def listed_rows(self) -> Rows:
         return np.flatnonzero(self.listed[:self.index.high])
@@ -477,7 +487,8 @@ class PeerTable:
     def retire_rows(self, rows: Rows) -> int:
         """Fold these rows into `others` and free them, source state and all; return how
         many were listed. For entries gone from the source (evicted)."""
-        rows = rows[(rows >= 0) & self.index.live[np.maximum(rows, 0)]]
+        rows = np.unique(rows[rows >= 0])
+        rows = rows[self.index.live[rows]]
         retired = self._fold_into_others(rows)
         self.source[rows] = 0
         self.last_seen[rows] = 0

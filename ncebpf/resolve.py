@@ -235,7 +235,9 @@ class ReverseResolver:
     def _forget_retired(self, table: PeerTable) -> None:
         """Drop waiting peers the table no longer lists (a flood of new sources that were
         evicted before their turn came), so the queue stays bounded as the table is."""
-        self._waiting = deque(key for key in self._waiting if key in table.peers)
+        keys = list(self._waiting)
+        self._waiting = deque(key for key, listed in zip(keys, table.listed_among(keys),
+                                                         strict=True) if listed)
         self._pending = set(self._waiting) | {q.key for q in self._flying.values()}
 
     def _send(self, key: bytes, server: int, tries: int, now: float) -> None:

@@ -135,7 +135,8 @@ def test_the_columnar_table_is_the_reference_table(steps: list[tuple[str, object
         elif kind == "retire":
             assert isinstance(argument, list)
             keys = [key_of(n) for n in argument]
-            assert table.retire(keys) == reference.retire(keys)
+            assert table.listed_among(keys) == [key in reference.peers for key in keys]
+            assert table.retire(keys + keys) == reference.retire(keys)  # twice: once counts
         elif kind == "purge":
             now += step
             assert table.purge(now) == reference.purge(now)
@@ -177,6 +178,7 @@ def test_the_key_index_is_a_dict(first: list[int], steps: list[tuple[bool, list[
         else:
             rows, _ = index.rows(array, add=False)
             assert rows.tolist() == [model.get(key, -1) for key in keys]
+            assert [index.row(key) for key in keys] == rows.tolist()
             index.free(rows[rows >= 0])
             for key in keys:
                 model.pop(key, None)
