@@ -241,7 +241,7 @@ class KeyIndex:
         self._bits = size.bit_length() - 1
         self._tombstones = 0
         home = (hash_keys(self.keys[live]) >> np.uint64(64 - self._bits)).astype(np.int64)
-        order = np.argsort(home, kind="stable")
+        order = np.argsort(home)  # any order among equal home slots places validly
         steps = np.arange(len(live), dtype=np.int64)
         place = steps + np.maximum.accumulate(home[order] - steps) if len(live) else steps
         slots = np.full(size, EMPTY, dtype=np.int32)
