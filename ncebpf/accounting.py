@@ -25,7 +25,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -301,6 +301,31 @@ class PeerView(Mapping[bytes, PeerRow]):
         return iter(keys)
 
 
+@dataclass(frozen=True)
+class TableSnapshot:
+    """What a dump reads, copied at one instant (PeerTable.snapshot): the header's figures
+    and the listed peers in key order, position i in every column. Later drains, purges,
+    resets and names change the table, never a snapshot, so a dump can be written from
+    one while the table goes on counting (issue 13, item 4)."""
+
+    start: int
+    rates: GlobalRates
+    others: Others
+    totals: Totals
+    keys: Keys  # (n,) V20, in key order
+    B: npt.NDArray[np.uint64]  # noqa: N815 - upstream's field names
+    C: npt.NDArray[np.uint64]  # noqa: N815
+    E: npt.NDArray[np.uint32]  # noqa: N815
+    R: npt.NDArray[np.float64]  # noqa: N815
+    T: npt.NDArray[np.uint32]  # noqa: N815
+    W: npt.NDArray[np.float64]  # noqa: N815
+    counts: Counts
+    names: dict[int, Sequence[str]]  # position -> names, where there are some
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class PeerTable:
     """The peers since the start or the last reset, in columns; the global rates; the totals.
 
@@ -384,6 +409,18 @@ class PeerTable:
         rows = self.listed_rows()
         order: Rows = rows[np.argsort(self.index.keys[rows], kind="stable")]
         return order
+
+    def snapshot(self) -> TableSnapshot:
+        """A copy of what a dump reads (about 100 B a listed peer), taken now."""
+        rows = self.sorted_rows()
+        position = {row: at for at, row in enumerate(rows.tolist())} if self.names else {}
+        return TableSnapshot(
+            start=self.start, rates=replace(self.rates), others=replace(self.others),
+            totals=self.totals, keys=self.index.keys[rows], B=self.B[rows], C=self.C[rows],
+            E=self.E[rows], R=self.R[rows], T=self.T[rows], W=self.W[rows],
+            counts=self.counts[rows],
+            names={position[row]: names for row, names in self.names.items()
+                   if row in position})
 
     def count(self, rows: Rows, deltas: Counts, now: int, created: int | None = None) -> None:
         """Add deltas (n, 4) to these distinct rows at epoch second now: upstream's per-peer

@@ -32,6 +32,7 @@ from ncebpf.accounting import (
     OUT_PACKETS,
     Others,
     PeerTable,
+    TableSnapshot,
     Totals,
     peer_text,
 )
@@ -59,7 +60,7 @@ class DumpContext:
 PEERS_PER_PIECE = 10_000  # a piece of dump text is about 1.7 MB of JSON
 
 
-def _json_header(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
+def _json_header(table: TableSnapshot, context: DumpContext, now: float) -> dict[str, Any]:
     """Everything of the JSON document but its peers."""
     totals, others = table.totals, table.others
     return {
@@ -69,7 +70,7 @@ def _json_header(table: PeerTable, context: DumpContext, now: float) -> dict[str
         "current": int(now),
         "hits_per_minute": round(table.rates.hits_per_minute),
         "bytes_per_second": round(table.rates.bytes_per_second),
-        "users": len(table.peers),
+        "users": len(table),
         "device": context.device,
         "promiscuous": context.promiscuous,
         "filter": context.filter,
@@ -108,25 +109,31 @@ PeerFields = tuple[str, int, int, int, Sequence[str], float, int, int, float, in
                    int]  # address, B C E N R S T W, in/out packets/bytes
 
 
-def _rows_in_pieces(table: PeerTable) -> Iterator[list[PeerFields]]:
-    """The listed peers in key order (IPv4 before IPv6, numeric), PEERS_PER_PIECE at a time,
-    each as plain Python values read from the columns in one numpy call per column."""
-    ordered = table.sorted_rows()
-    names, start = table.names, table.start
-    for at in range(0, len(ordered), PEERS_PER_PIECE):
-        rows = ordered[at:at + PEERS_PER_PIECE]
-        counts = table.counts[rows]
-        keys: list[bytes] = table.index.keys[rows].tolist()
-        yield [(peer_text(key), b, c, e, names.get(row, ()), r, start, t, w, ip, ib, op, ob)
-               for key, row, b, c, e, r, t, w, ip, ib, op, ob in zip(
-                   keys, rows.tolist(), table.B[rows].tolist(), table.C[rows].tolist(),
-                   table.E[rows].tolist(), table.R[rows].tolist(), table.T[rows].tolist(),
-                   table.W[rows].tolist(), counts[:, IN_PACKETS].tolist(),
+def frozen(table: PeerTable | TableSnapshot) -> TableSnapshot:
+    """The snapshot to write: the one given, or one taken of the table now."""
+    return table if isinstance(table, TableSnapshot) else table.snapshot()
+
+
+def _rows_in_pieces(snapshot: TableSnapshot) -> Iterator[list[PeerFields]]:
+    """The snapshot's peers in key order (IPv4 before IPv6, numeric), PEERS_PER_PIECE at a
+    time, each as plain Python values read from the columns in one numpy call per column."""
+    names, start = snapshot.names, snapshot.start
+    for at in range(0, len(snapshot), PEERS_PER_PIECE):
+        end = at + PEERS_PER_PIECE
+        counts = snapshot.counts[at:end]
+        keys: list[bytes] = snapshot.keys[at:end].tolist()
+        yield [(peer_text(key), b, c, e, names.get(position, ()), r, start, t, w, ip, ib, op,
+                ob)
+               for position, key, b, c, e, r, t, w, ip, ib, op, ob in zip(
+                   range(at, at + len(keys)), keys, snapshot.B[at:end].tolist(),
+                   snapshot.C[at:end].tolist(), snapshot.E[at:end].tolist(),
+                   snapshot.R[at:end].tolist(), snapshot.T[at:end].tolist(),
+                   snapshot.W[at:end].tolist(), counts[:, IN_PACKETS].tolist(),
                    counts[:, IN_BYTES].tolist(), counts[:, OUT_PACKETS].tolist(),
                    counts[:, OUT_BYTES].tolist(), strict=True)]
 
 
-def json_pieces(table: PeerTable, context: DumpContext, now: float
+def json_pieces(table: PeerTable | TableSnapshot, context: DumpContext, now: float
                 ) -> Iterator[tuple[str, int]]:
     """The JSON dump as pieces of text, each with the number of peers written so far.
 
@@ -135,12 +142,13 @@ def json_pieces(table: PeerTable, context: DumpContext, now: float
     formatted by hand: json.dumps per peer would triple the cost of a dump;
     repr() of int and float is what json writes for them.
     """
-    head = json.dumps(_json_header(table, context, now), indent=1)
+    snapshot = frozen(table)
+    head = json.dumps(_json_header(snapshot, context, now), indent=1)
     yield head[:-2] + ',\n "peers": {', 0
-    yield from _closed(_json_peer_texts(table), "\n }\n}\n", "}\n}\n")
+    yield from _closed(_json_peer_texts(snapshot), "\n }\n}\n", "}\n}\n")
 
 
-def _json_peer_texts(table: PeerTable) -> Iterator[tuple[str, int]]:
+def _json_peer_texts(table: TableSnapshot) -> Iterator[tuple[str, int]]:
     done = 0
     for piece in _rows_in_pieces(table):
         lines = []
@@ -169,7 +177,8 @@ def _closed(texts: Iterator[tuple[str, int]], closing: str, closing_empty: str |
     yield (closing if done or closing_empty is None else closing_empty), done
 
 
-def json_document(table: PeerTable, context: DumpContext, now: float) -> dict[str, Any]:
+def json_document(table: PeerTable | TableSnapshot, context: DumpContext, now: float
+                  ) -> dict[str, Any]:
     """The JSON dump as one object (schema 1, README "Reading a dump"); small tables only."""
     document: dict[str, Any] = json.loads("".join(t for t, _ in json_pieces(table, context,
                                                                               now)))
@@ -244,18 +253,19 @@ def stats_header(start: int, current: int, hits_per_minute: float, bytes_per_sec
     return "\n".join(lines) + "\n"
 
 
-def perl_pieces(table: PeerTable, context: DumpContext, now: float
+def perl_pieces(table: PeerTable | TableSnapshot, context: DumpContext, now: float
                 ) -> Iterator[tuple[str, int]]:
     """The upstream `.stats` dump (spec §10.2-10.3) as pieces, with peers written so far."""
+    table = frozen(table)
     header = stats_header(table.start, int(now), table.rates.hits_per_minute,
-                          table.rates.bytes_per_second, len(table.peers), context.device,
+                          table.rates.bytes_per_second, len(table), context.device,
                           context.promiscuous, context.filter, context.match, context.nomatch,
                           context.payload, context.snaplen, table.others)
     yield header + "{\n  my $dump = {\n", 0
     yield from _closed(_perl_peer_texts(table), "  };\n}\n")
 
 
-def _perl_peer_texts(table: PeerTable) -> Iterator[tuple[str, int]]:
+def _perl_peer_texts(table: TableSnapshot) -> Iterator[tuple[str, int]]:
     for piece in _rows_in_pieces(table):
         lines = []
         for address, b, c, e, n, r, s, t, w, *_ in piece:
@@ -268,11 +278,11 @@ def _perl_peer_texts(table: PeerTable) -> Iterator[tuple[str, int]]:
         yield "".join(lines), len(piece)
 
 
-def render_perl(table: PeerTable, context: DumpContext, now: float) -> str:
+def render_perl(table: PeerTable | TableSnapshot, context: DumpContext, now: float) -> str:
     return "".join(text for text, _ in perl_pieces(table, context, now))
 
 
-def pieces(fmt: str, table: PeerTable, context: DumpContext, now: float
+def pieces(fmt: str, table: PeerTable | TableSnapshot, context: DumpContext, now: float
            ) -> Iterator[tuple[str, int]]:
     """The dump in format fmt ("json" or "perl") as (text, peers written so far) pieces."""
     return perl_pieces(table, context, now) if fmt == "perl" else \

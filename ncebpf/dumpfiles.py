@@ -113,11 +113,12 @@ class DumpWriter:
 
     def _write_into(self, directory: Path, table: PeerTable, now: float,
                     progress: Progress) -> Path:
-        total = len(table.peers)
+        snapshot = table.snapshot()  # both files of one instant, whatever happens meanwhile
+        total = len(snapshot)
         for fmt in FORMATS:
             path = directory / self.instance.dump_path(fmt).name
             try:
-                write_atomically(path, _reporting(pieces(fmt, table, self.context, now),
+                write_atomically(path, _reporting(pieces(fmt, snapshot, self.context, now),
                                                   total, progress), self.mode)
             except OSError as exc:
                 raise OutputError(describe(exc, path)) from exc

@@ -78,6 +78,26 @@ def test_in_and_out_split_packets_and_bytes_and_the_totals() -> None:
     assert "out_packets" not in render_perl(table, CONTEXT, 2000)
 
 
+def test_a_snapshot_dumps_the_moment_it_was_taken() -> None:
+    """Issue 13 item 4: a dump written from a snapshot is the table of that instant,
+    whatever drains, names, purges and resets do to the table meanwhile."""
+    table = sample_table()
+    expected_json = render_json(json_document(table, CONTEXT, 2000))
+    expected_perl = render_perl(table, CONTEXT, 2000)
+    snapshot = table.snapshot()
+    table.add(peer_key("10.77.0.9"), 7, 700, 1500, 1500)
+    table.add(peer_key("10.77.0.77"), 1, 60, 1500, 1500)
+    table.peers[peer_key("fd77::2")].N = ["later.example.com"]
+    table.peers[peer_key("10.77.0.10")].N = []
+    table.totals = Totals(packets=99, bytes=9999)
+    assert table.retire([peer_key("192.168.100.200")]) == 1
+    assert render_json(json_document(snapshot, CONTEXT, 2000)) == expected_json
+    assert render_perl(snapshot, CONTEXT, 2000) == expected_perl
+    table.reset(3000)
+    assert render_json(json_document(snapshot, CONTEXT, 2000)) == expected_json
+    assert len(snapshot) == 4 and json_document(table, CONTEXT, 3000)["peers"] == {}
+
+
 def test_integers_stay_integers() -> None:
     text = render_json(json_document(sample_table(), CONTEXT, 2000.0))
     for peer in json.loads(text)["peers"].values():
