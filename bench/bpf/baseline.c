@@ -21,10 +21,10 @@ int baseline_percpu_update(struct xdp_md *ctx)
 	struct peer_counters *c = floor_peers.lookup(&key);
 
 	if (c) {
-		c->packets++;
-		c->bytes += 60;
+		c->in_packets++;
+		c->in_bytes += 60;
 	} else {
-		struct peer_counters fresh = {.packets = 1, .bytes = 60};
+		struct peer_counters fresh = {.in_packets = 1, .in_bytes = 60};
 
 		floor_peers.update(&key, &fresh);
 	}
