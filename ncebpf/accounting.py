@@ -337,8 +337,11 @@ class PeerTable:
     unlisted or free row holds zeros. Epoch-second columns are uint32 (to 2106).
     """
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, track_created: bool = True) -> None:
+        """track_created: keep new peers for take_created (the resolver's); without it
+        take_created stays empty."""
         self.start = int(start)  # epoch seconds when collection (or the last reset) started
+        self.track_created = track_created
         self.rates = GlobalRates(self.start)
         self.others = Others()  # retired peers, since the start or reset
         self.index = KeyIndex()
@@ -463,7 +466,8 @@ class PeerTable:
         self.E[rows] = created
         self.T[rows] = 0
         self.first_seen[rows] = created
-        self._created.append(rows.astype(np.int32))
+        if self.track_created:
+            self._created.append(rows.astype(np.int32))
 
     def add(self, key: bytes, packets: int, nbytes: int, first_seen: float, last_seen: float,
             out_packets: int = 0, out_bytes: int = 0) -> None:

@@ -267,9 +267,10 @@ class Daemon:
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
                          source.capacity, source.memory_bytes / (1 << 20))
             source.set_local_addresses(self._local_addresses())
-            table = PeerTable(start=int(time.time()))
-            collector = Collector(source, table)
             self._resolver = self._start_resolver()
+            # Without a resolver nobody takes the new peers: do not collect them.
+            table = PeerTable(start=int(time.time()), track_created=self._resolver is not None)
+            collector = Collector(source, table)
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())

@@ -152,3 +152,13 @@ def test_peer_text_is_what_the_ipaddress_module_writes(address: bytes, prefix: b
     expected = f"::ffff:{ip.ipv4_mapped}" if ip.ipv4_mapped else str(ip)
     assert peer_text(ipv6_key(address)) == expected
     assert peer_text(ipv4_key(address[12:])) == str(ipaddress.IPv4Address(address[12:]))
+
+
+def test_new_peers_are_kept_for_names_only_when_wanted() -> None:
+    for wanted in (True, False):
+        table = PeerTable(start=1000, track_created=wanted)
+        table.add(peer_key("10.77.0.2"), 1, 60, 1001, 1001)
+        table.add(peer_key("fd77::2"), 1, 90, 1001, 1001)
+        assert table.take_created() == ([peer_key("10.77.0.2"), peer_key("fd77::2")]
+                                        if wanted else [])
+        assert table.take_created() == []
