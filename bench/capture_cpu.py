@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from figures import Figure, print_machine_costs, show_ratio, stands_out  # noqa: E402
+from figures import Figure, print_machine_costs, show_cost_ratio  # noqa: E402
 
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
@@ -120,19 +119,9 @@ def report(baselines: list[float], per_packet: dict[str, list[float]], notes: di
     resolution = 1 / hz / count  # one clock tick spread over the run's frames
     print_machine_costs(baselines, per_packet, notes, resolution)
 
-    def measurable(label: str) -> bool:
-        return stands_out(per_packet[label], baselines, resolution) and \
-            statistics.median(per_packet[label]) > statistics.median(baselines)
-
     for label in ("ncebpf, pcap mode", "tcpdump -w /dev/null"):
         for kernel in ("ncebpf, kernel: XDP + search", "ncebpf, kernel: TC ingress + search"):
-            if measurable(label) and measurable(kernel):
-                extra = [a - b for a, b in zip(per_packet[label], baselines, strict=True)]
-                base = [a - b for a, b in zip(per_packet[kernel], baselines, strict=True)]
-                verdict = show_ratio(extra, base)
-            else:
-                quiet = kernel if not measurable(kernel) else label
-                verdict = f"no ratio: the cost of {quiet!r} is below the noise of this machine"
+            verdict = show_cost_ratio(label, kernel, per_packet, baselines, resolution)
             print(f"  {label} / {kernel}: {verdict}")
 
 

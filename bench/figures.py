@@ -80,6 +80,29 @@ def show_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> str:
     return Figure.of(ratios).show("×", digits=2).replace(" ×", "×")
 
 
+def costs_above(rounds: Sequence[float], baselines: Sequence[float],
+                resolution: float = 0.0) -> list[float] | None:
+    """rounds − baselines, paired by round, when that is a cost that stands out of the noise
+    (stands_out, and above the baseline); None when it is noise or a saving."""
+    if not stands_out(rounds, baselines, resolution) or \
+            statistics.median(rounds) <= statistics.median(baselines):
+        return None
+    return [a - b for a, b in zip(rounds, baselines, strict=True)]
+
+
+def show_cost_ratio(numerator: str, denominator: str, per_packet: dict[str, list[float]],
+                    baselines: Sequence[float], resolution: float = 0.0) -> str:
+    """How many times the cost of `numerator` is the cost of `denominator`, each its rounds
+    minus the same round's run with no observer: '7.10× (5.02–9.40)', or 'no ratio: ...'
+    naming the cost that is below the noise of this machine."""
+    above = costs_above(per_packet[numerator], baselines, resolution)
+    below = costs_above(per_packet[denominator], baselines, resolution)
+    if below is None or above is None:
+        quiet = denominator if below is None else numerator
+        return f"no ratio: the cost of {quiet!r} is below the noise of this machine"
+    return show_ratio(above, below)
+
+
 def print_machine_costs(baselines: Sequence[float], per_packet: dict[str, list[float]],
                         notes: dict[str, str], resolution: float, width: int = 40) -> None:
     """Machine CPU per packet (seconds per packet, one figure per round) of each observer
