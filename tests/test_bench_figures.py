@@ -64,3 +64,17 @@ def test_no_ratio_when_a_cost_is_within_the_noise() -> None:
 
 def test_a_saving_is_not_a_cost() -> None:
     assert costs_above([500.0, 600.0, 550.0], [700.0, 800.0, 750.0]) is None
+
+
+def test_a_ratio_is_held_against_its_target_round_by_round() -> None:
+    baselines = [800.0, 800.0, 800.0]
+    per_packet = {"pmacctd": [2800.0, 2000.0, 2600.0], "ncebpf": [900.0, 900.0, 900.0]}
+    assert show_cost_ratio("pmacctd", "ncebpf", per_packet, baselines, target=15) == \
+        "18.00× (12.00–20.00); target ≥ 15×: met by the median, not in every round"
+    assert show_cost_ratio("pmacctd", "ncebpf", per_packet, baselines, target=10).endswith(
+        "target ≥ 10×: met in every round")
+    assert show_cost_ratio("pmacctd", "ncebpf", per_packet, baselines, target=20).endswith(
+        "target ≥ 20×: not met")
+    per_packet["ncebpf"] = [805.0, 790.0, 800.0]
+    assert show_cost_ratio("pmacctd", "ncebpf", per_packet, baselines, target=20).endswith(
+        "below the noise of this machine; target ≥ 20×: undecided")
