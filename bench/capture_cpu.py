@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,12 +57,14 @@ def blast(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[int, fl
     return int(out[0]), float(out[1])
 
 
-def measured(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[float, int, float]:
-    """(busy CPU seconds, frames sent, seconds) of one paced send."""
+def measured(pair: NetnsPair, path: Path, count: int, rate: float,
+             settle: Callable[[], object] = lambda: time.sleep(0.3)) -> tuple[float, int, float]:
+    """(busy CPU seconds, frames sent, seconds) of one paced send. settle: returns once the
+    receive side has finished with the frames (by default, 0.3 s after the last)."""
     hz = os.sysconf("SC_CLK_TCK")
     before = busy_jiffies()
     sent, seconds = blast(pair, path, count, rate)
-    time.sleep(0.3)  # let the receive side finish
+    settle()
     return (busy_jiffies() - before) / hz, sent, seconds
 
 
@@ -134,8 +137,9 @@ def main() -> None:
     count = int(args.rate * args.seconds)
     print(f"machine CPU per packet at {args.rate / 1000:.0f} kpps on veth, {count} frames, "
           f"filter {FILTER!r}, match {MATCH!r} in [{PAYLOAD}, {SNAPLEN}); 2 CPUs")
-    with NetnsPair(remote_ipv6=False, local_ipv6=False) as pair, \
-            tempfile.TemporaryDirectory() as tmp:
+    # The namespace goes first, with every process in it, then the files they were writing.
+    with tempfile.TemporaryDirectory() as tmp, \
+            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
         workdir = Path(tmp)
         path = workdir / "frames.bin"
         write_frames(path, frames(pair))
