@@ -13,8 +13,13 @@ last frame is counted too. Each observer says how many frames it saw: one that s
 were sent did less work, and its figure is flagged. The design's targets (design.md §6):
 the default mode ≥ 5× less CPU per packet than tcpdump, ≥ 20× less than pmacctd and darkstat.
 
-How close the XDP program itself is to the floor of one per-CPU hash update is measured by
-bench/run.py ("XDP, packet of a known peer"), not here. Figures only; never fails on time.
+Next to the machine figure, two that a busy machine blurs far less but that see only
+part of the cost: the CPU time of the observer's own processes (not the kernel's work for a
+capture tool in softirq, such as libpcap's copy into its ring), and ncebpf's program's run time
+from the kernel's BPF statistics (on while this runs; they add two clock reads per packet to
+ncebpf's machine figure). How close the XDP program itself is to the floor of one per-CPU hash
+update, without traffic, is measured by bench/run.py ("XDP, packet of a known peer"), not
+here. Figures only; never fails on time.
 Every observer runs in the test namespace and goes with it, on an error or Ctrl-C too.
 """
 
@@ -35,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from capture_cpu import measured, stop  # noqa: E402
-from figures import print_machine_costs, show_cost_ratio  # noqa: E402
-from hooks_cpu import frames, observer  # noqa: E402
+from figures import Figure, print_machine_costs, show_cost_ratio  # noqa: E402
+from hooks_cpu import BPF_STATS_RUN_TIME, frames, observer, program_stats  # noqa: E402
 from peer_counts import (  # noqa: E402
     Seen,
     darkstat_seen,
@@ -47,6 +52,7 @@ from peer_counts import (  # noqa: E402
     tcpdump_seen,
 )
 
+from ncebpf.kernel import libbpf  # noqa: E402
 from tests.netns import NetnsPair, run  # noqa: E402
 from tests.sendframes import write_frames  # noqa: E402
 
@@ -198,6 +204,21 @@ def _darkstat_then_stop(run: ToolRun, page: str) -> Seen:
     return darkstat_seen(page)
 
 
+def namespace_pids(pair: NetnsPair) -> list[str]:
+    return run("ip", "netns", "pids", pair.local, check=False).stdout.split()
+
+
+def ticks(pids: list[str]) -> int:
+    """User + system clock ticks the processes have used so far (one that exited: none)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += process_ticks(Path(f"/proc/{pid}/stat").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
 @dataclass
 class Idle:
     """Waits until the processes in the local namespace stop using CPU: one observer's
@@ -207,33 +228,23 @@ class Idle:
     capped: list[bool] = field(default_factory=list)
 
     def __call__(self) -> None:
-        pids = run("ip", "netns", "pids", self.pair.local, check=False).stdout.split()
+        pids = namespace_pids(self.pair)
         time.sleep(IDLE_MIN)
-        deadline, last = time.monotonic() + IDLE_CAP, self.ticks(pids)
+        deadline, last = time.monotonic() + IDLE_CAP, ticks(pids)
         while True:
             time.sleep(0.3)
-            now = self.ticks(pids)
+            now = ticks(pids)
             if now == last or time.monotonic() > deadline:
                 self.capped.append(now != last)
                 return
             last = now
-
-    @staticmethod
-    def ticks(pids: list[str]) -> int:
-        total = 0
-        for pid in pids:
-            try:
-                total += process_ticks(Path(f"/proc/{pid}/stat").read_text())
-            except (FileNotFoundError, ProcessLookupError):
-                pass  # it exited: its time is no longer anyone's
-        return total
 
 
 def wait_namespace_empty(pair: NetnsPair) -> None:
     """No process of one observer left to run into the next run (a plugin that outlived its
     core, say): wait for them, then kill them."""
     deadline = time.monotonic() + 10
-    while pids := run("ip", "netns", "pids", pair.local, check=False).stdout.split():
+    while pids := namespace_pids(pair):
         if time.monotonic() > deadline:
             for pid in pids:
                 try:
@@ -294,6 +305,11 @@ def main() -> None:
         per_packet: dict[str, list[float]] = {label: [] for label in observers}
         results: dict[str, list[tuple[Seen, int]]] = {label: [] for label in observers}
         still_busy: dict[str, int] = {label: 0 for label in observers}
+        own: dict[str, list[float]] = {label: [] for label in observers}
+        program: dict[str, list[float]] = {label: [] for label in NCEBPF_HOOKS}
+        # BPF statistics on for as long as this fd is open (they cost ncebpf's runs two clock
+        # reads per packet); the process exit closes it.
+        libbpf._check(libbpf._lib().bpf_enable_stats(BPF_STATS_RUN_TIME), "BPF_ENABLE_STATS")
         runs = [None, *observers]  # None: the run with no observer
         for round_ in range(args.rounds):
             # Rotated: an observer that runs first (or right after another's teardown) in one
@@ -306,7 +322,13 @@ def main() -> None:
                     continue
                 running = observers[label]()
                 time.sleep(1.0)
+                pids = namespace_pids(pair)
+                before = ticks(pids)
                 cpu, sent, _ = measured(pair, path, count, args.rate, idle)
+                own[label].append((ticks(pids) - before) / hz / sent)
+                if isinstance(running, NcebpfRun):
+                    run_ns, run_count = program_stats(pair)
+                    program[label].append(run_ns / max(run_count, 1) / 1e9)
                 still_busy[label] += idle.capped[-1]
                 results[label].append((running.finish(), sent))
                 per_packet[label].append(cpu / sent)
@@ -317,6 +339,14 @@ def main() -> None:
             if still_busy[label] else "") for label in observers}
         resolution = 1 / hz / count  # one clock tick spread over a run's frames
         print_machine_costs(baselines, per_packet, notes, resolution, width=34)
+        print("  each observer's own processes (user + system time, exact: blind to the kernel "
+              "work done for it in softirq, such as libpcap's copy into its ring) and, for "
+              "ncebpf, its program's run time (BPF statistics)")
+        for label in observers:
+            line = f"    {label:<32} processes {Figure.of(own[label]).show('ns/packet', 1e9):>24}"
+            if label in program:
+                line += f"; program {Figure.of(program[label]).show('ns/packet', 1e9)}"
+            print(line)
         print(f"  {DEFAULT} against each peer (how many times its cost per packet is the "
               "default mode's):")
         for peer, target in TARGETS.items():
