@@ -47,7 +47,8 @@ def tcpdump_seen(stderr: str) -> Seen:
 
 def pmacctd_seen(core_log: str, in_table: int | None) -> Seen:
     """pmacctd's core reports libpcap's statistics as it exits ("received_packets=R
-    dropped_packets=D", pmacct 1.7); frames = R − D, the frames its core was handed.
+    dropped_packets=D", pmacct 1.7); frames = R − D, the frames its core was handed, or, when
+    that line is missing, the packets in its table (short by a partly filled plugin buffer).
     in_table: the packets its memory plugin had counted (`pmacct -N ... -S`), None when the
     plugin did not answer; a plugin that falls behind the core misses frames too ("Missing data
     detected" in its log)."""
@@ -58,7 +59,7 @@ def pmacctd_seen(core_log: str, in_table: int | None) -> Seen:
     if missing:
         detail += f"; its plugin logged 'Missing data detected' {missing} times"
     if not found:
-        return Seen(None, f"no libpcap statistics on exit; {detail}")
+        return Seen(in_table, f"no libpcap statistics on exit, counted from its table; {detail}")
     received, dropped = int(found.group(1)), int(found.group(2))
     return Seen(received - dropped, f"libpcap: {received:,} received, {dropped:,} dropped; "
                 f"{detail}")

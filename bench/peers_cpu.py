@@ -181,7 +181,9 @@ def pmacctd(pair: NetnsPair, workdir: Path) -> ToolRun:
             table = None  # its plugin is still busy
         return pmacctd_seen(run.stop(), table)
 
-    return ToolRun(pair, workdir, "pmacctd", ["pmacctd", "-f", str(config)],
+    # stdbuf -oL: its core prints libpcap's statistics on stdout as it exits; into a file,
+    # block-buffered, that line was missing in some runs.
+    return ToolRun(pair, workdir, "pmacctd", ["stdbuf", "-oL", "pmacctd", "-f", str(config)],
                    ready=pipe.exists, seen=seen)
 
 

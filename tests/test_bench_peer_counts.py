@@ -59,7 +59,9 @@ def test_pmacctd_saw_what_libpcap_handed_its_core() -> None:
     assert "'Missing data detected' 2 times" in seen.detail
 
 
-def test_pmacctd_killed_before_its_statistics_did_not_say() -> None:
+def test_pmacctd_without_its_statistics_saw_what_its_table_counted() -> None:
+    seen = pmacctd_seen("INFO ( default/core ): OK, Exiting ...\n", 399993)
+    assert seen.frames == 399993 and "no libpcap statistics" in seen.detail
     seen = pmacctd_seen("INFO ( default/core ): OK, Exiting ...\n", None)
     assert seen.frames is None and "did not answer" in seen.detail
 
