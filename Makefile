@@ -74,6 +74,7 @@ bench: install-dev
 	$(PY) bench/run.py
 	$(PY) bench/capture_cpu.py
 	$(PY) bench/hooks_cpu.py
+	$(PY) bench/peers_cpu.py
 	$(PY) bench/dump_bench.py
 	$(PY) bench/report_bench.py
 	$(PY) bench/report_html_bench.py --browser

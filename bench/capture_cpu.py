@@ -13,15 +13,15 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from figures import Figure, print_machine_costs, show_ratio, stands_out  # noqa: E402
+from figures import Figure, print_machine_costs, show_cost_ratio  # noqa: E402
 
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
@@ -57,12 +57,14 @@ def blast(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[int, fl
     return int(out[0]), float(out[1])
 
 
-def measured(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[float, int, float]:
-    """(busy CPU seconds, frames sent, seconds) of one paced send."""
+def measured(pair: NetnsPair, path: Path, count: int, rate: float,
+             settle: Callable[[], object] = lambda: time.sleep(0.3)) -> tuple[float, int, float]:
+    """(busy CPU seconds, frames sent, seconds) of one paced send. settle: returns once the
+    receive side has finished with the frames (by default, 0.3 s after the last)."""
     hz = os.sysconf("SC_CLK_TCK")
     before = busy_jiffies()
     sent, seconds = blast(pair, path, count, rate)
-    time.sleep(0.3)  # let the receive side finish
+    settle()
     return (busy_jiffies() - before) / hz, sent, seconds
 
 
@@ -120,19 +122,9 @@ def report(baselines: list[float], per_packet: dict[str, list[float]], notes: di
     resolution = 1 / hz / count  # one clock tick spread over the run's frames
     print_machine_costs(baselines, per_packet, notes, resolution)
 
-    def measurable(label: str) -> bool:
-        return stands_out(per_packet[label], baselines, resolution) and \
-            statistics.median(per_packet[label]) > statistics.median(baselines)
-
     for label in ("ncebpf, pcap mode", "tcpdump -w /dev/null"):
         for kernel in ("ncebpf, kernel: XDP + search", "ncebpf, kernel: TC ingress + search"):
-            if measurable(label) and measurable(kernel):
-                extra = [a - b for a, b in zip(per_packet[label], baselines, strict=True)]
-                base = [a - b for a, b in zip(per_packet[kernel], baselines, strict=True)]
-                verdict = show_ratio(extra, base)
-            else:
-                quiet = kernel if not measurable(kernel) else label
-                verdict = f"no ratio: the cost of {quiet!r} is below the noise of this machine"
+            verdict = show_cost_ratio(label, kernel, per_packet, baselines, resolution)
             print(f"  {label} / {kernel}: {verdict}")
 
 
@@ -145,8 +137,9 @@ def main() -> None:
     count = int(args.rate * args.seconds)
     print(f"machine CPU per packet at {args.rate / 1000:.0f} kpps on veth, {count} frames, "
           f"filter {FILTER!r}, match {MATCH!r} in [{PAYLOAD}, {SNAPLEN}); 2 CPUs")
-    with NetnsPair(remote_ipv6=False, local_ipv6=False) as pair, \
-            tempfile.TemporaryDirectory() as tmp:
+    # The namespace goes first, with every process in it, then the files they were writing.
+    with tempfile.TemporaryDirectory() as tmp, \
+            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
         workdir = Path(tmp)
         path = workdir / "frames.bin"
         write_frames(path, frames(pair))

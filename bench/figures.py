@@ -80,6 +80,41 @@ def show_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> str:
     return Figure.of(ratios).show("×", digits=2).replace(" ×", "×")
 
 
+def costs_above(rounds: Sequence[float], baselines: Sequence[float],
+                resolution: float = 0.0) -> list[float] | None:
+    """rounds − baselines, paired by round, when that is a cost that stands out of the noise
+    (stands_out, and above the baseline); None when it is noise or a saving."""
+    if not stands_out(rounds, baselines, resolution) or \
+            statistics.median(rounds) <= statistics.median(baselines):
+        return None
+    return [a - b for a, b in zip(rounds, baselines, strict=True)]
+
+
+def show_cost_ratio(numerator: str, denominator: str, per_packet: dict[str, list[float]],
+                    baselines: Sequence[float], resolution: float = 0.0,
+                    target: float | None = None) -> str:
+    """How many times the cost of `numerator` is the cost of `denominator`, each its rounds
+    minus the same round's run with no observer: '7.10× (5.02–9.40)', or 'no ratio: ...'
+    naming the cost that is below the noise of this machine. target: the least ratio wanted,
+    said to be met in every round, by the median only, not met, or undecided."""
+    above = costs_above(per_packet[numerator], baselines, resolution)
+    below = costs_above(per_packet[denominator], baselines, resolution)
+    if below is None or above is None:
+        quiet = denominator if below is None else numerator
+        verdict = f"no ratio: the cost of {quiet!r} is below the noise of this machine"
+        return verdict if target is None else f"{verdict}; target ≥ {target:g}×: undecided"
+    if target is None:
+        return show_ratio(above, below)
+    ratios = [a / b for a, b in zip(above, below, strict=True)]
+    if min(ratios) >= target:
+        met = "met in every round"
+    elif statistics.median(ratios) >= target:
+        met = "met by the median, not in every round"
+    else:
+        met = "not met"
+    return f"{show_ratio(above, below)}; target ≥ {target:g}×: {met}"
+
+
 def print_machine_costs(baselines: Sequence[float], per_packet: dict[str, list[float]],
                         notes: dict[str, str], resolution: float, width: int = 40) -> None:
     """Machine CPU per packet (seconds per packet, one figure per round) of each observer

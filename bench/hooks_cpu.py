@@ -46,10 +46,11 @@ def frames(pair: NetnsPair) -> list[bytes]:
 
 
 def observer(pair: NetnsPair, workdir: Path, name: str, *flags: str) -> subprocess.Popen[str]:
+    """`ncebpf attach --name NAME FLAGS...` on the local end, once its control socket is up."""
     for d in ("state", "run"):
         (workdir / d).mkdir(exist_ok=True)
     proc = pair.popen(pair.local, *NCEBPF, "attach", "--no-resolve", "--iface", pair.local_if,
-                      "--direction", "ingress", "--name", name, *flags,
+                      "--name", name, *flags,
                       "--statedir", str(workdir / "state"), "--piddir", str(workdir / "run"))
     deadline = time.monotonic() + 60
     while not (workdir / "run" / f"{name}.sock").exists() and time.monotonic() < deadline:
@@ -83,8 +84,9 @@ def main() -> None:
     hz = os.sysconf("SC_CLK_TCK")
     print(f"machine CPU per packet of each ingress hook at {args.rate / 1000:.0f} kpps on veth, "
           f"{count} frames of 64 bytes from 512 peers, no filter; 2 CPUs shared")
-    with NetnsPair(remote_ipv6=False, local_ipv6=False) as pair, \
-            tempfile.TemporaryDirectory() as tmp:
+    # The namespace goes first, with every process in it, then the files they were writing.
+    with tempfile.TemporaryDirectory() as tmp, \
+            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
         workdir = Path(tmp)
         path = workdir / "frames.bin"
         write_frames(path, frames(pair))
@@ -100,7 +102,7 @@ def main() -> None:
             cpu, sent, _ = measured(pair, path, count, args.rate)
             baselines.append(cpu / sent)
             for label, (name, *flags) in HOOKS.items():
-                proc = observer(pair, workdir, name, *flags)
+                proc = observer(pair, workdir, name, "--direction", "ingress", *flags)
                 time.sleep(1.0)
                 cpu, sent, _ = measured(pair, path, count, args.rate)
                 run_ns, runs = program_stats(pair)

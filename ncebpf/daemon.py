@@ -60,7 +60,7 @@ from ncebpf.kernel.build import (
     import_bcc,
     loaded_programs,
 )
-from ncebpf.kernel.features import KernelFeatures, probe
+from ncebpf.kernel.features import MASK_VARIABLE, KernelFeatures, masked_names, probe
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.kernel.netif import (
     ifindex_of,
@@ -194,6 +194,8 @@ class Daemon:
         if self._dlt != DLT_EN10MB:
             log.info("%s has no MAC header: frames are parsed from the IP header and the "
                      "filter is compiled for raw IP, as tcpdump does there", config.iface)
+        # A test aid's typo must not pass unnoticed in a mode that probes nothing.
+        masked_names(os.environ.get(MASK_VARIABLE, ""))
         if config.mode == "pcap":
             return "pcap", ""
         reason = kernel_limits(self._match, self._nomatch, config.payload, config.snaplen)
@@ -218,14 +220,18 @@ class Daemon:
             return "pcap", reason
         features = self._features
         payload = bool(self._match or self._nomatch)
+        hooks = self._hooks = plan_hooks(
+            config.mode, config.xdp_mode, config.ingress, config.egress, link_of(config.iface),
+            xdp_payload_lack="" if features.bpf_xdp_load_bytes or not payload
+            else features.lack("bpf_xdp_load_bytes"))
         for missing in features.missing():
-            # Each fallback once, where it applies to this run; a kernel without
-            # XDP_FLAGS_REPLACE is found out (and said) at the first detach.
-            if missing.name != "bpf_xdp_load_bytes" or payload:
-                log.warning("%s", features.fallback_line(missing.name))
-        hooks = self._hooks = plan_hooks(config.mode, config.xdp_mode, config.ingress,
-                                         config.egress, link_of(config.iface),
-                                         xdp_payload=features.bpf_xdp_load_bytes or not payload)
+            # Each fallback once, and only where it changes this run: plan_hooks says
+            # the payload search's; XDP_FLAGS_REPLACE matters only with XDP attached
+            # (a kernel without it is found out, and said, at the first detach).
+            if missing.name == "bpf_xdp_load_bytes" or (
+                    missing.name == "xdp_flags_replace" and hooks.ingress != "xdp"):
+                continue
+            log.warning("%s", features.fallback_line(missing.name))
         if hooks.ingress == "xdp" and not config.force:
             refuse_foreign_xdp(config.iface)  # before the compile: fail fast
         if hooks.choice:

@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install-system-deps"
 
 # Debian packages only the tests and benchmarks use (nsd is a DNS server: on an operator's
-# machine it would be one more service to keep from starting; chromium is a browser).
-TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "bpftool", "ethtool",
-                      "chromium", "vagrant", "vagrant-libvirt"}
+# machine it would be one more service to keep from starting, as would pmacct's daemons and
+# darkstat, the peers of the CPU benchmark; chromium is a browser).
+TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "pmacct", "darkstat",
+                      "bpftool", "ethtool", "chromium", "vagrant", "vagrant-libvirt"}
 # What only `make vm-test` uses on the host.
 VM_ONLY_PACKAGES = {"qemu-system-x86", "kmod", "busybox-static"}
 DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "hatchling"}

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.error
@@ -461,11 +462,13 @@ def test_refused_clients_are_closed_at_accept_and_take_no_slot(
     assert messages == ["refused a report request from 127.0.0.1: not in the allowed list"]
 
 
-def drip(port: int, stop: threading.Event, every_s: float) -> bool:
+def drip(port: int, stop: threading.Event, every_s: float,
+         connected: threading.Semaphore) -> bool:
     """A client that sends its request line a byte at a time and never ends its headers;
     True when the server closed the connection before stop was set."""
     request = b"GET /report.txt HTTP/1.0\r\nX-Slow: " + b"a" * 10_000
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connected.release()
         connection.settimeout(every_s)
         for byte in request:
             try:
@@ -481,6 +484,13 @@ def drip(port: int, stop: threading.Event, every_s: float) -> bool:
     return False
 
 
+def listen_backlog(port: int) -> int:
+    """Connections to 127.0.0.1:port the server has not accepted yet (ss's Recv-Q)."""
+    out = subprocess.run(["ss", "-ltnH", "sport", "=", f":{port}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[1])
+
+
 def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
     # Long enough for 32 connections to be accepted on a loaded machine before the first
     # is cut: the test needs every slot held at once.
@@ -492,15 +502,20 @@ def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
         cut: list[bool] = []
         idle = [socket.create_connection(("127.0.0.1", server.port))
                 for _ in range(MAX_CLIENTS // 2)]
-        drippers = [threading.Thread(target=lambda: cut.append(drip(server.port, stop, 0.2)))
-                    for _ in range(MAX_CLIENTS - len(idle))]
+        connected = threading.Semaphore(0)
+        drippers = [threading.Thread(
+            target=lambda: cut.append(drip(server.port, stop, 0.2, connected)))
+            for _ in range(MAX_CLIENTS - len(idle))]
         try:
             for thread in drippers:
                 thread.start()
+            # Probe only once every dripper is connected and accepted: a probe served
+            # meanwhile would hold a slot, and a dripper refused then would never hold one.
+            for _ in drippers:
+                assert connected.acquire(timeout=deadline_s / 2)
+            while listen_backlog(server.port):
+                time.sleep(0.01)
             # Every slot is held (idle or dripping, well within the 30 s per-read timeout).
-            held_by = time.monotonic() + deadline_s * 0.9
-            while time.monotonic() < held_by and not closed_unanswered(server.port):
-                time.sleep(0.01)  # the drippers' connections are not all in yet
             assert closed_unanswered(server.port)
             answer = None
             give_up = threading.Event()
@@ -513,6 +528,8 @@ def test_drip_feeding_clients_lose_their_slots_at_the_header_deadline() -> None:
             for connection in idle:
                 connection.settimeout(10)
                 assert connection.recv(100) == b""  # closed at the deadline, unanswered
+            for thread in drippers:  # each cut at its own deadline, accepted a little later
+                thread.join(timeout=deadline_s)
         finally:
             stop.set()
             for thread in drippers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from ncebpf.kernel.build import BuildOptions, LoadedPrograms, PayloadOptions, lo
 from ncebpf.kernel.features import MASK_VARIABLE, combine
 from ncebpf.kernel.maps import KernelCounterSource
 from ncebpf.payload import fold, parse_needle
-from tests.netns import NCEBPF, DaemonProcess, NetnsPair
+from tests.netns import NCEBPF, TIME_SCALE, DaemonProcess, NetnsPair
 from tests.test_kernel_counts import assert_peers, egress_mix, expected_counts, ingress_mix
 from tests.test_payload_parity import PAYLOAD, SNAPLEN, expected, traffic
 
@@ -149,10 +150,11 @@ def test_slow_drain_and_replace_masked_count_exactly(pair: NetnsPair, workdir: P
     expected_peers, unparsed = expected_counts(ingress + egress, {pair.local_v4, pair.local_v6})
     assert_peers(dump, expected_peers)
     assert dump["totals"]["unparsed"] == unparsed
-    for title in ("BPF_MAP_LOOKUP_BATCH", "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
-                  "XDP_FLAGS_REPLACE"):
+    # XDP_FLAGS_REPLACE matters, and is said, only where an XDP program is attached.
+    for title, times in (("BPF_MAP_LOOKUP_BATCH", 1), ("BPF_MAP_LOOKUP_AND_DELETE_ELEM", 1),
+                         ("XDP_FLAGS_REPLACE", int(xdp_mode == "native"))):
         said = warnings_naming(daemon.stderr, f"{MASK_VARIABLE} masks {title}")
-        assert len(said) == 1, daemon.stderr
+        assert len(said) == times, daemon.stderr
     # Detached without XDP_FLAGS_REPLACE all the same.
     assert pair.xdp_attached() == ""
     assert pair.tc_egress_filters() == ""
@@ -179,8 +181,31 @@ def test_payload_at_tc_without_bpf_xdp_load_bytes(silent_pair: NetnsPair, workdi
     monkeypatch.setenv(MASK_VARIABLE, "bpf_xdp_load_bytes")
     dump, stderr = run_payload(silent_pair, workdir, "--xdp-mode", "native")
     assert dump["mode"] == "tc"
-    assert len(warnings_naming(stderr, f"{MASK_VARIABLE} masks bpf_xdp_load_bytes")) == 1
-    assert len(warnings_naming(stderr, "--xdp-mode native ignored")) == 1
+    said = warnings_naming(stderr, "bpf_xdp_load_bytes")
+    assert len(said) == 1 and f"{MASK_VARIABLE} masks bpf_xdp_load_bytes" in said[0], stderr
+    assert "--xdp-mode native ignored" in said[0]
+
+
+def test_a_missing_feature_that_changes_nothing_is_not_said(silent_pair: NetnsPair,
+                                                            workdir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    # TC carries the payload search anyway, and no XDP program is attached.
+    monkeypatch.setenv(MASK_VARIABLE, "bpf_xdp_load_bytes,xdp_flags_replace")
+    dump, stderr = run_payload(silent_pair, workdir, "--mode", "tc")
+    assert dump["mode"] == "tc"
+    assert warnings_naming(stderr, MASK_VARIABLE) == [], stderr
+
+
+def test_an_unknown_mask_is_refused_in_pcap_mode_too(silent_pair: NetnsPair, workdir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MASK_VARIABLE, "batch_opz")
+    out = silent_pair.ns(silent_pair.local, *NCEBPF, "attach", "--iface", silent_pair.local_if,
+                         "--mode", "pcap", "--no-resolve", "--statedir", str(workdir),
+                         "--piddir", str(workdir), check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"Error: {MASK_VARIABLE} names unknown kernel features batch_opz")
 
 
 def test_xdp_mode_with_a_payload_refuses_without_bpf_xdp_load_bytes(
@@ -192,9 +217,9 @@ def test_xdp_mode_with_a_payload_refuses_without_bpf_xdp_load_bytes(
                          str(workdir), "--piddir", str(workdir), check=False)
     assert out.returncode == 2
     error = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
-    assert error == ["Error: --match/--nomatch at XDP needs bpf_xdp_load_bytes (kernel 5.18), "
-                     "which this kernel lacks: use --mode auto or tc, which search payload at "
-                     "TC ingress"], out.stderr
+    assert error == ["Error: --match/--nomatch at XDP needs bpf_xdp_load_bytes and "
+                     f"{MASK_VARIABLE} masks bpf_xdp_load_bytes (test aid): use --mode auto or "
+                     "tc, which search payload at TC ingress"], out.stderr
     assert "Traceback" not in out.stderr
     assert silent_pair.xdp_attached() == ""
 
@@ -231,3 +256,26 @@ def test_explain_kernel_prints_the_probe(privileged: None) -> None:
     batch = next(line for line in rows if line.startswith("  BPF_MAP_LOOKUP_BATCH "))
     assert batch.split()[1:3] == ["5.6", "masked"]
     assert any("without it: each drain reads the peer map key by key" in line for line in rows)
+
+
+def test_auto_counts_with_libpcap_where_the_kernel_refuses_bpf(workdir: Path,
+                                                                privileged: None) -> None:
+    """Root in a user namespace has CAP_BPF there, but the kernel wants the host's: the
+    probe's EPERM sends auto mode to libpcap in one line, not to a failed compile."""
+    command = (f"ip link set lo up && exec {' '.join(NCEBPF)} attach --iface lo --no-resolve "
+               f"--name u --statedir {workdir} --piddir {workdir}")
+    daemon = subprocess.Popen(["unshare", "-Urn", "sh", "-c", command],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60 * TIME_SCALE
+        while not (workdir / "u.sock").exists():
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.1)
+    finally:
+        daemon.terminate()
+        _, stderr = daemon.communicate(timeout=30 * TIME_SCALE)
+    assert daemon.returncode == 0, stderr
+    said = warnings_naming(stderr, "libpcap in user space")
+    assert len(said) == 1 and "the kernel refuses BPF to this process" in said[0], stderr
+    assert "Traceback" not in stderr and "compile" not in stderr

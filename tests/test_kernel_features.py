@@ -28,7 +28,7 @@ UAPI_BPF_H = Path("/usr/include/linux/bpf.h")
 
 
 def feature_fields() -> set[str]:
-    return {f.name for f in fields(KernelFeatures) if f.type == "bool"} - {"probed"}
+    return {f.name for f in fields(KernelFeatures) if f.type == "bool"} - {"probed", "denied"}
 
 
 def test_every_feature_has_a_field_a_row_and_a_probe() -> None:
@@ -118,21 +118,41 @@ def test_explain_table_names_every_feature_and_each_fallback_taken() -> None:
 VETH = Link(5, "nct0", "veth", False, 0, 0)
 
 
+LACKS = "this kernel lacks bpf_xdp_load_bytes (5.18)"
+MASKS = "NCEBPF_KERNEL_WITHOUT masks bpf_xdp_load_bytes (test aid)"
+
+
 def test_xdp_without_bpf_xdp_load_bytes_refuses_in_one_line() -> None:
-    with pytest.raises(UsageError) as refused:
-        plan_hooks("xdp", "auto", True, True, VETH, xdp_payload=False)
-    assert "bpf_xdp_load_bytes (kernel 5.18)" in str(refused.value)
-    assert "\n" not in str(refused.value)
+    for lack in (LACKS, MASKS):
+        with pytest.raises(UsageError) as refused:
+            plan_hooks("xdp", "auto", True, True, VETH, xdp_payload_lack=lack)
+        assert lack in str(refused.value)
+        assert "\n" not in str(refused.value)
     # Egress only: no XDP, nothing to refuse.
-    assert plan_hooks("xdp", "auto", False, True, VETH, xdp_payload=False).ingress == ""
+    assert plan_hooks("xdp", "auto", False, True, VETH, xdp_payload_lack=LACKS).ingress == ""
 
 
 def test_auto_with_xdp_mode_counts_payload_at_tc_without_bpf_xdp_load_bytes() -> None:
-    plan = plan_hooks("auto", "native", True, True, VETH, xdp_payload=False)
+    plan = plan_hooks("auto", "native", True, True, VETH, xdp_payload_lack=MASKS)
     assert (plan.mode, plan.ingress) == ("tc", "tc")
-    assert plan.notes == ("--xdp-mode native ignored on nct0: the payload search needs "
-                          "bpf_xdp_load_bytes (5.18) at XDP, so ingress is counted with TC",)
+    assert plan.notes == (f"{MASKS}: --xdp-mode native ignored on nct0, ingress is counted "
+                          "with TC, where the payload search works",)
     assert plan_hooks("auto", "native", True, True, VETH).ingress == "xdp"
+    # Default auto counts ingress with TC anyway: nothing changes, nothing to say.
+    assert plan_hooks("auto", "auto", True, True, VETH, xdp_payload_lack=LACKS).notes == (
+        plan_hooks("auto", "auto", True, True, VETH).notes)
+
+
+def test_a_refused_probe_means_no_kernel_path() -> None:
+    features = combine({}, frozenset(), "not probed: create a BPF map: Operation not permitted",
+                       denied=True)
+    refusal = features.kernel_path_refusal()
+    assert refusal is not None and "refuses BPF to this process" in refusal
+    assert "CAP_BPF" in refusal and "\n" not in refusal
+    assert "ncebpf counts with libpcap" in render(features, "6.1.0")
+    assert render(features, "6.1.0").splitlines()[0] == (
+        "kernel 6.1.0: features not probed: create a BPF map: Operation not permitted; "
+        "taken as present")
 
 
 def test_explain_needs_an_expression_or_kernel() -> None:

@@ -68,7 +68,7 @@ class HookPlan:
 
 
 def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
-               link: Link, xdp_payload: bool = True) -> HookPlan:
+               link: Link, xdp_payload_lack: str = "") -> HookPlan:
     """The hooks for `--mode` (auto, xdp or tc) on one device. Pure.
 
     auto counts ingress with TC: TC ingress sees GRO super-packets with
@@ -81,10 +81,10 @@ def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
     On loopback every frame passes egress and then ingress: with both
     directions only egress is counted, so a frame counts once, as libpcap
     counts it (it drops the outgoing copy there).
-    xdp_payload is False when a payload search is asked for and the kernel
-    lacks bpf_xdp_load_bytes (5.18): --mode xdp is refused (UsageError, one
-    line), auto with --xdp-mode counts ingress with TC, where the search
-    works, and says so.
+    xdp_payload_lack, when a payload search is asked for and the kernel lacks
+    bpf_xdp_load_bytes (5.18), says so (KernelFeatures.lack): then --mode xdp
+    is refused (UsageError, one line), and auto with --xdp-mode counts
+    ingress with TC, where the search works, and says so in one line.
     """
     notes: list[str] = []
     choice = ""
@@ -93,14 +93,14 @@ def plan_hooks(mode: str, xdp_mode: XdpMode, ingress: bool, egress: bool,
         notes.append(f"{link.name} is loopback, where every frame passes egress and then "
                      f"ingress: counting each once, at egress")
     wants_xdp = mode == "xdp" or (mode == "auto" and xdp_mode != "auto")
-    if wants_xdp and ingress and not xdp_payload:
+    if wants_xdp and ingress and xdp_payload_lack:
         if mode == "xdp":
-            raise UsageError("--match/--nomatch at XDP needs bpf_xdp_load_bytes (kernel 5.18), "
-                             "which this kernel lacks: use --mode auto or tc, which search "
-                             "payload at TC ingress")
+            raise UsageError(f"--match/--nomatch at XDP needs bpf_xdp_load_bytes and "
+                             f"{xdp_payload_lack}: use --mode auto or tc, which search payload "
+                             "at TC ingress")
         wants_xdp = False
-        notes.append(f"--xdp-mode {xdp_mode} ignored on {link.name}: the payload search needs "
-                     "bpf_xdp_load_bytes (5.18) at XDP, so ingress is counted with TC")
+        notes.append(f"{xdp_payload_lack}: --xdp-mode {xdp_mode} ignored on {link.name}, "
+                     "ingress is counted with TC, where the payload search works")
     if not ingress:
         hook = ""
     elif wants_xdp:

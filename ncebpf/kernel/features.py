@@ -81,7 +81,8 @@ FEATURES = (
                 "each drain reads the peer map key by key (two syscalls a peer: slower)"),
     FeatureInfo("hash_lookup_and_delete", "BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps", "5.14",
                 "evicting an idle peer and reading its last counts in one step",
-                "lookup, then delete: a packet of the peer between the two is not counted"),
+                "lookup, then delete: a packet of the peer between the two counts in the "
+                "totals, not under the peer"),
     FeatureInfo("xdp_flags_replace", "XDP_FLAGS_REPLACE", "5.7",
                 "detaching our XDP program only if it is still the one attached",
                 "the attached program's id is checked, then it is detached (not atomic)"),
@@ -98,7 +99,9 @@ class KernelFeatures:
     """The kernel features ncebpf may use: one bool per FEATURES entry, True = use it.
 
     probed is False when nothing could be asked (not_probed says why); the
-    bools are then all True. masked names the features NCEBPF_KERNEL_WITHOUT
+    bools are then all True. denied is True when the kernel refused the probe
+    itself (EPERM: root in a user namespace, a seccomp or LSM policy), so that
+    the kernel path cannot work either. masked names the features NCEBPF_KERNEL_WITHOUT
     turned off (their bools are False whatever the kernel has).
     xdp_flags_replace is not probed: see the module docstring.
     """
@@ -112,6 +115,7 @@ class KernelFeatures:
     probed: bool = True
     not_probed: str = ""
     masked: frozenset[str] = frozenset()
+    denied: bool = False  # the kernel refused BPF itself (EPERM): no program can load here
 
     def has(self, name: str) -> bool:
         return bool(getattr(self, name))
@@ -129,22 +133,26 @@ class KernelFeatures:
             return "at attach"
         return "yes" if self.has(name) else "no"
 
+    def lack(self, name: str) -> str:
+        """'this kernel lacks X (5.18)', or that NCEBPF_KERNEL_WITHOUT masks it."""
+        feature = FEATURE_BY_NAME[name]
+        return (f"{MASK_VARIABLE} masks {feature.title} (test aid)" if name in self.masked
+                else f"this kernel lacks {feature.title} ({feature.since})")
+
     def fallback_line(self, name: str) -> str:
         """The one line that says a feature is missing (or masked) and what ncebpf does."""
-        feature = FEATURE_BY_NAME[name]
-        subject = (f"{MASK_VARIABLE} masks {feature.title} (test aid)" if name in self.masked
-                   else f"this kernel lacks {feature.title} ({feature.since})")
-        return f"{subject}: {feature.fallback}"
+        return f"{self.lack(name)}: {FEATURE_BY_NAME[name].fallback}"
 
     def kernel_path_refusal(self) -> str | None:
         """Why the kernel programs cannot load here, or None when they can."""
+        if self.denied:
+            return (f"the kernel refuses BPF to this process ({self.not_probed}): in a user "
+                    "namespace or a container ncebpf needs CAP_BPF, CAP_PERFMON and "
+                    "CAP_NET_ADMIN of the host")
         for name in ("bpf_jiffies64", "tc_skb_helpers"):
             if not self.has(name):
-                feature = FEATURE_BY_NAME[name]
-                subject = (f"{MASK_VARIABLE} masks {feature.title} (test aid)"
-                           if name in self.masked
-                           else f"this kernel lacks {feature.title} ({feature.since})")
-                return f"{subject}, which ncebpf's programs need for {feature.used_for}"
+                return (f"{self.lack(name)}, which ncebpf's programs need for "
+                        f"{FEATURE_BY_NAME[name].used_for}")
         return None
 
     def summary(self) -> str:
@@ -165,17 +173,18 @@ def masked_names(value: str) -> frozenset[str]:
     return names
 
 
-def combine(found: Mapping[str, bool], masked: frozenset[str], not_probed: str = ""
-            ) -> KernelFeatures:
+def combine(found: Mapping[str, bool], masked: frozenset[str], not_probed: str = "",
+            denied: bool = False) -> KernelFeatures:
     """KernelFeatures from probe results (missing names count as present) and masks. Pure.
 
-    With not_probed (why nothing could be asked) the results are ignored.
+    With not_probed (why nothing could be asked) the results are ignored;
+    denied says the kernel refused the probe (see KernelFeatures).
     """
     if not_probed:
         found = {}
     values = {f.name: found.get(f.name, True) and f.name not in masked for f in FEATURES}
     return KernelFeatures(**values, probed=not not_probed, not_probed=not_probed,
-                          masked=masked)
+                          masked=masked, denied=denied)
 
 
 # libbpf_probe_bpf_helper loads a program that calls the helper and says
@@ -278,7 +287,8 @@ def probe() -> KernelFeatures:
         for name, has_feature in PROBES.items():
             found[name] = has_feature()
     except KernelError as exc:
-        return combine({}, masked, f"not probed: {exc}")
+        return combine({}, masked, f"not probed: {exc}",
+                       denied=exc.errno in (errno.EPERM, errno.EACCES))
     features = combine(found, masked)
     log.debug("%s", features.summary())
     return features
@@ -289,8 +299,8 @@ def render(features: KernelFeatures, release: str) -> str:
     the answer here, what it is for) and, for each one ncebpf cannot use, the path
     it takes instead. Pure."""
     width = max(len(f.title) for f in FEATURES)
-    lines = [f"kernel {release}: features probed, not read off the version"
-             + (f" ({features.not_probed})" if features.not_probed else ""),
+    lines = [f"kernel {release}: features probed, not read off the version" if features.probed
+             else f"kernel {release}: features {features.not_probed}; taken as present",
              f"  {'feature':<{width}}  since  here        used for"]
     for feature in FEATURES:
         state = features.state(feature.name)
@@ -299,6 +309,9 @@ def render(features: KernelFeatures, release: str) -> str:
         if not features.has(feature.name):
             lines.append(f"  {'':<{width}}  {'':<5}  {'':<10}  without it: {feature.fallback}")
     lines.append(f"  implied by bpf_jiffies64 (5.5): {IMPLIED}")
+    if features.denied:
+        lines.append(f"  {features.kernel_path_refusal()}: ncebpf counts with libpcap "
+                     "(--mode auto)")
     if "xdp_flags_replace" not in features.masked and features.probed:
         lines.append("  XDP_FLAGS_REPLACE needs an interface to try: ncebpf finds out at the "
                      "first detach and then checks the program's id before detaching")
