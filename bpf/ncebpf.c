@@ -24,13 +24,30 @@
 #include "ncebpf_filter.h"
 #endif
 
+/*
+ * With -DNCEBPF_PIN_DIR="/sys/fs/bpf/ncebpf/<name>" the maps that hold counts
+ * are pinned there (BCC's BPF_TABLE_PINNED: an existing pin is reused, a
+ * missing one made and pinned), so that they outlive the process and a new
+ * daemon counts on where the last one stopped (issue 13, items 1 and 2).
+ * Without it (explain, tests, bench) they live as long as the programs.
+ */
+#ifdef NCEBPF_PIN_DIR
+#define NCEBPF_COUNTING_MAP(type, key, leaf, name, size) \
+	BPF_TABLE_PINNED(type, key, leaf, name, size, NCEBPF_PIN_DIR "/" #name)
+#else
+#define NCEBPF_COUNTING_MAP(type, key, leaf, name, size) BPF_TABLE(type, key, leaf, name, size)
+#endif
+
+/* Key: 0. Value: struct dataset_meta. Read and written by user space only. */
+NCEBPF_COUNTING_MAP("array", __u32, struct dataset_meta, dataset_meta, 1);
+
 /* Key: peer address and family. Value: that peer's counters, one copy per CPU.
  * Preallocated: inserting a new peer costs about 1 us instead of about
  * 15 us for a per-CPU allocation, which matters under a spoofed-source flood. */
-BPF_TABLE("percpu_hash", struct peer_key, struct peer_counters, peers, NCEBPF_MAX_PEERS);
+NCEBPF_COUNTING_MAP("percpu_hash", struct peer_key, struct peer_counters, peers, NCEBPF_MAX_PEERS);
 
 /* Key: enum totals_slot. Value: packets and bytes, one copy per CPU. */
-BPF_PERCPU_ARRAY(totals, struct total_counters, TOTALS_NR);
+NCEBPF_COUNTING_MAP("percpu_array", int, struct total_counters, totals, TOTALS_NR);
 
 /* Key: local_slot_of(address). Value: struct local_slot. Written by user space only. */
 BPF_ARRAY(local_slots, struct local_slot, NCEBPF_LOCAL_SLOTS);

@@ -102,4 +102,21 @@ struct payload_needle {
 	__u64 masks[NCEBPF_NEEDLE_WORDS];
 };
 
+/*
+ * What the pinned maps hold (issue 13, items 1 and 2): one entry, written by
+ * user space only, right after the maps were made. layout is
+ * NCEBPF_DATASET_LAYOUT; id is a random number naming this data set (0: the
+ * maps are new, no program has counted into them yet); digest is a SHA-256 of
+ * what defines the data set (ncebpf.kernel.pins.dataset_digest). This struct
+ * never changes: every ncebpf reads it to learn whether it can use the maps.
+ */
+#define NCEBPF_DATASET_LAYOUT 1
+
+struct dataset_meta {
+	__u32 layout;
+	__u32 pad;
+	__u64 id;
+	__u8 digest[32];
+};
+
 #endif /* NCEBPF_KERN_USER_H */

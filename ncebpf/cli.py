@@ -115,6 +115,7 @@ instance_options = _options(
                  help="TOML configuration [default: /etc/ncebpf/<name>.toml if it exists]."),
     _setting_option("statedir", metavar="DIR"),
     _setting_option("piddir", metavar="DIR"),
+    _setting_option("bpffs", metavar="DIR"),
 )
 
 run_options = _options(
@@ -139,6 +140,7 @@ run_options = _options(
     _setting_option("umask"),
     _setting_option("http", metavar="ADDR:PORT"),
     _setting_option("http_refresh_s", metavar="SECONDS"),
+    _setting_option("checkpoint_s", metavar="SECONDS"),
     click.argument("expression", nargs=-1),
     instance_options,
 )
@@ -152,13 +154,15 @@ def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
 
 
 def _instance(name: str, config_file: Path | None, statedir: str | None,
-              piddir: str | None) -> Instance:
+              piddir: str | None, bpffs: str | None = None) -> Instance:
     """Where an instance keeps its files, without validating the rest of its configuration."""
     settings = _file_settings(name, config_file)
     if statedir is not None:
         settings["statedir"] = statedir
     if piddir is not None:
         settings["piddir"] = piddir
+    if bpffs is not None:
+        settings["bpffs"] = bpffs
     return instance_of(settings, name)
 
 
@@ -270,17 +274,22 @@ def start(ctx: click.Context, /, **_: Any) -> None:
 @click.option("--timeout", type=TIMEOUT, default=15.0, show_default=True,
               help="SIGKILL after this many seconds in which the daemon neither wrote nor "
                    "used CPU; while it drains and writes its final dump it is never killed.")
+@click.option("--keep", is_flag=True,
+              help="Leave the programs counting into the pinned maps, with a final checkpoint "
+                   "of the table: the next 'start' goes on without losing a count.")
 def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
-         timeout: float) -> None:
+         bpffs: str | None, timeout: float, keep: bool) -> None:
     """Stop a background instance: SIGTERM, final dump, detach.
 
     Waits for as long as the daemon writes its final dump; SIGKILL only after
     --timeout seconds in which it wrote nothing. Exit 1 when the final dump
-    could not go where it belongs (the message says where it went).
+    could not go where it belongs (the message says where it went). Without
+    --keep the pinned maps and the checkpoint go too: the data set has ended.
     """
     from ncebpf import lifecycle
 
-    click.echo(lifecycle.stop(_instance(name, config_file, statedir, piddir), timeout))
+    click.echo(lifecycle.stop(_instance(name, config_file, statedir, piddir, bpffs), timeout,
+                              keep))
 
 
 @main.command()
@@ -289,14 +298,16 @@ def stop(name: str, config_file: Path | None, statedir: str | None, piddir: str 
               help="SIGKILL the old daemon after this many seconds without progress.")
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
-    """Stop, wait until gone, start: never two daemons at once."""
+    """Stop with the programs left counting, wait until gone, start: never two daemons at
+    once, and no count lost (the new daemon takes over the pinned maps and the table's
+    checkpoint, and replaces the programs in one step)."""
     from ncebpf import lifecycle
     from ncebpf.kernel.privileges import require_capture_privileges
 
     require_capture_privileges("ncebpf restart")
     config = _run_config(ctx)
     try:
-        click.echo(lifecycle.stop(config.instance, timeout))
+        click.echo(lifecycle.stop(config.instance, timeout, keep=True))
     except NcebpfError as exc:
         if lifecycle.running_pid(config.instance) is not None:
             raise
@@ -309,7 +320,7 @@ def restart(ctx: click.Context, /, timeout: float, **_: Any) -> None:
 @main.command()
 @instance_options
 def status(name: str, config_file: Path | None, statedir: str | None,
-           piddir: str | None) -> None:
+           piddir: str | None, bpffs: str | None) -> None:
     """Say whether the instance runs: exit 0 running, 3 not running, 1 dead, 4 unknown.
 
     Dead: it was killed (kill -9, the OOM killer) and left its programs on
@@ -318,7 +329,7 @@ def status(name: str, config_file: Path | None, statedir: str | None,
     from ncebpf.lifecycle import running_pid
     from ncebpf.remains import find, unlocked_process
 
-    instance = _instance(name, config_file, statedir, piddir)
+    instance = _instance(name, config_file, statedir, piddir, bpffs)
     pid = running_pid(instance)
     if pid is not None:
         click.echo(f"{name} running, pid {pid}")
@@ -328,6 +339,12 @@ def status(name: str, config_file: Path | None, statedir: str | None,
         click.echo(unlocked_process(instance, remains.pid))
         raise click.exceptions.Exit(EXIT_UNKNOWN)
     stop = f"run 'ncebpf stop --name {name}'"
+    if remains is not None and remains.programs and instance.pin_dir.is_dir():
+        how = "kept by 'stop --keep'" if remains.pid is None else f"{remains.who} was killed"
+        click.echo(f"{name} not running ({how}); its programs on {remains.iface} count on into "
+                   f"the maps pinned in {instance.pin_dir}: 'ncebpf start --name {name}' goes on "
+                   f"without loss, 'ncebpf stop --name {name}' removes them")
+        raise click.exceptions.Exit(EXIT_NOT_RUNNING if remains.pid is None else EXIT_DEAD)
     if remains is not None and remains.programs:
         click.echo(f"{name} is dead ({remains.who}) and left ncebpf programs on "
                    f"{remains.iface}: {stop} to remove them")
@@ -360,7 +377,7 @@ def config(ctx: click.Context, /, **_: Any) -> None:
                    "instance (a large table takes long to write, and says how far it got).")
 @instance_options
 def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | None,
-         statedir: str | None, piddir: str | None) -> None:
+         statedir: str | None, piddir: str | None, bpffs: str | None) -> None:
     """Ask the running instance for a fresh dump and print it.
 
     Returns only once the instance has drained its counters and written
@@ -368,7 +385,7 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
     """
     from ncebpf.control import request_dump
 
-    path = request_dump(_instance(name, config_file, statedir, piddir), fmt, timeout)
+    path = request_dump(_instance(name, config_file, statedir, piddir, bpffs), fmt, timeout)
     with path.open() as dumped:  # a dump of a million peers is 170 MB: copy it in pieces
         _write_output(output, iter(lambda: dumped.read(1 << 20), ""))
 
@@ -430,7 +447,8 @@ def _write_output(output: str, pieces: Iterable[str]) -> None:
 @instance_options
 def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int, cidr6: int,
            top: int | None, sort: str, domain_rule: str, timeout: float, name: str,
-           config_file: Path | None, statedir: str | None, piddir: str | None) -> None:
+           config_file: Path | None, statedir: str | None, piddir: str | None,
+           bpffs: str | None) -> None:
     """Who used the link: peers grouped by prefix, domain or peer, busiest first.
 
     SOURCE is a dump: ncebpf's JSON or .stats, or a .stats file of the Perl
@@ -451,7 +469,7 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
     if len(sources) > 1:
         raise UsageError("give one SOURCE: reports over several dumps are not supported yet")
     snapshot = read_dump(Path(sources[0])) if sources else \
-        from_instance(_instance(name, config_file, statedir, piddir), timeout)
+        from_instance(_instance(name, config_file, statedir, piddir, bpffs), timeout)
     options = Options(by=cast(By, by), cidr4=cidr4, cidr6=cidr6,
                       domain_rule=cast(DomainRule, domain_rule), sort=cast(Sort, sort), top=top)
     _write_output(output, [render(aggregate(snapshot, options), fmt)])
@@ -461,7 +479,7 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
 @click.option("--iface", "-i", required=True, help="Interface to clean up.")
 @instance_options
 def detach(iface: str, name: str, config_file: Path | None, statedir: str | None,
-           piddir: str | None) -> None:
+           piddir: str | None, bpffs: str | None) -> None:
     """Remove ncebpf programs a killed run left on IFACE.
 
     Only ncebpf's own XDP program and TC filter are removed; another tool's
@@ -471,12 +489,19 @@ def detach(iface: str, name: str, config_file: Path | None, statedir: str | None
     from ncebpf.errors import UsageError
     from ncebpf.kernel.attach import detach_leftovers
     from ncebpf.kernel.privileges import require_bpf_privileges
-    from ncebpf.locks import InterfaceBusy, InterfaceLock, describe, stop_command
+    from ncebpf.lifecycle import running_pid
+    from ncebpf.locks import InstanceLock, InterfaceBusy, InterfaceLock, describe, stop_command
+    from ncebpf.remains import forget_pinned
 
     require_bpf_privileges("ncebpf detach")
     try:
         with InterfaceLock(iface, name, counting=False) as held:
             removed = detach_leftovers(held)
+        instance = _instance(name, config_file, statedir, piddir, bpffs)
+        if running_pid(instance) is None and instance.pin_dir.is_dir():
+            with InstanceLock(instance, tidying=True):
+                forget_pinned(instance)
+            removed.append(f"the maps pinned in {instance.pin_dir}")
     except InterfaceBusy as busy:
         if busy.owner is not None and not busy.owner.counting:
             raise  # another clean-up, for a moment

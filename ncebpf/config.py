@@ -45,6 +45,8 @@ DEFAULT_CONFIG_DIR = Path("/etc/ncebpf")
 DEFAULT_STATEDIR = Path("/var/lib/ncebpf")
 DEFAULT_PIDDIR = Path("/run/ncebpf")
 DEFAULT_INTERVAL_S = 5.0
+DEFAULT_CHECKPOINT_S = 60.0
+DEFAULT_BPFFS = Path("/sys/fs/bpf")  # where ncebpf.kernel.pins mounts bpffs when absent
 DEFAULT_MAX_PEERS = 1 << 20
 DEFAULT_SNAPLEN = 38  # 14 Ethernet + 20 IPv4 + 4 port bytes, as upstream
 MAX_SNAPLEN = 65535
@@ -218,6 +220,7 @@ class Instance:
     name: str = DEFAULT_NAME
     statedir: Path = DEFAULT_STATEDIR  # dumps: <statedir>/<name>.stats and <name>.json
     piddir: Path = DEFAULT_PIDDIR  # <name>.pid, the control socket <name>.sock
+    bpffs: Path = DEFAULT_BPFFS  # pinned maps in <bpffs>/ncebpf/<name>/ (ncebpf.kernel.pins)
 
     def __post_init__(self) -> None:
         # The name becomes file names (and a socket path of at most 107 bytes): no
@@ -256,6 +259,16 @@ class Instance:
         return self.piddir / f"{self.name}.outcome"
 
     @property
+    def pin_dir(self) -> Path:
+        """Where the counting maps are pinned while the programs count without a daemon."""
+        return self.bpffs / "ncebpf" / self.name
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The table's last checkpoint (ncebpf.checkpoint)."""
+        return self.statedir / f"{self.name}.checkpoint"
+
+    @property
     def log_path(self) -> Path:
         return self.statedir / f"{self.name}.log"
 
@@ -285,6 +298,7 @@ class RunConfig:
     http_refresh_s: int = DEFAULT_HTTP_REFRESH_S  # served reports are at most this old
     dns_rate: float = 20.0  # PTR queries per second at most
     umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S  # seconds between checkpoints of the table
 
     @property
     def ingress(self) -> bool:
@@ -354,6 +368,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piddir", "piddir", "--piddir", "text",
             f"Directory for <name>.pid and the control socket [default: {DEFAULT_PIDDIR}].",
             allowed_text="a directory, in quotes"),
+    Setting("bpffs", "bpffs", "--bpffs", "text",
+            f"Mount point of the bpf file system; the counting maps are pinned in "
+            f"<bpffs>/ncebpf/<name> [default: {DEFAULT_BPFFS}, mounted when absent].",
+            allowed_text="a directory, in quotes"),
+    Setting("checkpoint_s", "checkpoint", "--checkpoint", "number",
+            "Seconds between checkpoints of the table (also at every dump and at stop).",
+            minimum=1, maximum=86400, unit="seconds"),
     Setting("resolve", "resolve", "--no-resolve", "boolean", "Do not look up peer names."),
     Setting("resolvers", "resolver", "--resolver", "strings",
             "DNS server for peer names; repeatable, tried in turn [default: /etc/resolv.conf].",
@@ -478,7 +499,8 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     if not _writable_dir(statedir, DEFAULT_STATEDIR):
         raise ConfigError(f"sniffer directory '{given_statedir}' missing or not writable")
     given_piddir = _value(settings, "piddir", "")
-    instance = Instance(name, statedir, Path(given_piddir or DEFAULT_PIDDIR).absolute())
+    instance = Instance(name, statedir, Path(given_piddir or DEFAULT_PIDDIR).absolute(),
+                        Path(_value(settings, "bpffs", "") or DEFAULT_BPFFS).absolute())
     stats = instance.stats_path
     if stats.exists() and not os.access(stats, os.W_OK):
         raise ConfigError(f"'{stats}' not writable")
@@ -523,13 +545,15 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         dns_rate=_value(settings, "dns_rate", 20.0),
         umask=_value(settings, "umask", DEFAULT_UMASK), http=http,
         http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
+        checkpoint_s=_value(settings, "checkpoint_s", DEFAULT_CHECKPOINT_S),
     )
 
 
 def instance_of(settings: Mapping[str, Any], name: str) -> Instance:
     """Where an instance keeps its files, from checked settings; no directory is touched."""
     return Instance(name, Path(_value(settings, "statedir", "") or DEFAULT_STATEDIR).absolute(),
-                    Path(_value(settings, "piddir", "") or DEFAULT_PIDDIR).absolute())
+                    Path(_value(settings, "piddir", "") or DEFAULT_PIDDIR).absolute(),
+                    Path(_value(settings, "bpffs", "") or DEFAULT_BPFFS).absolute())
 
 
 def check_environment(config: RunConfig) -> None:
@@ -632,6 +656,7 @@ def to_toml(config: RunConfig) -> str:
         "resolve": config.resolve, "resolver": list(config.resolvers),
         "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
         "http": config.http, "http_refresh": config.http_refresh_s,
+        "checkpoint": config.checkpoint_s, "bpffs": str(config.instance.bpffs),
     }
     lines = [f"# ncebpf configuration of instance '{config.instance.name}'"
              + (" (promiscuous: the filter's host is a neighbour)" if config.promiscuous else "")]

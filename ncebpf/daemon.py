@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
+from ncebpf import checkpoint
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig, http_endpoint
@@ -46,6 +47,7 @@ from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
 from ncebpf.http import ReportServer, fetch_from_instance, is_loopback
+from ncebpf.kernel import pins
 from ncebpf.kernel.attach import (
     HookPlan,
     TcAttachment,
@@ -83,7 +85,9 @@ from ncebpf.sdnotify import extend_stop_timeout, notify
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+# USR2: stop, but leave the programs counting into the pinned maps (stop --keep, restart).
+KEEP_SIGNAL = signal.SIGUSR2
+HANDLED_SIGNALS = (*STOP_SIGNALS, KEEP_SIGNAL, signal.SIGHUP, signal.SIGUSR1)
 PURGE_EVERY_S = 60.0
 DUMP_SHARING_S = 1.0  # UDP requests this close to a dump share it
 HTTP_FETCH_TIMEOUT_S = 30.0  # the instance's silence a report request waits out, as `dump`'s
@@ -153,6 +157,10 @@ class Daemon:
         self._hooks: HookPlan | None = None
         self._features = KernelFeatures()  # probed by _choose_mode for the kernel path
         self._local_reason = ""
+        self._keep = False  # asked to stop with the programs left counting (KEEP_SIGNAL)
+        self._dataset = ""  # the pinned maps' data set id; '' in pcap mode
+        self._digest = ""  # what defines the data set (pins.dataset_digest)
+        self._next_checkpoint = 0.0  # monotonic
 
     def run(self) -> Path:
         """Count until a stop signal; return where the final dump went.
@@ -173,7 +181,8 @@ class Daemon:
                             "its own", what, directory, why)
         # First of all: a second run of this name must fail before it touches anything.
         with InstanceLock(self.instance):
-            for scratch in scratch_files(self.instance):  # a killed run's half-written dump
+            for scratch in [*scratch_files(self.instance),  # a killed run's half-written files
+                            *checkpoint.scratch_files(self.instance.checkpoint_path)]:
                 with contextlib.suppress(OSError):
                     scratch.unlink()
             mode, reason = self._choose_mode()
@@ -241,8 +250,17 @@ class Daemon:
         return hooks.mode, ""
 
     def _run(self, mode: str) -> Path:
+        try:
+            return self._count(mode)
+        finally:
+            if self._keep:  # for `status`, `stop` and the next `start`: where they count
+                with contextlib.suppress(OSError):
+                    write_atomically(self.instance.iface_path, self.config.iface)
+
+    def _count(self, mode: str) -> Path:
         config = self.config
         self._mode = mode
+        self._dataset = ""
         self._writer.context = replace(self._writer.context, mode=mode)
         prepared = self._prepared if mode != "pcap" else None
         self._filter_hosts = prepared.local_hosts if prepared else local_hosts(config.filter)
@@ -259,15 +277,24 @@ class Daemon:
             # Before the attach, so that `stop` finds what a kill in between leaves.
             stack.enter_context(state_file(self.instance.iface_path, config.iface))
             source: KernelCounterSource | PcapSource
+            options = self._build_options(prepared)
+            new_maps = True
             if mode == "pcap":
+                self._digest = pins.dataset_digest(options, "pcap:" + config.filter)
                 source = stack.enter_context(PcapSource(
                     config.iface, config.filter, ipv4_netmask(config.iface), config.promiscuous,
                     self._match, self._nomatch, config.payload, config.snaplen,
                     config.max_peers, self._dlt))
                 programs = None
             else:
-                programs = stack.enter_context(loaded_programs(self._build_options(prepared)))
+                self._digest = pins.dataset_digest(options, config.filter)
+                pins.ensure_bpffs(self.instance.bpffs)
+                pins.prepare(self.instance.pin_dir, self._digest)
+                options = replace(options, pin_dir=self.instance.pin_dir)
+                programs = stack.enter_context(loaded_programs(options))
                 log.info("compiled and loaded in %.2f s", programs.compile_seconds)
+                meta, new_maps = pins.claim(programs, self._digest)
+                self._dataset = meta.name
                 source = KernelCounterSource(programs, self._features)
                 # Preallocated and per CPU: this grows with the CPU count, not with traffic.
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
@@ -275,14 +302,15 @@ class Daemon:
             source.set_local_addresses(self._local_addresses())
             self._resolver = self._start_resolver()
             # Without a resolver nobody takes the new peers: do not collect them.
-            table = PeerTable(start=int(time.time()), track_created=self._resolver is not None)
+            table = self._resume(new_maps, track_created=self._resolver is not None)
             collector = Collector(source, table)
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())
             with ExitStack() as attached:
+                hooks = attached.enter_context(ExitStack())  # what stop --keep leaves
                 if programs is not None and held is not None:
-                    self._attach(attached, held, programs)
+                    self._attach(hooks, held, programs)
                     if config.promiscuous:  # libpcap does this itself in pcap mode
                         attached.enter_context(promiscuous(config.iface))
                 if config.promiscuous:
@@ -297,15 +325,29 @@ class Daemon:
                     self._on_ready()
                 notify("READY=1", f"STATUS=counting on {config.iface} ({mode})")
                 self._capture = source if isinstance(source, PcapSource) else None
+                self._next_checkpoint = time.monotonic() + config.checkpoint_s
                 vanished = self._loop(control, signals, listener, collector, source, table)
                 notify("STOPPING=1", "STATUS=writing the final dump")
-            # Detached: the counters no longer move, so this last drain is complete.
+                if self._keep and programs is not None and not vanished:
+                    hooks.pop_all()  # attached they stay, counting into the pinned maps
+                else:
+                    self._keep = False
+            # Detached (or kept): what the table holds now is complete (or checkpointed).
             return self._final_dump(collector, table, vanished)
+
 
     def _final_dump(self, collector: Collector, table: PeerTable, vanished: bool) -> Path:
         config = self.config
         extend_stop_timeout()  # the drain of a large table takes seconds
         self._drain(collector)
+        self._checkpoint(table)  # before the dump, which may take long
+        if self._keep:
+            log.info("stopping with the programs left counting on %s into the maps pinned in "
+                     "%s; the table is in %s: 'ncebpf start' goes on from there, "
+                     "'ncebpf stop' removes them", config.iface, self.instance.pin_dir,
+                     self.instance.checkpoint_path)
+        elif self._dataset:
+            pins.unpin(self.instance.pin_dir)
         try:
             final = self._writer.write_final(table, time.time(),
                                              self._progress([], extend_stop=True))
@@ -315,10 +357,62 @@ class Daemon:
                               f"are lost: {exc}") from exc
         if final.refused:
             raise NcebpfError(f"the final dump went to {final.path} instead: {final.refused}")
+        if not self._keep:
+            self.instance.checkpoint_path.unlink(missing_ok=True)  # this data set ended
         if vanished:
             raise NcebpfError(f"{config.iface} disappeared; the final dump is in {final.path}")
-        log.info("detached from %s; final dump in %s", config.iface, final.path)
+        log.info("%s %s; final dump in %s", "kept counting on" if self._keep else "detached from",
+                 config.iface, final.path)
         return final.path
+
+    def _resume(self, new_maps: bool, track_created: bool) -> PeerTable:
+        """The table to count on: the checkpoint's when it is of this data set, with the
+        pinned maps' values it was taken against (nothing lost), or rebased when those
+        are gone (a reboot, pcap: the seconds since it are lost, and the log says so)."""
+        now = time.time()
+        fresh = PeerTable(start=int(now), track_created=track_created)
+        path = self.instance.checkpoint_path
+        try:
+            loaded = checkpoint.load(path)
+        except checkpoint.CheckpointError as exc:
+            log.warning("%s: starting a new table", exc)
+            return fresh
+        if loaded is None:
+            if not new_maps:
+                log.info("took over the maps pinned in %s (data set %s) without a checkpoint: "
+                         "everything they counted is counted now", self.instance.pin_dir,
+                         self._dataset)
+            return fresh
+        table, info = loaded
+        table.track_created = track_created
+        if info.digest != self._digest:
+            log.warning("the checkpoint %s is of another data set (filter, payload search, "
+                        "--max-peers or layout changed): starting a new table", path)
+            return fresh
+        age = max(0.0, now - info.written_at)
+        if not new_maps and info.dataset == self._dataset:
+            log.info("resumed %d peers from the checkpoint of %.0f s ago; the pinned maps "
+                     "counted on meanwhile: no count lost", len(table.peers), age)
+            return table
+        checkpoint.rebase(table)
+        why = "pcap mode keeps no counters outside the process" if self._mode == "pcap" \
+            else "the pinned maps were gone (a reboot, or they were removed)"
+        log.warning("resumed %d peers from the checkpoint of %.0f s ago, but %s: "
+                    "%.0f seconds of counts were lost", len(table.peers), age, why, age)
+        return table
+
+    def _checkpoint(self, table: PeerTable) -> None:
+        """Write the table's checkpoint; a failure is logged, never raised (counting goes on)."""
+        self._next_checkpoint = time.monotonic() + self.config.checkpoint_s
+        info = checkpoint.CheckpointInfo(time.time(), self._dataset, self._digest, self._mode)
+        try:
+            seconds = checkpoint.save(self.instance.checkpoint_path, table, info,
+                                      file_mode(self.config.umask))
+        except OSError as exc:
+            log.warning("could not write the checkpoint %s: %s (a crash now loses the counts "
+                        "since the previous one)", self.instance.checkpoint_path, exc)
+            return
+        log.debug("checkpoint of %d peers written in %.3f s", len(table.peers), seconds)
 
     def _build_options(self, prepared: PreparedFilter | None) -> BuildOptions:
         config = self.config
@@ -411,13 +505,16 @@ class Daemon:
                 received = set()
                 with contextlib.suppress(BlockingIOError):
                     received = set(signals.recv(64))
-                if received & set(STOP_SIGNALS):
-                    log.info("stopping on signal")
+                if received & {*STOP_SIGNALS, KEEP_SIGNAL}:
+                    self._keep = not received & set(STOP_SIGNALS)  # a TERM wins
+                    log.info("stopping on signal%s",
+                             ", leaving the programs counting" if self._keep else "")
                     return False
                 if signal.SIGHUP in received:
                     log.info("HUP: dump, then start over")
                     if self._try_dump(collector, table):
                         table.reset(int(time.time()))
+                        self._checkpoint(table)  # a crash now must not undo the reset
                 elif signal.SIGUSR1 in received:
                     self._try_dump(collector, table)
             if len(controls) > 1 or control.fileno() in ready:
@@ -432,6 +529,9 @@ class Daemon:
                         resolver.want(key)
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
+                if report.evicted:
+                    # Evicted entries' last counts live only in the table now.
+                    self._checkpoint(table)
                 try:
                     source.set_local_addresses(self._local_addresses())
                 except InterfaceNotFound:
@@ -441,6 +541,9 @@ class Daemon:
                 next_drain = max(next_drain + interval, time.monotonic())
             if self._writer.retry_due(now):
                 self._try_dump(collector, table)
+            if now >= self._next_checkpoint:
+                self._drain(collector)
+                self._checkpoint(table)
             if now >= next_purge:
                 purged = table.purge(int(time.time()))
                 if purged:
@@ -508,6 +611,7 @@ class Daemon:
         now = time.time()
         path = self._writer.write(table, now, self._progress(serving, arriving))
         self._last_dump = now
+        self._checkpoint(table)
         return path
 
     def _drain(self, collector: Collector) -> None:

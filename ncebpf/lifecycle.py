@@ -199,7 +199,7 @@ def start(config: RunConfig) -> int:
         os._exit(code)
 
 
-def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
+def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S, keep: bool = False) -> str:
     """Stop the instance; what happened, in words.
 
     SIGTERM, then wait for as long as the daemon makes progress — its final
@@ -208,11 +208,18 @@ def stop(instance: Instance, timeout_s: float = STOP_TIMEOUT_S) -> str:
     wrote nor used CPU. Raises NcebpfError (exit 1) when it had to kill, or
     when the daemon could not write its final dump where it belongs; the
     message says where the counts went.
+
+    keep (`stop --keep`, `restart`): SIGUSR2 instead; the daemon writes its final
+    dump and checkpoint and leaves its programs counting into the pinned maps,
+    for the next `start` to take over without losing a count (issue 13, item 1).
     """
     pid = running_pid(instance)
     if pid is None:
+        if keep:
+            return f"{instance.name} not running: nothing to keep (the next start takes " \
+                "over whatever still counts)"
         return _remove_remains(instance)
-    _signal(instance, pid, signal.SIGTERM)
+    _signal(instance, pid, signal.SIGUSR2 if keep else signal.SIGTERM)
     if _wait_gone(pid, timeout_s):
         _wait_released(instance)
         outcome = _read_outcome(instance)

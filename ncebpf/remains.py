@@ -94,6 +94,18 @@ def unlocked_process(instance: Instance, pid: int | None) -> str:
             f"that got the pid): if it is {instance.name}, end it with 'kill {pid}'")
 
 
+def forget_pinned(instance: Instance) -> None:
+    """The instance's pinned maps and checkpoint go: its data set has ended (stop, detach).
+    Call with the instance lock held."""
+    from ncebpf.checkpoint import scratch_files as checkpoint_scratch
+    from ncebpf.kernel.pins import unpin
+
+    if unpin(instance.pin_dir):
+        log.info("removed the maps pinned in %s", instance.pin_dir)
+    for path in (instance.checkpoint_path, *checkpoint_scratch(instance.checkpoint_path)):
+        path.unlink(missing_ok=True)
+
+
 def find(instance: Instance) -> Remains | None:
     """What the instance left if it is dead; None when it runs or left nothing."""
     if instance_holder(instance) is not None:
@@ -145,6 +157,7 @@ def remove(instance: Instance) -> Removed:
     with InstanceLock(instance, tidying=True):
         remains = _look(instance)
         if remains is None:
+            forget_pinned(instance)
             return Removed(None, "", (), (), None)
         if remains.alive:
             raise NcebpfError(unlocked_process(instance, remains.pid))
@@ -168,4 +181,5 @@ def remove(instance: Instance) -> Removed:
                 log.warning("could not clean %s: %s", remains.iface, exc)
         for path in (*remains.files, *scratch_files(instance)):
             path.unlink(missing_ok=True)
+        forget_pinned(instance)
         return Removed(remains.pid, remains.iface, tuple(programs), remains.files, kept_for)

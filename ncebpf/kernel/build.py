@@ -74,6 +74,8 @@ class BuildOptions:
     # False where the kernel lacks bpf_xdp_load_bytes (5.18): with a payload
     # search the XDP programs are then not loaded, the TC program searches.
     xdp_payload: bool = True
+    # Where the counting maps are pinned (ncebpf.kernel.pins); None: not pinned.
+    pin_dir: Path | None = None
 
     @property
     def loads_xdp(self) -> bool:
@@ -89,6 +91,9 @@ class BuildOptions:
             flags += self.payload.cflags()
         if self.raw_ip:
             flags.append("-DNCEBPF_RAW_IP")
+        if self.pin_dir is not None:
+            # No shell between us and clang: the quotes make the C string literal.
+            flags.append(f'-DNCEBPF_PIN_DIR="{self.pin_dir}"')
         return flags
 
 

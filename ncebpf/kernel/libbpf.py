@@ -99,6 +99,7 @@ def _lib() -> ct.CDLL:
                                    ct.c_void_p]
     lib.libbpf_probe_bpf_helper.argtypes = [ct.c_int, ct.c_int, ct.c_void_p]
     lib.libbpf_num_possible_cpus.argtypes = []
+    lib.bpf_obj_get.argtypes = [ct.c_char_p]
     return lib
 
 
@@ -276,6 +277,14 @@ def map_create(map_type: int, name: bytes, key_size: int, value_size: int,
     """BPF_MAP_CREATE with default options; the caller closes the fd."""
     return _check(_lib().bpf_map_create(map_type, name, key_size, value_size, max_entries, None),
                   "create a BPF map")
+
+
+def obj_get(path: str) -> int | None:
+    """An fd of the BPF object pinned at path (bpffs); None when nothing is pinned there."""
+    result = _lib().bpf_obj_get(path.encode())
+    if result == -errno.ENOENT:
+        return None
+    return _check(result, f"open the pinned BPF object {path}")
 
 
 def possible_cpus() -> int:
