@@ -21,6 +21,7 @@ index has ever held at once.
 
 from __future__ import annotations
 
+import secrets
 import struct
 
 import numpy as np
@@ -45,10 +46,17 @@ def key_array(keys: bytes | bytearray | memoryview) -> Keys:
     return np.frombuffer(keys, dtype=KEY_DTYPE)
 
 
-def hash_keys(keys: Keys) -> npt.NDArray[np.uint64]:
-    """A 64-bit hash of each key: multiply-xor over its five 32-bit words, then a fold."""
+# Peers are whatever source addresses arrive, spoofed ones too: with a hash anyone can
+# compute, a flood of addresses chosen to share a slot would make every drain probe
+# quadratically. A secret start, drawn per process, keeps the slots unpredictable.
+SEED_INT = secrets.randbits(64) | 1
+
+
+def hash_keys(keys: Keys, seed: int = SEED_INT) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash of each key: multiply-xor over its five 32-bit words from a secret
+    seed, then a fold."""
     words = np.ascontiguousarray(keys).view(np.uint32).reshape(-1, KEY_WORDS)
-    h = np.zeros(len(words), dtype=np.uint64)
+    h = np.full(len(words), seed, dtype=np.uint64)
     for column in range(KEY_WORDS):
         h ^= words[:, column]
         h *= GOLDEN
@@ -89,7 +97,7 @@ class KeyIndex:
     def row(self, key: bytes) -> int:
         """The row of one key, or -1: the same probe in plain Python, for callers that ask
         about one key at a time (a few microseconds, where a batch call costs tens)."""
-        h = 0
+        h = SEED_INT
         for word in struct.unpack("=5I", key):
             h = ((h ^ word) * GOLDEN_INT) & MASK_64
         h ^= h >> 29

@@ -15,8 +15,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncebpf.accounting import HOUR_S, PEER_INTERVAL_S, PURGE_AGE_S, Others, PeerTable
-from ncebpf.peerindex import KEY_SIZE, KeyIndex, key_array
+from ncebpf.accounting import HOUR_S, PEER_INTERVAL_S, PURGE_AGE_S, Others, PeerTable, peer_key
+from ncebpf.peerindex import KEY_SIZE, SEED_INT, KeyIndex, hash_keys, key_array
 
 
 @dataclass
@@ -185,3 +185,10 @@ def test_the_key_index_is_a_dict(first: list[int], steps: list[tuple[bool, list[
         assert len(index) == len(model)
         assert sorted(index.keys[index.live_rows()].tolist()) == sorted(model)
         assert all(index.keys[row].tobytes() == key for key, row in model.items())
+
+
+def test_the_slots_depend_on_a_per_process_secret() -> None:
+    # Spoofed sources could otherwise be chosen to pile into one probe sequence.
+    keys = key_array(b"".join(peer_key(f"10.77.{i >> 8}.{i & 255}") for i in range(64)))
+    assert (hash_keys(keys, seed=1) != hash_keys(keys, seed=3)).all()
+    assert (hash_keys(keys) == hash_keys(keys, seed=SEED_INT)).all()
