@@ -158,7 +158,9 @@ class Daemon:
         self._features = KernelFeatures()  # probed by _choose_mode for the kernel path
         self._local_reason = ""
         self._keep = False  # asked to stop with the programs left counting (KEEP_SIGNAL)
-        self._dataset = ""  # the pinned maps' data set id; '' in pcap mode
+        self._programs_kept = False  # and they were: their maps are pinned
+        self._pinned = False  # the counting maps are pinned in bpffs
+        self._dataset = ""  # the pinned maps' data set id; '' in pcap mode and unpinned
         self._digest = ""  # what defines the data set (pins.dataset_digest)
         self._next_checkpoint = 0.0  # monotonic
 
@@ -253,7 +255,7 @@ class Daemon:
         try:
             return self._count(mode)
         finally:
-            if self._keep:  # for `status`, `stop` and the next `start`: where they count
+            if self._programs_kept:  # for `status`, `stop` and the next `start`: where they count
                 with contextlib.suppress(OSError):
                     write_atomically(self.instance.iface_path, self.config.iface)
 
@@ -261,6 +263,7 @@ class Daemon:
         config = self.config
         self._mode = mode
         self._dataset = ""
+        self._pinned = False
         self._writer.context = replace(self._writer.context, mode=mode)
         prepared = self._prepared if mode != "pcap" else None
         self._filter_hosts = prepared.local_hosts if prepared else local_hosts(config.filter)
@@ -288,13 +291,20 @@ class Daemon:
                 programs = None
             else:
                 self._digest = pins.dataset_digest(options, config.filter)
-                pins.ensure_bpffs(self.instance.bpffs)
-                pins.prepare(self.instance.pin_dir, self._digest)
-                options = replace(options, pin_dir=self.instance.pin_dir)
+                try:
+                    pins.prepare_pinning(self.instance.bpffs, self.instance.pin_dir,
+                                         self._digest)
+                    options = replace(options, pin_dir=self.instance.pin_dir)
+                    self._pinned = True
+                except pins.PinError as exc:
+                    # Counting matters more than continuity: on, unpinned, said once.
+                    log.warning("%s", pins.unpinned_warning(self.instance.pin_dir, exc,
+                                                            self.instance.bpffs))
                 programs = stack.enter_context(loaded_programs(options))
                 log.info("compiled and loaded in %.2f s", programs.compile_seconds)
-                meta, new_maps = pins.claim(programs, self._digest)
-                self._dataset = meta.name
+                if self._pinned:
+                    meta, new_maps = pins.claim(programs, self._digest)
+                    self._dataset = meta.name
                 source = KernelCounterSource(programs, self._features)
                 # Preallocated and per CPU: this grows with the CPU count, not with traffic.
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
@@ -328,10 +338,14 @@ class Daemon:
                 self._next_checkpoint = time.monotonic() + config.checkpoint_s
                 vanished = self._loop(control, signals, listener, collector, source, table)
                 notify("STOPPING=1", "STATUS=writing the final dump")
-                if self._keep and programs is not None and not vanished:
-                    hooks.pop_all()  # attached they stay, counting into the pinned maps
-                else:
+                if vanished:
                     self._keep = False
+                elif self._keep and self._pinned:
+                    hooks.pop_all()  # attached they stay, counting into the pinned maps
+                    self._programs_kept = True
+                elif self._keep and programs is not None:
+                    log.warning("the counting maps are not pinned, so no later run could read "
+                                "them: detaching; the next start goes on from the checkpoint")
             # Detached (or kept): what the table holds now is complete (or checkpointed).
             return self._final_dump(collector, table, vanished)
 
@@ -341,12 +355,15 @@ class Daemon:
         extend_stop_timeout()  # the drain of a large table takes seconds
         self._drain(collector)
         self._checkpoint(table)  # before the dump, which may take long
-        if self._keep:
+        if self._programs_kept:
             log.info("stopping with the programs left counting on %s into the maps pinned in "
                      "%s; the table is in %s: 'ncebpf start' goes on from there, "
                      "'ncebpf stop' removes them", config.iface, self.instance.pin_dir,
                      self.instance.checkpoint_path)
-        elif self._dataset:
+        elif self._keep:
+            log.info("stopping; the table is in %s: 'ncebpf start' goes on from there (what "
+                     "arrives meanwhile is not counted)", self.instance.checkpoint_path)
+        if self._dataset and not self._programs_kept:
             pins.unpin(self.instance.pin_dir)
         try:
             final = self._writer.write_final(table, time.time(),
@@ -361,7 +378,8 @@ class Daemon:
             self.instance.checkpoint_path.unlink(missing_ok=True)  # this data set ended
         if vanished:
             raise NcebpfError(f"{config.iface} disappeared; the final dump is in {final.path}")
-        log.info("%s %s; final dump in %s", "kept counting on" if self._keep else "detached from",
+        log.info("%s %s; final dump in %s",
+                 "kept counting on" if self._programs_kept else "detached from",
                  config.iface, final.path)
         return final.path
 
@@ -396,6 +414,7 @@ class Daemon:
             return table
         checkpoint.rebase(table)
         why = "pcap mode keeps no counters outside the process" if self._mode == "pcap" \
+            else "the counting maps are not pinned" if not self._pinned \
             else "the pinned maps were gone (a reboot, or they were removed)"
         log.warning("resumed %d peers from the checkpoint of %.0f s ago, but %s: "
                     "%.0f seconds of counts were lost", len(table.peers), age, why, age)

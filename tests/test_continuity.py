@@ -135,3 +135,37 @@ def test_after_a_reboot_the_table_resumes_and_says_what_was_lost(pair: NetnsPair
         assert dumped(pair, workdir, bpffs) == {p: 2 * n for p, n in PEERS.items()}
     finally:
         ncebpf(pair, workdir, bpffs, "stop", check=False)
+
+
+def test_where_pins_fail_it_counts_unpinned_and_says_so_once(pair: NetnsPair, workdir: Path,
+                                                             bpffs: Path) -> None:
+    """A bpf file system mounted read-only for ncebpf (as systemd's ProtectKernelTunables=
+    makes /sys/fs/bpf): the daemon counts exactly, says in one line that it cannot pin and
+    what that costs; `stop --keep` then detaches (nothing could read the maps later) and
+    keeps the table's checkpoint, from which the next start goes on."""
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    run("mount", "--bind", str(bpffs), str(bpffs))
+    run("mount", "-o", "remount,bind,ro", str(bpffs))
+    ncebpf(pair, workdir, bpffs, "start", "--mode", "tc")
+    try:
+        pair.inject_ingress(frames(pair), workdir)
+        assert dumped(pair, workdir, bpffs) == PEERS
+        log = (workdir / "state" / "t.log").read_text()
+        warned = [line for line in log.splitlines() if "cannot pin the counting maps" in line]
+        assert len(warned) == 1, log
+        assert "Read-only file system" in warned[0] and "ReadWritePaths=" in warned[0]
+        assert not (bpffs / "ncebpf").exists()
+        ncebpf(pair, workdir, bpffs, "stop", "--keep")
+        assert "ncebpf" not in pair.ns(pair.local, "tc", "filter", "show", "dev", pair.local_if,
+                                       "ingress").stdout
+        assert (workdir / "state" / "t.checkpoint").exists()
+        ncebpf(pair, workdir, bpffs, "start", "--mode", "tc")
+        log = (workdir / "state" / "t.log").read_text()
+        assert "not pinned, so no later run could read them: detaching" in log
+        assert "from the checkpoint of" in log and "but the counting maps are not pinned" in log
+        pair.inject_ingress(frames(pair), workdir)
+        assert dumped(pair, workdir, bpffs) == {p: 2 * n for p, n in PEERS.items()}
+    finally:
+        ncebpf(pair, workdir, bpffs, "stop", check=False)
+        run("umount", str(bpffs), check=False)  # the read-only bind; the fixture's mount stays

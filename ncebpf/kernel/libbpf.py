@@ -100,6 +100,7 @@ def _lib() -> ct.CDLL:
     lib.libbpf_probe_bpf_helper.argtypes = [ct.c_int, ct.c_int, ct.c_void_p]
     lib.libbpf_num_possible_cpus.argtypes = []
     lib.bpf_obj_get.argtypes = [ct.c_char_p]
+    lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
     return lib
 
 
@@ -285,6 +286,12 @@ def obj_get(path: str) -> int | None:
     if result == -errno.ENOENT:
         return None
     return _check(result, f"open the pinned BPF object {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin the BPF object fd at path, in a bpf file system (BPF_OBJ_PIN). KernelError with the
+    errno on failure: EROFS on a read-only mount, EACCES/EPERM without write access, EEXIST."""
+    _check(_lib().bpf_obj_pin(fd, path.encode()), f"pin a BPF object at {path}")
 
 
 def possible_cpus() -> int:

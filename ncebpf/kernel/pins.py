@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ctypes.util
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncebpf.errors import KernelError, NcebpfError, UsageError
+from ncebpf.errors import KernelError, NcebpfError
 from ncebpf.kernel import libbpf
 from ncebpf.kernel.build import BuildOptions, LoadedPrograms
 
@@ -71,20 +72,87 @@ def _mounted_bpffs(path: Path) -> bool:
                    for fields in (line.split() for line in mounts) if len(fields) > 2)
 
 
+class PinError(NcebpfError):
+    """The counting maps cannot be pinned: bpffs is not mounted and cannot be, or the
+    directory is read-only or not ours to write. `code` is the errno, `mounted` whether a
+    bpf file system was there. ncebpf then counts on without pins (Daemon._count)."""
+
+    def __init__(self, what: str, code: int, mounted: bool) -> None:
+        super().__init__(what)
+        self.code = code
+        self.mounted = mounted
+
+
 def ensure_bpffs(path: Path) -> None:
     """Mount a bpf file system at path unless one is there, and leave it mounted
-    (other tools pin there too). Says so in one log line. Raises NcebpfError."""
+    (other tools pin there too). Says so in one log line. Raises PinError."""
     if _mounted_bpffs(path):
         return
     if not path.is_dir():
-        raise UsageError(f"{path} is no directory for the bpf file system: give --bpffs a "
-                         "directory (default /sys/fs/bpf)")
+        raise PinError(f"{path} is no directory", errno.ENOTDIR, mounted=False)
     libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"bpf", str(path).encode(), b"bpf", 0, None) != 0:
         code = ct.get_errno()
-        raise NcebpfError(f"cannot mount the bpf file system at {path}: {os.strerror(code)}; "
-                          f"mount it ('mount -t bpf bpf {path}') or give --bpffs")
+        raise PinError(f"no bpf file system is mounted at {path}, and mounting one failed: "
+                       f"{os.strerror(code)}", code, mounted=False)
     log.info("mounted the bpf file system at %s for ncebpf's pinned maps (left mounted)", path)
+
+
+_PROBE_MAP_TYPE = 2  # BPF_MAP_TYPE_ARRAY (uapi/linux/bpf.h)
+
+
+def probe_pin(directory: Path) -> None:
+    """Pin a one-entry array map in directory and remove the pin again: the kernel's own
+    answer to whether the counting maps can be pinned there (a read-only bind mount, an
+    LSM or a missing write permission all show here, and BCC, which pins them during the
+    compile, would fail the whole compile). Raises KernelError or OSError."""
+    fd = libbpf.map_create(_PROBE_MAP_TYPE, b"ncebpf_pinprobe", 4, 4, 1)
+    probe = directory / f"probe_{os.getpid()}"  # bpffs refuses dots in names (EPERM)
+    try:
+        libbpf.obj_pin(fd, str(probe))
+        probe.unlink()
+    finally:
+        os.close(fd)
+
+
+def pin_fix(code: int, mounted: bool, bpffs: Path) -> str:
+    """What the operator does about a PinError of errno `code`, in words. Pure.
+
+    systemd's ProtectKernelTunables= mounts <bpffs> read-only, and a ReadWritePaths= of that
+    same path loses against it (systemd.exec(5); src/core/namespace.c: of two entries for one
+    path the read-only one wins), so the unit opens a directory below it instead."""
+    if not mounted:
+        return (f"mount one first, as root ('mount -t bpf bpf {bpffs}'; systemd does at boot), "
+                "or give --bpffs a mounted bpf file system")
+    if code == errno.EROFS:
+        return (f"{bpffs} is read-only for ncebpf: under systemd the unit needs "
+                f"ReadWritePaths=-{bpffs}/ncebpf and that directory made before the start (the "
+                "shipped ncebpf@.service does both for /sys/fs/bpf; a drop-in for another bpffs)")
+    if code in (errno.EACCES, errno.EPERM):
+        return f"run ncebpf as root, with write access to {bpffs}"
+    return "give --bpffs a bpf file system ncebpf may write"
+
+
+def prepare_pinning(bpffs: Path, directory: Path, digest: str) -> None:
+    """Everything before a compile with pins: bpffs mounted (ensure_bpffs), the directory
+    prepared for this data set (prepare), a pin tried there (probe_pin). Raises PinError."""
+    ensure_bpffs(bpffs)
+    try:
+        prepare(directory, digest)
+        probe_pin(directory)
+    except OSError as exc:
+        raise PinError(f"{exc.strerror or exc}", exc.errno or 0, mounted=True) from exc
+    except KernelError as exc:
+        raise PinError(str(exc), exc.errno or 0, mounted=True) from exc
+
+
+def unpinned_warning(directory: Path, error: PinError, bpffs: Path) -> str:
+    """The one log line of a run whose maps are not pinned: what failed, what it costs,
+    what to do. Pure."""
+    fix = pin_fix(error.code, error.mounted, bpffs)
+    return (f"cannot pin the counting maps in {directory} ({error}): counting without pins, "
+            "so a restart or 'stop --keep' loses what arrives until the next start and a "
+            f"crash what was counted since the last checkpoint; {fix}")
 
 
 @dataclass(frozen=True)
