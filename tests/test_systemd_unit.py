@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -93,18 +94,30 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     assert "ncebpf@.service" not in out.stderr  # unknown keys are only warned about
 
 
-def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: str
-                ) -> tuple[int, dict[str, object] | None, str]:
+@dataclass(frozen=True)
+class Attached:
+    status: int  # exit status
+    dump: dict[str, object] | None  # the final dump
+    stderr: str
+    pinned: bool  # its peer map was pinned, seen from its own mount namespace while it ran
+
+
+def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: str,
+                sandbox: Path | None = None) -> Attached:
     """Run `ncebpf attach` as root bounded to capabilities (as the unit does), on a
     neighbour's address (so it goes promiscuous); count 7 frames in and 5 out.
 
-    Returns (exit status, the final dump or None, stderr).
+    sandbox: a unit file whose /sys sandbox ncebpf runs in (tests/unit_sandbox.py); without
+    it, ncebpf sees the /sys `ip netns exec` gives it, where no bpffs is mounted.
     """
     for directory in ("state", "run", "cache"):
         (workdir / directory).mkdir(exist_ok=True)
     args = ["--name", "u", "--statedir", str(workdir / "state"), "--piddir", str(workdir / "run")]
     bounding = "-all" + "".join(f",+{cap}" for cap in capabilities)
-    proc = pair.popen(pair.local, "env", f"NCEBPF_CACHE_DIR={workdir / 'cache'}",
+    sandboxed = [] if sandbox is None else [
+        "unshare", "-m", "--propagation", "private", sys.executable,
+        str(ROOT / "tests" / "unit_sandbox.py"), str(sandbox), "--"]
+    proc = pair.popen(pair.local, *sandboxed, "env", f"NCEBPF_CACHE_DIR={workdir / 'cache'}",
                       "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
                       *NCEBPF, "attach", "--no-resolve", "--mode", mode, *args,
                       "--filter", "host 10.77.0.9")
@@ -113,14 +126,18 @@ def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: s
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             _, err = proc.communicate(timeout=30)
-            return proc.returncode, None, err
+            return Attached(proc.returncode, None, err, False)
         time.sleep(0.05)
+    pid = (workdir / "run" / "u.pid").read_text().strip()
+    pinned = run("nsenter", "-t", pid, "-m", "test", "-e", "/sys/fs/bpf/ncebpf/u/peers",
+                 check=False).returncode == 0
     pair.inject_ingress([ip_frame("10.77.1.1", "10.77.0.9", "udp", 100)] * 7, workdir)
     pair.inject_egress([ip_frame("10.77.0.9", "10.77.1.2", "udp", 50)] * 5, workdir)
     run(*NCEBPF, "dump", "--format", "json", *args)
     proc.terminate()
     _, err = proc.communicate(timeout=60)
-    return proc.returncode, json.loads((workdir / "state" / "u.json").read_text()), err
+    return Attached(proc.returncode, json.loads((workdir / "state" / "u.json").read_text()),
+                    err, pinned)
 
 
 def counts(dump: dict[str, object]) -> dict[str, tuple[int, int]]:
@@ -132,10 +149,47 @@ def counts(dump: dict[str, object]) -> dict[str, tuple[int, int]]:
 @pytest.mark.privileged
 def test_the_units_capabilities_count_in_the_kernel(silent_pair: NetnsPair,
                                                     workdir: Path) -> None:
-    status, dump, err = attach_with(silent_pair, workdir, granted_capabilities(), "xdp")
-    assert status == 0 and dump is not None, err
-    assert dump["mode"] == "xdp" and dump["promiscuous"] is True
-    assert counts(dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
+    ran = attach_with(silent_pair, workdir, granted_capabilities(), "xdp")
+    assert ran.status == 0 and ran.dump is not None, ran.stderr
+    assert ran.dump["mode"] == "xdp" and ran.dump["promiscuous"] is True
+    assert counts(ran.dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
+    # No bpffs in `ip netns exec`'s /sys, and the unit's capabilities cannot mount one:
+    # counted all the same, unpinned, and said once with the way out.
+    assert not ran.pinned
+    assert ran.stderr.count("cannot pin the counting maps") == 1, ran.stderr
+    assert "mount -t bpf bpf /sys/fs/bpf" in ran.stderr
+
+
+def unit_without(tmp_path: Path, *keys: str) -> Path:
+    """The unit with the lines setting keys left out."""
+    edited = tmp_path / "ncebpf@.service"
+    edited.write_text("".join(line for line in UNIT.read_text().splitlines(keepends=True)
+                              if line.split("=", 1)[0] not in keys))
+    return edited
+
+
+@pytest.mark.privileged
+def test_under_the_units_sandbox_the_maps_are_pinned(silent_pair: NetnsPair,
+                                                     workdir: Path) -> None:
+    ran = attach_with(silent_pair, workdir, granted_capabilities(), "tc", sandbox=UNIT)
+    assert ran.status == 0 and ran.dump is not None, ran.stderr
+    assert counts(ran.dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
+    assert ran.pinned, ran.stderr
+    assert "cannot pin" not in ran.stderr
+
+
+@pytest.mark.privileged
+def test_without_the_units_pin_directory_its_sandbox_refuses_the_pins(silent_pair: NetnsPair,
+                                                                      workdir: Path) -> None:
+    """ProtectKernelTunables= alone leaves /sys/fs/bpf read-only: what the unit's
+    ExecStartPre= and ReadWritePaths= are there for. Counting goes on, unpinned."""
+    old = unit_without(workdir, "ExecStartPre", "ReadWritePaths")
+    ran = attach_with(silent_pair, workdir, granted_capabilities(), "tc", sandbox=old)
+    assert ran.status == 0 and ran.dump is not None, ran.stderr
+    assert counts(ran.dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
+    assert not ran.pinned
+    assert ran.stderr.count("cannot pin the counting maps") == 1, ran.stderr
+    assert "Read-only file system" in ran.stderr and "ReadWritePaths=" in ran.stderr
 
 
 @pytest.mark.privileged
@@ -143,12 +197,12 @@ def test_the_units_capabilities_count_in_the_kernel(silent_pair: NetnsPair,
 def test_each_of_the_units_capabilities_is_needed(silent_pair: NetnsPair, workdir: Path,
                                                   missing: str) -> None:
     fewer = [cap for cap in granted_capabilities() if cap != missing]
-    status, dump, err = attach_with(silent_pair, workdir, fewer, "auto")
+    ran = attach_with(silent_pair, workdir, fewer, "auto")
     if missing == "net_raw":  # the kernel path works, going promiscuous does not
-        assert status == 1 and dump is None, err
+        assert ran.status == 1 and ran.dump is None, ran.stderr
         return
     # Without one of the kernel path's capabilities, auto counts with libpcap instead.
-    assert status == 0 and dump is not None, err
-    assert "counting with libpcap in user space, not in the kernel" in err
-    assert dump["mode"] == "pcap" and dump["promiscuous"] is True
-    assert counts(dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
+    assert ran.status == 0 and ran.dump is not None, ran.stderr
+    assert "counting with libpcap in user space, not in the kernel" in ran.stderr
+    assert ran.dump["mode"] == "pcap" and ran.dump["promiscuous"] is True
+    assert counts(ran.dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
