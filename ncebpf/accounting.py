@@ -361,6 +361,9 @@ class PeerTable:
         self.T = np.zeros(0, dtype=np.uint32)  # when to ask DNS again; 0 = never asked
         self.first_seen = np.zeros(0, dtype=np.uint32)  # drain time the peer was listed
         self.last_seen = np.zeros(0, dtype=np.uint32)  # drain time its counters last moved
+        # Rows whose source entries a drain is deleting (Collector.drain): empty but during an
+        # eviction, and in a checkpoint written just before one, which the next drain settles.
+        self.evicting: Rows = np.zeros(0, dtype=np.int64)
 
     _COLUMNS = ("listed", "counts", "source", "B", "C", "R", "W", "E", "T", "first_seen",
                 "last_seen")

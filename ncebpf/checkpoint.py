@@ -13,8 +13,10 @@ read with allow_pickle=False) holding `header` (UTF-8 JSON as uint8: format,
 written_at, dataset, digest, mode and the table's scalars), `live` (bool, one
 per row the index handed out), `keys` (V20), `counts` and `source` ((n, 4)
 uint64), B C R W E T first_seen last_seen and listed, all sliced to the
-index's high-water row (views: nothing is copied to write them), and `names`
-(JSON as uint8: [[row, [name, ...]], ...]).
+index's high-water row (views: nothing is copied to write them), `names`
+(JSON as uint8: [[row, [name, ...]], ...]) and `evicting` (int64 rows the
+source was about to delete when the checkpoint was written: PeerTable.evicting,
+ncebpf.collector; absent in checkpoints from before it, which read as none).
 
 Writing is atomic: a scratch file in the same directory, fsync, rename, fsync
 of the directory, so a kill at any moment leaves the previous checkpoint or
@@ -87,6 +89,7 @@ def table_arrays(table: PeerTable, info: CheckpointInfo) -> dict[str, npt.NDArra
         "live": table.index.live[:high],
         "keys": table.index.keys[:high],
         "names": _json_bytes([[row, list(names)] for row, names in table.names.items()]),
+        "evicting": table.evicting,
     }
     for name in _COLUMNS:
         arrays[name] = getattr(table, name)[:high]
@@ -116,6 +119,11 @@ def table_from_arrays(arrays: dict[str, npt.NDArray[Any]]) -> tuple[PeerTable, C
         getattr(table, name)[rows] = arrays[name][live]
     table.listed_count = int(table.listed[rows].sum())
     new_row = dict(zip(saved_rows.tolist(), rows.tolist(), strict=True))
+    if "evicting" in arrays and len(arrays["evicting"]):
+        moved = np.full(len(live), -1, dtype=np.int64)
+        moved[saved_rows] = rows
+        evicting = moved[arrays["evicting"].astype(np.int64)]
+        table.evicting = evicting[evicting >= 0]
     table.names = {new_row[row]: tuple(names)
                    for row, names in _from_json_bytes(arrays["names"])}
     if table.track_created:

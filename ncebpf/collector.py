@@ -9,6 +9,15 @@ lookup-and-delete whose final values are added like any other read, and
 only for entries idle long enough (a day, or `min_idle_s` when the map is
 nearly full) that no packet is in flight for them.
 
+An eviction deletes counts from the kernel that then live only in the table,
+so the table must be on disk first: the drain marks the rows it will evict
+(PeerTable.evicting), calls `before_evict` (the daemon writes its checkpoint
+there), and only then deletes. A daemon killed after the delete resumes from
+that checkpoint: its first drain retires the marked rows the source no longer
+has, with the counts the checkpoint holds; marked rows still in the source
+were not deleted and count on. What such a kill loses is at most what an
+idle peer sent between the drain's read and the delete.
+
 A source reads whole maps as a PeerBatch of columns, and the collector
 works on whole columns with numpy: per-CPU values summed by the source,
 rows found through the table's index, deltas against the table's memory of
@@ -134,11 +143,16 @@ class Collector:
 
     def __init__(self, source: CounterSource, table: PeerTable,
                  policy: EvictionPolicy = EvictionPolicy(),
-                 clock: Callable[[], float] = system_clock) -> None:
+                 clock: Callable[[], float] = system_clock,
+                 before_evict: Callable[[], None] | None = None) -> None:
+        """before_evict: called during a drain that evicts, after the table holds
+        everything read and marks the rows to go (PeerTable.evicting), before any is
+        deleted from the source: where the daemon checkpoints."""
         self._source = source
         self._table = table
         self._policy = policy
         self._clock = clock
+        self._before_evict = before_evict
         # The previous read's keys (a BLAKE2 digest: 16 B, not 20 B a peer) and rows: a
         # map that gained and lost no entry since returns the same keys in the same
         # order, and then the rows are known without a lookup.
@@ -152,22 +166,30 @@ class Collector:
         totals_before = self._table.totals
         rows = self._rows_of(batch, int(now))
         changed = self._absorb(rows, batch.counts, int(now))
+        table = self._table
+        if len(table.evicting):  # a run killed during an eviction: what went, goes
+            table.retire_rows(np.setdiff1d(table.evicting, rows))
+            table.evicting = np.zeros(0, dtype=np.int64)
+        table.totals = self._source.read_totals()
+        # The global rates take the drain as one batch, as the peers take theirs.
+        grown = table.totals
+        table.rates.add(grown.packets - totals_before.packets,
+                        grown.bytes - totals_before.bytes, int(now))
         stale = self._eviction_candidates(rows, now)
         evicted = 0
         if len(stale):
+            table.evicting = stale
+            if self._before_evict is not None:
+                self._before_evict()
             final = PeerBatch.from_counts(list(self._source.evict(
-                self._table.index.keys[stale].tolist())))
+                table.index.keys[stale].tolist())))
             evicted = len(final)
             if evicted:
-                self._absorb(self._table.rows_of(final.key_column(), int(now)), final.counts,
+                self._absorb(table.rows_of(final.key_column(), int(now)), final.counts,
                              int(now))
             # Out of the map, out of the table: the daemon is bounded as the map is.
-            self._table.retire_rows(stale)
-        self._table.totals = self._source.read_totals()
-        # The global rates take the drain as one batch, as the peers take theirs.
-        grown = self._table.totals
-        self._table.rates.add(grown.packets - totals_before.packets,
-                              grown.bytes - totals_before.bytes, int(now))
+            table.retire_rows(stale)
+            table.evicting = np.zeros(0, dtype=np.int64)
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
 
     def _rows_of(self, batch: PeerBatch, now: int) -> Rows:

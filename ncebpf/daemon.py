@@ -313,7 +313,8 @@ class Daemon:
             self._resolver = self._start_resolver()
             # Without a resolver nobody takes the new peers: do not collect them.
             table = self._resume(new_maps, track_created=self._resolver is not None)
-            collector = Collector(source, table)
+            # An eviction deletes kernel counts the table alone then holds: on disk first.
+            collector = Collector(source, table, before_evict=lambda: self._checkpoint(table))
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())
@@ -548,9 +549,6 @@ class Daemon:
                         resolver.want(key)
                 log.debug("drained %d entries (%d changed, %d evicted) in %.3f s",
                           report.entries, report.changed, report.evicted, report.seconds)
-                if report.evicted:
-                    # Evicted entries' last counts live only in the table now.
-                    self._checkpoint(table)
                 try:
                     source.set_local_addresses(self._local_addresses())
                 except InterfaceNotFound:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncebpf.accounting import PeerTable
+from ncebpf.accounting import PeerTable, peer_key
 from ncebpf.checkpoint import CheckpointError, CheckpointInfo, load, rebase, save, scratch_files
 from ncebpf.collector import Collector, EvictionPolicy
 from tests.test_collector import DictSource
@@ -169,7 +169,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from ncebpf.accounting import PeerTable
+from ncebpf.accounting import PeerTable, peer_key
 from ncebpf.checkpoint import CheckpointInfo, save
 from ncebpf.collector import PeerBatch
 n = int(sys.argv[2])
@@ -211,3 +211,87 @@ def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint_readable(tmp_p
         assert np.all(table.source[table.index.live_rows()] == generation)
         for scratch in scratch_files(path):
             scratch.unlink()
+
+
+class Killed(BaseException):
+    """The daemon's death (kill -9) at a chosen point of a drain."""
+
+
+FLOOD = EvictionPolicy(high_water=0.9, low_water=0.5, min_idle_s=10)
+
+
+def evicting_drain(tmp_path: Path, die_before_delete: bool
+                   ) -> tuple[DictSource, Path, dict[str, int], int]:
+    """Ten peers, then a flood that fills the map so a drain evicts the idle ones; the
+    daemon checkpoints in before_evict and dies either there (before any delete) or right
+    after the drain (after the deletes, before any later checkpoint).
+
+    Returns the source as the new daemon finds it, the checkpoint, the packets sent per
+    peer and the packets counted between the drain's read and its delete (`late`)."""
+    path = tmp_path / "t.checkpoint"
+    source, clock = DictSource(capacity=20), Clock()
+    table = PeerTable(start=int(clock.now))
+    seen_at_checkpoint: list[set[bytes]] = []
+
+    def checkpoint_first() -> None:
+        save(path, table, INFO)
+        seen_at_checkpoint.append(set(source.entries))
+        if die_before_delete:
+            raise Killed
+
+    collector = Collector(source, table, FLOOD, clock, before_evict=checkpoint_first)
+    sent: dict[str, int] = {}
+
+    def send(address: str, packets: int) -> None:
+        source.count(address, packets, packets * 100)
+        sent[address] = sent.get(address, 0) + packets
+
+    for i in range(10):
+        send(f"10.77.0.{i + 1}", i + 2)
+    collector.drain()
+    save(path, table, INFO)  # the regular checkpoint before the flood
+    clock.now += 30
+    for i in range(10):  # idle peers send more after that checkpoint, then go quiet
+        send(f"10.77.0.{i + 1}", 3)
+    clock.now += 1
+    collector.drain()
+    clock.now += 30
+    for i in range(9):  # the flood: the map is 95% full
+        send(f"10.77.1.{i + 1}", 1)
+    if not die_before_delete:
+        source.late = [("10.77.0.4", 5, 500)]  # lands between the read and the delete
+    clock.now += 1
+    try:
+        report = collector.drain()
+        assert report.evicted > 0
+    except Killed:
+        pass
+    assert seen_at_checkpoint, "the drain evicted nothing"
+    # The checkpoint was written while every entry to be evicted was still in the source.
+    assert {peer_key(f"10.77.0.{i + 1}") for i in range(10)} <= seen_at_checkpoint[0]
+    return source, path, sent, 0 if die_before_delete else 5
+
+
+@pytest.mark.parametrize("die_before_delete", [True, False])
+def test_a_kill_during_an_eviction_loses_no_count_but_what_landed_during_it(
+        tmp_path: Path, die_before_delete: bool) -> None:
+    source, path, sent, late = evicting_drain(tmp_path, die_before_delete)
+    loaded = load(path)
+    assert loaded is not None
+    table = loaded[0]
+    assert len(table.evicting) > 0  # the checkpoint says what was being evicted
+    clock = Clock()
+    clock.now += 100
+    # The new daemon's first drain, evicting nothing of its own.
+    Collector(source, table, EvictionPolicy(high_water=1.0), clock).drain()
+    assert len(table.evicting) == 0
+    counted = {address: table.peers[peer_key(address)].packets for address in sent
+               if peer_key(address) in table.peers}
+    gone = set(sent) - set(counted)
+    # Still in the source (never deleted): exact, and once. Deleted: in `others`, exact.
+    assert counted == {a: n for a, n in sent.items() if a not in gone}
+    assert table.others.packets == sum(sent[a] for a in gone)
+    assert bool(gone) != die_before_delete
+    # Conservation: the kernel's totals count the late frames; the table lost only them.
+    assert sum(counted.values()) + table.others.packets == table.totals.packets - late
+    assert table.totals.packets == sum(sent.values()) + late
