@@ -179,6 +179,20 @@ def load(path: Path) -> tuple[PeerTable, CheckpointInfo] | None:
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc!r})") from exc
 
 
+def read_header(path: Path) -> tuple[CheckpointInfo, Totals] | None:
+    """What the checkpoint at path says about itself and the source's cumulative totals it
+    was taken against, reading nothing else of it; None when there is none or it cannot be
+    read (load says why)."""
+    try:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
+            header = _from_json_bytes(archive["header"])
+        info = CheckpointInfo(float(header["written_at"]), str(header["dataset"]),
+                              str(header["digest"]), str(header["mode"]))
+        return info, Totals(**header["source_totals"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        return None
+
+
 def scratch_files(path: Path) -> list[Path]:
     """Scratch files a killed writer of path left (only the instance's owner removes them)."""
     return list(path.parent.glob(f".{path.name}.*"))

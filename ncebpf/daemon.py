@@ -42,6 +42,7 @@ from ncebpf.errors import (
     PrivilegeError,
     UsageError,
 )
+from ncebpf.files import read_small_file
 from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
@@ -79,6 +80,7 @@ from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.memory import return_large_blocks
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
+from ncebpf.remains import detach_kept, kept_programs_line
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
 from ncebpf.sdnotify import extend_stop_timeout, notify
 
@@ -277,6 +279,10 @@ class Daemon:
             held = stack.enter_context(InterfaceLock(config.iface, self.instance.name)) \
                 if mode != "pcap" else None
             stack.enter_context(state_file(self.instance.pid_path, f"{os.getpid()}\n"))
+            # Where an earlier run (stop --keep, or killed) left its programs counting.
+            previous = (read_small_file(self.instance.iface_path) or "").strip()
+            elsewhere = previous if previous and (previous != config.iface or mode == "pcap") \
+                else ""
             # Before the attach, so that `stop` finds what a kill in between leaves.
             stack.enter_context(state_file(self.instance.iface_path, config.iface))
             source: KernelCounterSource | PcapSource
@@ -284,6 +290,12 @@ class Daemon:
             new_maps = True
             if mode == "pcap":
                 self._digest = pins.dataset_digest(options, "pcap:" + config.filter)
+                if elsewhere:
+                    kept = self._detach_kept(elsewhere)
+                    if kept is not None:
+                        pins.unpin(self.instance.pin_dir)
+                        log.warning("%s", kept_programs_line(elsewhere, config.iface, mode,
+                                                             *kept, carried=False))
                 source = stack.enter_context(PcapSource(
                     config.iface, config.filter, ipv4_netmask(config.iface), config.promiscuous,
                     self._match, self._nomatch, config.payload, config.snaplen,
@@ -291,6 +303,8 @@ class Daemon:
                 programs = None
             else:
                 self._digest = pins.dataset_digest(options, config.filter)
+                kept = self._detach_kept(elsewhere) if elsewhere else None
+                meta_before = pins.read_meta(self.instance.pin_dir) if kept else None
                 try:
                     pins.prepare_pinning(self.instance.bpffs, self.instance.pin_dir,
                                          self._digest)
@@ -305,6 +319,11 @@ class Daemon:
                 if self._pinned:
                     meta, new_maps = pins.claim(programs, self._digest)
                     self._dataset = meta.name
+                if kept is not None:
+                    carried = not new_maps and meta_before is not None and \
+                        meta_before.name == self._dataset
+                    log.warning("%s", kept_programs_line(elsewhere, config.iface, mode, *kept,
+                                                         carried=carried))
                 source = KernelCounterSource(programs, self._features)
                 # Preallocated and per CPU: this grows with the CPU count, not with traffic.
                 log.info("peer map: up to %d peers in %.0f MiB of kernel memory (--max-peers)",
@@ -433,6 +452,20 @@ class Daemon:
                         "since the previous one)", self.instance.checkpoint_path, exc)
             return
         log.debug("checkpoint of %d peers written in %.3f s", len(table.peers), seconds)
+
+    def _detach_kept(self, iface: str) -> tuple[tuple[str, ...], int | None] | None:
+        """Detach the programs an earlier run of this instance left counting on iface (stop
+        --keep, or killed), where this run will not count: nothing would replace them. What
+        went and the packets their pinned maps counted since the checkpoint (None: unknown);
+        None when nothing of ours was there."""
+        packets = pins.pinned_packets(self.instance.pin_dir)
+        meta = pins.read_meta(self.instance.pin_dir)
+        header = checkpoint.read_header(self.instance.checkpoint_path)
+        if packets is not None and header is not None and meta is not None and \
+                header[0].dataset == meta.name:
+            packets -= header[1].packets
+        removed = detach_kept(self.instance, iface)
+        return (removed, packets) if removed else None
 
     def _build_options(self, prepared: PreparedFilter | None) -> BuildOptions:
         config = self.config

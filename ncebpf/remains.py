@@ -183,3 +183,34 @@ def remove(instance: Instance) -> Removed:
             path.unlink(missing_ok=True)
         forget_pinned(instance)
         return Removed(remains.pid, remains.iface, tuple(programs), remains.files, kept_for)
+
+
+def detach_kept(instance: Instance, iface: str) -> tuple[str, ...]:
+    """Remove the ncebpf programs that a run of instance stopped with --keep (or killed) left
+    on iface; what went, in words. Call with the instance lock held, when the new run counts
+    elsewhere (another interface, libpcap): nothing would ever replace them. Programs of a
+    live instance that holds iface now are its own and stay. Raises PrivilegeError."""
+    from ncebpf.kernel.attach import detach_leftovers
+
+    try:
+        with InterfaceLock(iface, instance.name, counting=False) as held:
+            return tuple(detach_leftovers(held))
+    except (InterfaceNotFound, InterfaceBusy):
+        return ()  # gone with its programs, or another live instance's
+    except (KernelError, NetlinkError, PermissionError) as exc:
+        raise PrivilegeError(f"removing the programs left on {iface} needs CAP_BPF and "
+                             f"CAP_NET_ADMIN ({exc}): run it as root") from exc
+
+
+def kept_programs_line(old: str, new: str, mode: str, removed: tuple[str, ...],
+                       packets: int | None, carried: bool) -> str:
+    """The one log line of a start that detached a kept run's programs from another
+    interface (detach_kept). packets: what they counted since the checkpoint (None:
+    unknown); carried: the new run takes over their pinned maps, so those count. Pure."""
+    where = "with libpcap" if mode == "pcap" else f"on {new}"
+    what = f"the {packets} packets they counted since the last checkpoint" \
+        if packets is not None else "what they counted since the last checkpoint"
+    fate = "are carried into this run (the same data set)" if carried else \
+        "are dropped, with their pinned maps (another data set)"
+    return (f"detached {', '.join(removed)} that an earlier run left counting on {old}, as "
+            f"this one counts {where}: {what} {fate}")

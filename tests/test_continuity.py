@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,106 @@ def test_where_pins_fail_it_counts_unpinned_and_says_so_once(pair: NetnsPair, wo
     finally:
         ncebpf(pair, workdir, bpffs, "stop", check=False)
         run("umount", str(bpffs), check=False)  # the read-only bind; the fixture's mount stays
+
+
+@pytest.mark.parametrize("elsewhere", ["another interface", "pcap"])
+def test_a_start_elsewhere_detaches_the_programs_kept_on_the_old_interface(
+        silent_pair: NetnsPair, workdir: Path, bpffs: Path, elsewhere: str) -> None:
+    """`stop --keep`, frames counted by the kept programs, then `start` on a second veth
+    (same data set: their counts are carried) or in pcap mode (a new data set: dropped):
+    either way the kept programs leave the old interface, and the log says so in one line
+    with the packets concerned."""
+    pair = silent_pair
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    other, other_peer = pair.local_if[:-1] + "c", pair.remote_if[:-1] + "d"
+    run("ip", "link", "add", "name", other, "netns", pair.local, "type", "veth", "peer",
+        "name", other_peer, "netns", pair.remote)
+    for ns, ifname, address in ((pair.local, other, "10.77.2.1/24"),
+                                (pair.remote, other_peer, "10.77.2.2/24")):
+        pair.ns(ns, "ip", "link", "set", ifname, "addrgenmode", "none")
+        pair.ns(ns, "ip", "addr", "add", address, "dev", ifname)
+        pair.ns(ns, "ip", "link", "set", ifname, "up")
+    names = ["--name", "t", "--statedir", str(workdir / "state"), "--piddir",
+             str(workdir / "run"), "--bpffs", str(bpffs)]
+    ncebpf(pair, workdir, bpffs, "start", "--mode", "tc")
+    try:
+        pair.inject_ingress(frames(pair), workdir)
+        assert dumped(pair, workdir, bpffs) == PEERS
+        ncebpf(pair, workdir, bpffs, "stop", "--keep")
+        pair.inject_ingress(frames(pair), workdir)  # counted by the kept programs
+        if elsewhere == "pcap":
+            ncebpf(pair, workdir, bpffs, "start", "--mode", "pcap")
+        else:
+            pair.ns(pair.local, *NCEBPF, "start", "--no-resolve", "--interval", "0.2",
+                    "--mode", "tc", "--iface", other, *names)
+        log = (workdir / "state" / "t.log").read_text()
+        told = [line for line in log.splitlines() if "that an earlier run left counting" in line]
+        assert len(told) == 1, log
+        n = sum(PEERS.values())
+        assert f"left counting on {pair.local_if}" in told[0]
+        assert f"the {n} packets they counted since the last checkpoint" in told[0]
+        for hook in ("ingress", "egress"):
+            assert "ncebpf" not in pair.ns(pair.local, "tc", "filter", "show", "dev",
+                                           pair.local_if, hook).stdout
+        if elsewhere == "pcap":
+            assert "are dropped" in told[0] and not (bpffs / "ncebpf").exists()
+            pair.inject_ingress(frames(pair), workdir)  # the capture counts these
+            assert dumped(pair, workdir, bpffs) == PEERS
+        else:
+            assert "are carried into this run" in told[0]
+            assert dumped(pair, workdir, bpffs) == {p: 2 * k for p, k in PEERS.items()}
+            pair.inject_ingress(frames(pair), workdir)  # the old interface: nobody counts
+            pair.send(pair.remote, other_peer, [ip_frame(peer, "10.77.2.1", "udp", 60)
+                                                for peer, k in PEERS.items()
+                                                for _ in range(k)], workdir,
+                      resend_dropped=True)
+            assert dumped(pair, workdir, bpffs) == {p: 3 * k for p, k in PEERS.items()}
+    finally:
+        ncebpf(pair, workdir, bpffs, "stop", check=False)
+
+
+def test_a_kill_after_an_eviction_resumes_with_everything_accounted(
+        silent_pair: NetnsPair, workdir: Path, bpffs: Path) -> None:
+    """--max-peers 1000 and two waves of 1 500 sources, the second after the first fell idle:
+    a drain evicts, checkpointing first (the only checkpoint: --checkpoint 3600, no dump).
+    kill -9 after it, start: the checkpoint's rows being evicted that the map no longer has
+    are retired into `others`, and peers, others and totals add up to the frames sent."""
+    from ncebpf.checkpoint import load
+    from tests.test_survival import spoofed
+
+    pair = silent_pair
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    small = ("--mode", "tc", "--max-peers", "1000", "--checkpoint", "3600")
+    ncebpf(pair, workdir, bpffs, "start", *small)
+    try:
+        sent = pair.inject_ingress(spoofed(pair, 1500, 20), workdir)
+        time.sleep(11.5)  # idle >= 10 s: evictable once the map is 90 % full
+        sent += pair.inject_ingress(spoofed(pair, 1500, 40), workdir)
+        path = workdir / "state" / "t.checkpoint"
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline, "no drain evicted"
+            time.sleep(0.1)
+        # Until the evictions settle (each drain's deletes come after its checkpoint).
+        written = 0
+        while written != path.stat().st_mtime_ns:
+            written = path.stat().st_mtime_ns
+            time.sleep(2)
+        os.kill(int((workdir / "run" / "t.pid").read_text()), signal.SIGKILL)
+        loaded = load(path)
+        assert loaded is not None and len(loaded[0].evicting) > 0
+        retired = loaded[0].others.peers + len(loaded[0].evicting)
+        ncebpf(pair, workdir, bpffs, "start", *small)
+        dump = json.loads(ncebpf(pair, workdir, bpffs, "dump", "--format", "json").stdout)
+    finally:
+        ncebpf(pair, workdir, bpffs, "stop", check=False)
+    totals, others = dump["totals"], dump["others"]
+    assert dump["users"] == len(dump["peers"]) <= 1000
+    # Retired: those before the checkpoint, and those it names as being evicted (the map
+    # was down to 75 % after that drain: the new run evicts nothing of its own).
+    assert others["peers"] == retired
+    listed = sum(p["packets"] for p in dump["peers"].values())
+    assert listed + others["packets"] == totals["packets"]
+    assert totals["packets"] + totals["overflow"] + totals["unparsed"] == sent

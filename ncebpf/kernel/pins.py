@@ -202,6 +202,34 @@ def prepare(directory: Path, digest: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+_TOTAL_COUNTERS = struct.Struct("=QQ")  # struct total_counters: packets, bytes
+_MATCHED_SLOTS = (0, 5)  # TOTALS_MATCHED_IN, TOTALS_MATCHED_OUT (ncebpf.kernel.maps.TotalsSlot)
+
+
+def pinned_packets(directory: Path) -> int | None:
+    """The packets the pinned `totals` map in directory counted for peers, both directions
+    summed over CPUs; None when nothing is pinned there or it cannot be read."""
+    try:
+        fd = libbpf.obj_get(str(directory / "totals"))
+    except KernelError:
+        return None
+    if fd is None:
+        return None
+    try:
+        cpus = libbpf.possible_cpus()
+        value = ct.create_string_buffer(_TOTAL_COUNTERS.size * cpus)
+        packets = 0
+        for slot in _MATCHED_SLOTS:
+            if libbpf.map_lookup(fd, struct.pack("=I", slot), value):
+                packets += sum(_TOTAL_COUNTERS.unpack_from(value.raw, cpu * _TOTAL_COUNTERS.size)[0]
+                               for cpu in range(cpus))
+        return packets
+    except KernelError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def claim(programs: LoadedPrograms, digest: str) -> tuple[DatasetMeta, bool]:
     """After the compile: the data set the maps hold, and whether it is new (the maps
     were made by this compile). A new one gets its id and digest written."""
