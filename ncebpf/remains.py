@@ -208,9 +208,9 @@ def kept_programs_line(old: str, new: str, mode: str, removed: tuple[str, ...],
     interface (detach_kept). packets: what they counted since the checkpoint (None:
     unknown); carried: the new run takes over their pinned maps, so those count. Pure."""
     where = "with libpcap" if mode == "pcap" else f"on {new}"
-    what = f"the {packets} packets they counted since the last checkpoint" \
-        if packets is not None else "what they counted since the last checkpoint"
-    fate = "are carried into this run (the same data set)" if carried else \
-        "are dropped, with their pinned maps (another data set)"
+    what, verb = (f"the {packets} packets they counted since the last checkpoint", "are") \
+        if packets is not None else ("what they counted since the last checkpoint", "is")
+    fate = f"{verb} carried into this run (the same data set)" if carried else \
+        f"{verb} dropped, with their pinned maps (another data set)"
     return (f"detached {', '.join(removed)} that an earlier run left counting on {old}, as "
             f"this one counts {where}: {what} {fate}")
