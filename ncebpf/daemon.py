@@ -292,8 +292,9 @@ class Daemon:
                 self._digest = pins.dataset_digest(options, "pcap:" + config.filter)
                 if elsewhere:
                     kept = self._detach_kept(elsewhere)
+                    with contextlib.suppress(OSError):  # a read-only bpffs keeps them
+                        pins.unpin(self.instance.pin_dir)  # no kernel run of this data set follows
                     if kept is not None:
-                        pins.unpin(self.instance.pin_dir)
                         log.warning("%s", kept_programs_line(elsewhere, config.iface, mode,
                                                              *kept, carried=False))
                 source = stack.enter_context(PcapSource(
