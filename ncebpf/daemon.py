@@ -354,7 +354,10 @@ class Daemon:
                     attached.enter_context(self._report_server())
                 if self._on_ready:
                     self._on_ready()
-                notify("READY=1", f"STATUS=counting on {config.iface} ({mode})")
+                # `systemctl status` shows it: a run whose restart would lose counts says so.
+                unpinned = ", maps not pinned: see the log" \
+                    if programs is not None and not self._pinned else ""
+                notify("READY=1", f"STATUS=counting on {config.iface} ({mode}){unpinned}")
                 self._capture = source if isinstance(source, PcapSource) else None
                 self._next_checkpoint = time.monotonic() + config.checkpoint_s
                 vanished = self._loop(control, signals, listener, collector, source, table)

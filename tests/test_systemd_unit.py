@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -100,6 +102,7 @@ class Attached:
     dump: dict[str, object] | None  # the final dump
     stderr: str
     pinned: bool  # its peer map was pinned, seen from its own mount namespace while it ran
+    systemd_status: str  # the STATUS= it sent to systemd with READY=1 (NOTIFY_SOCKET)
 
 
 def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: str,
@@ -117,7 +120,11 @@ def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: s
     sandboxed = [] if sandbox is None else [
         "unshare", "-m", "--propagation", "private", sys.executable,
         str(ROOT / "tests" / "unit_sandbox.py"), str(sandbox), "--"]
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(workdir / "notify"))
+    notify.setblocking(False)
     proc = pair.popen(pair.local, *sandboxed, "env", f"NCEBPF_CACHE_DIR={workdir / 'cache'}",
+                      f"NOTIFY_SOCKET={workdir / 'notify'}",
                       "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
                       *NCEBPF, "attach", "--no-resolve", "--mode", mode, *args,
                       "--filter", "host 10.77.0.9")
@@ -126,7 +133,8 @@ def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: s
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             _, err = proc.communicate(timeout=30)
-            return Attached(proc.returncode, None, err, False)
+            notify.close()
+            return Attached(proc.returncode, None, err, False, "")
         time.sleep(0.05)
     pid = (workdir / "run" / "u.pid").read_text().strip()
     pinned = run("nsenter", "-t", pid, "-m", "test", "-e", "/sys/fs/bpf/ncebpf/u/peers",
@@ -136,8 +144,14 @@ def attach_with(pair: NetnsPair, workdir: Path, capabilities: list[str], mode: s
     run(*NCEBPF, "dump", "--format", "json", *args)
     proc.terminate()
     _, err = proc.communicate(timeout=60)
+    statuses = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            statuses += [line.removeprefix("STATUS=") for line in
+                         notify.recv(4096).decode().splitlines() if line.startswith("STATUS=")]
+    notify.close()
     return Attached(proc.returncode, json.loads((workdir / "state" / "u.json").read_text()),
-                    err, pinned)
+                    err, pinned, statuses[0] if statuses else "")
 
 
 def counts(dump: dict[str, object]) -> dict[str, tuple[int, int]]:
@@ -176,6 +190,7 @@ def test_under_the_units_sandbox_the_maps_are_pinned(silent_pair: NetnsPair,
     assert counts(ran.dump) == {"10.77.1.1": (7, 7 * 142), "10.77.1.2": (5, 5 * 92)}
     assert ran.pinned, ran.stderr
     assert "cannot pin" not in ran.stderr
+    assert ran.systemd_status == f"counting on {silent_pair.local_if} (tc)"
 
 
 @pytest.mark.privileged
@@ -190,6 +205,8 @@ def test_without_the_units_pin_directory_its_sandbox_refuses_the_pins(silent_pai
     assert not ran.pinned
     assert ran.stderr.count("cannot pin the counting maps") == 1, ran.stderr
     assert "Read-only file system" in ran.stderr and "ReadWritePaths=" in ran.stderr
+    assert ran.systemd_status == \
+        f"counting on {silent_pair.local_if} (tc), maps not pinned: see the log"
 
 
 @pytest.mark.privileged
