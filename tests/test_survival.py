@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -443,3 +444,40 @@ def test_the_loop_answers_and_counts_while_a_large_dump_is_written(pair: NetnsPa
         assert len(spoofed_peers(dumped, 100)) == peers
     finally:
         assert daemon.stop() == 0, daemon.stderr
+
+
+def test_hup_during_traffic_splits_every_frame_between_its_dump_and_the_new_period(
+        pair: NetnsPair, workdir: Path) -> None:
+    """Issue 13 item 4 with HUP: its dump of 200 000 peers is written while frames keep
+    arriving and the loop goes on; the reset takes effect once the dump is written, at the
+    dump's instant. Every frame is in exactly one of the HUP's dump and the new period,
+    whenever it arrived, and the new period starts at the dump's `current`."""
+    peers, paced = 200_000, 997
+    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "0.2")
+    json_path = workdir / "state" / "t.json"
+    try:
+        pair.inject_ingress(spoofed(pair, peers, 100), workdir)
+        assert len(spoofed_peers(daemon.dump(), 100)) == peers
+        before_hup = json_path.stat().st_ino
+        sender = threading.Thread(target=pair.inject_ingress, kwargs={
+            "frames": frames_from(pair, "10.77.9.8", paced), "workdir": workdir,
+            "rate": 250.0})
+        sender.start()
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120 * TIME_SCALE
+        while json_path.stat().st_ino == before_hup:  # renamed into place: written
+            assert time.monotonic() < deadline, "the HUP's dump was never written"
+            time.sleep(0.05)
+        at_hup = json.loads(json_path.read_text())
+        sender.join()
+        after = daemon.dump()
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+    assert len(spoofed_peers(at_hup, 100)) == peers and not spoofed_peers(after, 100)
+    assert after["start"] == at_hup["current"]
+    split = [dump["peers"].get("10.77.9.8", {"packets": 0})["packets"]
+             for dump in (at_hup, after)]
+    assert sum(split) == paced, split
+    for dump in (at_hup, after):  # the totals split at the same instant as the peers
+        listed = sum(peer["packets"] for peer in dump["peers"].values())
+        assert dump["totals"]["packets"] == listed + dump["others"]["packets"]
