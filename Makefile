@@ -76,6 +76,7 @@ bench: install-dev
 	$(PY) bench/hooks_cpu.py
 	$(PY) bench/peers_cpu.py
 	$(PY) bench/dump_bench.py
+	$(PY) bench/loop_stall_bench.py
 	$(PY) bench/report_bench.py
 	$(PY) bench/report_html_bench.py --browser
 

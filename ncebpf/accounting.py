@@ -321,9 +321,25 @@ class TableSnapshot:
     W: npt.NDArray[np.float64]  # noqa: N815
     counts: Counts
     names: dict[int, Sequence[str]]  # position -> names, where there are some
+    ordered: bool = True  # in key order; else in row order (PeerTable.snapshot_unordered)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def in_key_order(self) -> TableSnapshot:
+        """This snapshot with its peers in key order (IPv4 before IPv6, numeric: the bytes
+        order of keys); itself when it already is. The sort of 1 M keys takes about 0.3 s,
+        which is why the daemon leaves it to the thread that writes the dump."""
+        if self.ordered:
+            return self
+        order = np.argsort(self.keys, kind="stable")
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        return replace(
+            self, keys=self.keys[order], B=self.B[order], C=self.C[order], E=self.E[order],
+            R=self.R[order], T=self.T[order], W=self.W[order], counts=self.counts[order],
+            names={int(position[at]): names for at, names in self.names.items()},
+            ordered=True)
 
 
 class PeerTable:
@@ -410,23 +426,24 @@ class PeerTable:
     def listed_rows(self) -> Rows:
         return np.flatnonzero(self.listed[:self.index.high])
 
-    def sorted_rows(self) -> Rows:
-        """Listed rows in key order (IPv4 before IPv6, then numeric): bytes order of keys."""
-        rows = self.listed_rows()
-        order: Rows = rows[np.argsort(self.index.keys[rows], kind="stable")]
-        return order
-
     def snapshot(self) -> TableSnapshot:
-        """A copy of what a dump reads (about 100 B a listed peer), taken now."""
-        rows = self.sorted_rows()
-        position = {row: at for at, row in enumerate(rows.tolist())} if self.names else {}
+        """A copy of what a dump reads (about 100 B a listed peer), taken now, in key order."""
+        return self.snapshot_unordered().in_key_order()
+
+    def snapshot_unordered(self) -> TableSnapshot:
+        """The cheap half of snapshot(), for the loop: copies of the listed rows' columns in
+        row order (about 50 ms at 1 M peers); in_key_order() finishes it, off the loop."""
+        rows = self.listed_rows()
+        names: dict[int, Sequence[str]] = {}
+        if self.names:  # only listed rows have names (_unlist drops them)
+            named = np.fromiter(self.names, dtype=np.int64, count=len(self.names))
+            at = np.searchsorted(rows, named).tolist()
+            names = dict(zip(at, self.names.values(), strict=True))
         return TableSnapshot(
             start=self.start, rates=replace(self.rates), others=replace(self.others),
             totals=self.totals, keys=self.index.keys[rows], B=self.B[rows], C=self.C[rows],
             E=self.E[rows], R=self.R[rows], T=self.T[rows], W=self.W[rows],
-            counts=self.counts[rows],
-            names={position[row]: names for row, names in self.names.items()
-                   if row in position})
+            counts=self.counts[rows], names=names, ordered=False)
 
     def count(self, rows: Rows, deltas: Counts, now: int, created: int | None = None) -> None:
         """Add deltas (n, 4) to these distinct rows at epoch second now: upstream's per-peer

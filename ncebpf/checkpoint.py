@@ -134,8 +134,19 @@ def table_from_arrays(arrays: dict[str, npt.NDArray[Any]]) -> tuple[PeerTable, C
     return table, info
 
 
+def copied_arrays(table: PeerTable, info: CheckpointInfo) -> dict[str, npt.NDArray[Any]]:
+    """table_arrays as copies, for a writer on another thread while the table goes on
+    (about 130 B a row the index handed out: some 0.1 s at 1 M peers). Pure."""
+    return {name: array.copy() for name, array in table_arrays(table, info).items()}
+
+
 def save(path: Path, table: PeerTable, info: CheckpointInfo, mode: int = 0o600) -> float:
-    """Write the checkpoint atomically; return the seconds it took.
+    """Write the checkpoint of table atomically (save_arrays); return the seconds it took."""
+    return save_arrays(path, table_arrays(table, info), mode)
+
+
+def save_arrays(path: Path, arrays: dict[str, npt.NDArray[Any]], mode: int = 0o600) -> float:
+    """Write a checkpoint's members (table_arrays) atomically; return the seconds it took.
 
     Scratch file beside path (mkstemp: O_EXCL, never through a planted link),
     fsync, rename over path, fsync of the directory. On any error the scratch
@@ -145,7 +156,7 @@ def save(path: Path, table: PeerTable, info: CheckpointInfo, mode: int = 0o600) 
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            np.savez(out, **table_arrays(table, info))  # type: ignore[arg-type]
+            np.savez(out, **arrays)  # type: ignore[arg-type]
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())

@@ -4,6 +4,9 @@ Signals, as upstream (spec §4.1) but without its races: TERM, INT and QUIT
 end the run with a final dump, written and renamed into place after the
 programs are detached; HUP writes a dump and starts over; USR1 writes a
 dump. A TERM that arrives together with a HUP wins (§15.13).
+
+Dumps and checkpoints are written by a worker thread from copies the loop
+takes (ncebpf.outputs), so the loop drains and answers while they are written.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ncebpf import checkpoint
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig, http_endpoint
-from ncebpf.control import ControlServer, DumpClient
+from ncebpf.control import ControlServer
 from ncebpf.dump import DumpContext, write_atomically
 from ncebpf.dumpfiles import (
     DumpWriter,
@@ -78,11 +81,21 @@ from ncebpf.kernel.privileges import require_bpf_privileges
 from ncebpf.listener import DumpListener, allowed_or_default
 from ncebpf.locks import InstanceLock, InterfaceLock
 from ncebpf.memory import return_large_blocks
+from ncebpf.outputs import (
+    PROGRESS_EVERY_S,
+    Checkpointer,
+    ControlWaiter,
+    DumpService,
+    DumpWaiter,
+    UdpWaiter,
+    WrittenDump,
+)
 from ncebpf.payload import fold, kernel_limits, parse_needle
 from ncebpf.pcap import PcapSource
 from ncebpf.remains import detach_kept, kept_programs_line
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
 from ncebpf.sdnotify import extend_stop_timeout, notify
+from ncebpf.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +106,6 @@ HANDLED_SIGNALS = (*STOP_SIGNALS, KEEP_SIGNAL, signal.SIGHUP, signal.SIGUSR1)
 PURGE_EVERY_S = 60.0
 DUMP_SHARING_S = 1.0  # UDP requests this close to a dump share it
 HTTP_FETCH_TIMEOUT_S = 30.0  # the instance's silence a report request waits out, as `dump`'s
-PROGRESS_EVERY_S = 0.25  # at most this often, a long dump tells its waiters how far it got
 
 
 @contextmanager
@@ -142,7 +154,6 @@ class Daemon:
         self._on_ready = on_ready
         self._on_drain = on_drain  # the background daemon follows its log file
         self._filter_hosts: tuple[str, ...] = ()
-        self._last_dump = 0.0
         self._mode: str = config.mode
         self._prepared: PreparedFilter | None = None
         self._dlt = DLT_EN10MB  # the link type filters are compiled for: see _choose_mode
@@ -155,7 +166,6 @@ class Daemon:
             filter=config.filter, promiscuous=config.promiscuous, match=config.match,
             nomatch=config.nomatch, payload=config.payload, snaplen=config.snaplen),
             file_mode(config.umask))
-        self._control: ControlServer | None = None
         self._hooks: HookPlan | None = None
         self._features = KernelFeatures()  # probed by _choose_mode for the kernel path
         self._local_reason = ""
@@ -164,7 +174,6 @@ class Daemon:
         self._pinned = False  # the counting maps are pinned in bpffs
         self._dataset = ""  # the pinned maps' data set id; '' in pcap mode and unpinned
         self._digest = ""  # what defines the data set (pins.dataset_digest)
-        self._next_checkpoint = 0.0  # monotonic
 
     def run(self) -> Path:
         """Count until a stop signal; return where the final dump went.
@@ -333,11 +342,17 @@ class Daemon:
             self._resolver = self._start_resolver()
             # Without a resolver nobody takes the new peers: do not collect them.
             table = self._resume(new_maps, track_created=self._resolver is not None)
-            # An eviction deletes kernel counts the table alone then holds: on disk first.
-            collector = Collector(source, table, before_evict=lambda: self._checkpoint(table))
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
             signals = stack.enter_context(signal_socket())
+            worker = stack.enter_context(Worker())
+            checkpoints = Checkpointer(worker, table, self.instance.checkpoint_path,
+                                       self._checkpoint_info, file_mode(config.umask),
+                                       config.checkpoint_s)
+            # An eviction deletes kernel counts the table alone then holds: on disk first.
+            collector = Collector(source, table, before_evict=checkpoints.save_before_evict)
+            dumps = DumpService(self._writer, worker, table, lambda: self._drain(collector),
+                                after=checkpoints.save)
             with ExitStack() as attached:
                 hooks = attached.enter_context(ExitStack())  # what stop --keep leaves
                 if programs is not None and held is not None:
@@ -359,9 +374,13 @@ class Daemon:
                     if programs is not None and not self._pinned else ""
                 notify("READY=1", f"STATUS=counting on {config.iface} ({mode}){unpinned}")
                 self._capture = source if isinstance(source, PcapSource) else None
-                self._next_checkpoint = time.monotonic() + config.checkpoint_s
-                vanished = self._loop(control, signals, listener, collector, source, table)
+                checkpoints.next_due = time.monotonic() + config.checkpoint_s
+                vanished = self._loop(control, signals, listener, collector, source, table,
+                                      dumps, checkpoints)
                 notify("STOPPING=1", "STATUS=writing the final dump")
+                # A write in flight ends first, and its waiters (UDP ones too) hear of it.
+                checkpoints.closed = True  # the final checkpoint follows
+                dumps.settle(extend_stop_timeout)
                 if vanished:
                     self._keep = False
                 elif self._keep and self._pinned:
@@ -371,14 +390,16 @@ class Daemon:
                     log.warning("the counting maps are not pinned, so no later run could read "
                                 "them: detaching; the next start goes on from the checkpoint")
             # Detached (or kept): what the table holds now is complete (or checkpointed).
-            return self._final_dump(collector, table, vanished)
+            return self._final_dump(collector, table, vanished, dumps, checkpoints)
 
-
-    def _final_dump(self, collector: Collector, table: PeerTable, vanished: bool) -> Path:
+    def _final_dump(self, collector: Collector, table: PeerTable, vanished: bool,
+                    dumps: DumpService, checkpoints: Checkpointer) -> Path:
+        """Drain, checkpoint, write the final dump (the worker is idle: settle()); the
+        requests still waiting for a dump are answered with it."""
         config = self.config
         extend_stop_timeout()  # the drain of a large table takes seconds
         self._drain(collector)
-        self._checkpoint(table)  # before the dump, which may take long
+        checkpoints.save_now()  # before the dump, which may take long
         if self._programs_kept:
             log.info("stopping with the programs left counting on %s into the maps pinned in "
                      "%s; the table is in %s: 'ncebpf start' goes on from there, "
@@ -389,13 +410,19 @@ class Daemon:
                      "arrives meanwhile is not counted)", self.instance.checkpoint_path)
         if self._dataset and not self._programs_kept:
             pins.unpin(self.instance.pin_dir)
+        waiting = dumps.take_waiting()
+        now = time.time()
         try:
-            final = self._writer.write_final(table, time.time(),
-                                             self._progress([], extend_stop=True))
+            final = self._writer.write_final(table, now, self._progress(waiting))
         except OutputError as exc:
+            for waiter in waiting:
+                waiter.failed(str(exc))
             raise NcebpfError(f"the final dump could not be written anywhere, its "
                               f"{len(table.peers)} peers and {table.totals.packets} packets "
                               f"are lost: {exc}") from exc
+        written = WrittenDump(final.path.parent, now)
+        for waiter in waiting:
+            waiter.written(written)
         if final.refused:
             raise NcebpfError(f"the final dump went to {final.path} instead: {final.refused}")
         if not self._keep:
@@ -444,18 +471,9 @@ class Daemon:
                     "%.0f seconds of counts were lost", len(table.peers), age, why, age)
         return table
 
-    def _checkpoint(self, table: PeerTable) -> None:
-        """Write the table's checkpoint; a failure is logged, never raised (counting goes on)."""
-        self._next_checkpoint = time.monotonic() + self.config.checkpoint_s
-        info = checkpoint.CheckpointInfo(time.time(), self._dataset, self._digest, self._mode)
-        try:
-            seconds = checkpoint.save(self.instance.checkpoint_path, table, info,
-                                      file_mode(self.config.umask))
-        except OSError as exc:
-            log.warning("could not write the checkpoint %s: %s (a crash now loses the counts "
-                        "since the previous one)", self.instance.checkpoint_path, exc)
-            return
-        log.debug("checkpoint of %d peers written in %.3f s", len(table.peers), seconds)
+    def _checkpoint_info(self, at: float) -> checkpoint.CheckpointInfo:
+        """What a checkpoint of this run's table taken at epoch seconds `at` says."""
+        return checkpoint.CheckpointInfo(at, self._dataset, self._digest, self._mode)
 
     def _detach_kept(self, iface: str) -> tuple[tuple[str, ...], int | None] | None:
         """Detach the programs an earlier run of this instance left counting on iface (stop
@@ -533,53 +551,44 @@ class Daemon:
 
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,
-              source: KernelCounterSource | PcapSource, table: PeerTable) -> bool:
+              source: KernelCounterSource | PcapSource, table: PeerTable,
+              dumps: DumpService, checkpoints: Checkpointer) -> bool:
         """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
         next_purge = time.monotonic() + PURGE_EVERY_S
         resolver, capture = self._resolver, self._capture
-        self._control = control
-        watched = [signals.fileno()]
+        watched = [signals.fileno(), dumps.worker.fileno()]
         if listener:
             watched.append(listener.fileno())
         if capture:
             watched.append(capture.fileno())
         while True:
-            timeout = max(0.0, next_drain - time.monotonic())
+            now = time.monotonic()
+            # While a HUP's dump holds the drains, its end wakes the loop (the worker's fd).
+            timeout = interval if dumps.holding_drains else max(0.0, next_drain - now)
             lookups = resolver.fds() if resolver else []
             if resolver and (deadline := resolver.next_deadline()) is not None:
                 timeout = min(timeout, max(0.0, deadline - time.time()))
-            if (deadline := control.next_deadline()) is not None:
-                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            for deadline in (control.next_deadline(), dumps.next_deadline()):
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
             controls = control.fds()
             ready, _, _ = select.select(watched + controls + lookups, [], [], timeout)
+            dumps.worker.collect()  # dumps written: answers, HUP's reset; checkpoints saved
             if capture and capture.fileno() in ready:
                 capture.service()
             if resolver:
                 resolver.service(table)
-            if signals.fileno() in ready:
-                received = set()
-                with contextlib.suppress(BlockingIOError):
-                    received = set(signals.recv(64))
-                if received & {*STOP_SIGNALS, KEEP_SIGNAL}:
-                    self._keep = not received & set(STOP_SIGNALS)  # a TERM wins
-                    log.info("stopping on signal%s",
-                             ", leaving the programs counting" if self._keep else "")
-                    return False
-                if signal.SIGHUP in received:
-                    log.info("HUP: dump, then start over")
-                    if self._try_dump(collector, table):
-                        table.reset(int(time.time()))
-                        self._checkpoint(table)  # a crash now must not undo the reset
-                elif signal.SIGUSR1 in received:
-                    self._try_dump(collector, table)
+            if signals.fileno() in ready and self._stop_signalled(signals, dumps):
+                return False
             if len(controls) > 1 or control.fileno() in ready:
-                self._serve(control.requests(), collector, table)
+                for client in control.requests():
+                    dumps.ask(ControlWaiter(client, self.instance))
             if listener and listener.fileno() in ready:
-                self._answer(listener, collector, table)
+                self._answer(listener, dumps)
             now = time.monotonic()
-            if now >= next_drain:
+            if now >= next_drain and not dumps.holding_drains:
                 report = collector.drain()
                 if resolver:
                     for key in table.take_created():
@@ -593,16 +602,33 @@ class Daemon:
                 if self._on_drain:
                     self._on_drain()
                 next_drain = max(next_drain + interval, time.monotonic())
-            if self._writer.retry_due(now):
-                self._try_dump(collector, table)
-            if now >= self._next_checkpoint:
-                self._drain(collector)
-                self._checkpoint(table)
+            dumps.service(now)
+            if checkpoints.due(now):
+                if not dumps.holding_drains:
+                    self._drain(collector)
+                checkpoints.save()
             if now >= next_purge:
                 purged = table.purge(int(time.time()))
                 if purged:
                     log.info("purged %d peers idle for more than a day", purged)
                 next_purge = now + PURGE_EVERY_S
+
+    def _stop_signalled(self, signals: socket.socket, dumps: DumpService) -> bool:
+        """Act on the signals received: True for a stop (TERM wins over a HUP beside it)."""
+        received = set()
+        with contextlib.suppress(BlockingIOError):
+            received = set(signals.recv(64))
+        if received & {*STOP_SIGNALS, KEEP_SIGNAL}:
+            self._keep = not received & set(STOP_SIGNALS)  # a TERM wins
+            log.info("stopping on signal%s",
+                     ", leaving the programs counting" if self._keep else "")
+            return True
+        if signal.SIGHUP in received:
+            log.info("HUP: dump, then start over")
+            dumps.ask(reset=True)
+        elif signal.SIGUSR1 in received:
+            dumps.ask()
+        return False
 
     def _local_addresses(self) -> list[str]:
         """The peer rule's local side: the host's addresses for this interface's traffic
@@ -614,24 +640,7 @@ class Daemon:
                      ", ".join(side.addresses) or "none yet")
         return [*side.addresses, *self._filter_hosts]
 
-    def _serve(self, clients: list[DumpClient], collector: Collector, table: PeerTable) -> None:
-        """Answer dump requests on the control socket, each with a dump drained after it.
-
-        Requests that arrive while a dump is written wait for the next one,
-        which starts as soon as this one is done.
-        """
-        while clients:
-            serving, clients = clients, []
-            path: Path | None = None
-            error = ""
-            try:
-                path = self._dump(collector, table, serving, clients)
-            except OutputError as exc:
-                error = f"{exc} (still counting; the dump is retried)"
-            for client in serving:
-                client.finish(path and self.instance.dump_path(client.fmt), error)
-
-    def _answer(self, listener: DumpListener, collector: Collector, table: PeerTable) -> None:
+    def _answer(self, listener: DumpListener, dumps: DumpService) -> None:
         request = listener.receive(time.time())
         if request is None:
             return
@@ -639,34 +648,11 @@ class Daemon:
         if not wants_dump:
             listener.reply(sender, "??")
             return
-        if time.time() - self._last_dump >= DUMP_SHARING_S and \
-                not self._try_dump(collector, table):
-            return  # no OK for a dump that is not there; the client asks again
+        if time.time() - dumps.last_written < DUMP_SHARING_S:
+            listener.reply(sender, f"OK {int(dumps.last_written)}")  # a burst shares a dump
+            return
         # After the write, not before (upstream answered first): OK means "it is there".
-        listener.reply(sender, f"OK {int(self._last_dump)}")
-
-    def _try_dump(self, collector: Collector, table: PeerTable) -> bool:
-        """A dump for a signal, a UDP request or a retry: a failure is logged, never raised."""
-        try:
-            self._dump(collector, table, [], [])
-        except OutputError:
-            return False
-        return True
-
-    def _dump(self, collector: Collector, table: PeerTable, serving: list[DumpClient],
-              arriving: list[DumpClient]) -> Path:
-        """Drain, then write both dump files; return the JSON one.
-
-        While it writes, `serving` hear how far it got, and requests that
-        arrive on the control socket are added to `arriving`. Raises
-        OutputError after logging it and scheduling a retry.
-        """
-        self._drain(collector)
-        now = time.time()
-        path = self._writer.write(table, now, self._progress(serving, arriving))
-        self._last_dump = now
-        self._checkpoint(table)
-        return path
+        dumps.ask(UdpWaiter(listener, sender))
 
     def _drain(self, collector: Collector) -> None:
         """Everything counted so far into the table: the capture's buffer first, if any."""
@@ -674,10 +660,9 @@ class Daemon:
             self._capture.service()
         collector.drain()
 
-    def _progress(self, serving: list[DumpClient], arriving: list[DumpClient] | None = None,
-                  extend_stop: bool = False) -> Callable[[int, int], None]:
-        """What a long dump does between pieces: keep its waiters informed, take requests
-        that arrive into `arriving`, and (the final dump) keep systemd's stop timer back."""
+    def _progress(self, waiters: list[DumpWaiter]) -> Callable[[int, int], None]:
+        """What the final dump does between pieces: keep its waiters informed and
+        systemd's stop timer back, at most every PROGRESS_EVERY_S."""
         last = time.monotonic()
 
         def tick(done: int, total: int) -> None:
@@ -686,10 +671,7 @@ class Daemon:
             if now - last < PROGRESS_EVERY_S:
                 return
             last = now
-            if arriving is not None and self._control is not None:
-                arriving.extend(self._control.requests())
-            for client in serving + (arriving or []):
-                client.progress(done, total)
-            if extend_stop:
-                extend_stop_timeout()
+            for waiter in waiters:
+                waiter.progress(done, total)
+            extend_stop_timeout()
         return tick

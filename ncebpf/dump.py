@@ -1,10 +1,10 @@
 """Dump documents — JSON (schema 1) and the upstream Perl `.stats` — and atomic writing.
 
 Rendering is pure and streams: the text comes in pieces of PEERS_PER_PIECE
-peers, so a dump of a million peers never exists whole in memory. The
-caller keeps the table still while the pieces are written (the daemon holds
-its drains), so a dump is a point-in-time snapshot and never a half-written
-structure (upstream §15.17).
+peers, so a dump of a million peers never exists whole in memory. A dump
+is rendered from a TableSnapshot (PeerTable.snapshot: copies of the columns
+at one instant), so it is a point-in-time picture and never a half-written
+structure (upstream §15.17), while the table goes on counting.
 
 The Perl dump keeps the upstream layout byte for byte (spec §10.2-10.3) so
 that existing readers `do` or `eval` it, but every string in it is escaped:
@@ -110,8 +110,8 @@ PeerFields = tuple[str, int, int, int, Sequence[str], float, int, int, float, in
 
 
 def frozen(table: PeerTable | TableSnapshot) -> TableSnapshot:
-    """The snapshot to write: the one given, or one taken of the table now."""
-    return table if isinstance(table, TableSnapshot) else table.snapshot()
+    """The snapshot to write, in key order: the one given, or one taken of the table now."""
+    return table.in_key_order() if isinstance(table, TableSnapshot) else table.snapshot()
 
 
 def _rows_in_pieces(snapshot: TableSnapshot) -> Iterator[list[PeerFields]]:

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncebpf.accounting import PeerTable
+from ncebpf.accounting import PeerTable, TableSnapshot
 from ncebpf.config import Instance
-from ncebpf.dump import FORMATS, DumpContext, pieces, write_atomically
+from ncebpf.dump import FORMATS, DumpContext, frozen, pieces, write_atomically
 from ncebpf.errors import NcebpfError
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class DumpWriter:
     `write` logs a failure, raises OutputError and owes a dump; the daemon
     calls `retry_due` each turn and writes again when it says so, backing off
     from RETRY_FIRST_S to RETRY_MAX_S. `mode` is the files' permission bits.
+    The daemon calls `write` on its writer thread (ncebpf.outputs) and reads
+    `failures` and `retry_due` only while no write is in flight.
     """
 
     def __init__(self, instance: Instance, context: DumpContext, mode: int = 0o644) -> None:
@@ -76,8 +78,9 @@ class DumpWriter:
         self.failures = 0  # consecutive failed writes; 0 = nothing owed
         self._next_retry = 0.0  # time.monotonic()
 
-    def write(self, table: PeerTable, now: float, progress: Progress) -> Path:
-        """Write both files into the state directory; return the JSON one."""
+    def write(self, table: PeerTable | TableSnapshot, now: float, progress: Progress) -> Path:
+        """Write both files of table (or of a snapshot of it) into the state directory;
+        return the JSON one. now is the dumps' `current`, epoch seconds."""
         try:
             path = self._write_into(self.instance.statedir, table, now, progress)
         except OutputError as exc:
@@ -96,6 +99,10 @@ class DumpWriter:
         """The last write failed, and it is time to try again."""
         return self.failures > 0 and monotonic_now >= self._next_retry
 
+    def retry_at(self) -> float | None:
+        """When the owed dump is to be tried again (time.monotonic()); None when none is owed."""
+        return self._next_retry if self.failures else None
+
     def write_final(self, table: PeerTable, now: float, progress: Progress) -> FinalDump:
         """The last dump of a run: the state directory, else the first fallback that works.
 
@@ -111,9 +118,9 @@ class DumpWriter:
             return FinalDump(path, refusals[0] if refusals else "")
         raise OutputError("; ".join(refusals))
 
-    def _write_into(self, directory: Path, table: PeerTable, now: float,
+    def _write_into(self, directory: Path, table: PeerTable | TableSnapshot, now: float,
                     progress: Progress) -> Path:
-        snapshot = table.snapshot()  # both files of one instant, whatever happens meanwhile
+        snapshot = frozen(table)  # both files of one instant, whatever happens meanwhile
         total = len(snapshot)
         for fmt in FORMATS:
             path = directory / self.instance.dump_path(fmt).name

@@ -115,7 +115,10 @@ class DumpListener:
         return is_dump_request(payload), sender
 
     def reply(self, sender: tuple[object, ...], text: str) -> None:
-        assert self._sock is not None
+        """Send text to sender; nothing once the listener is closed (a request that waited
+        for the final dump: the daemon has stopped listening, the client asks elsewhere)."""
+        if self._sock is None:
+            return
         try:
             self._sock.sendto(text.encode(), sender)
         except OSError as exc:
@@ -125,3 +128,4 @@ class DumpListener:
                  tb: TracebackType | None) -> None:
         if self._sock is not None:
             self._sock.close()
+            self._sock = None

@@ -98,6 +98,26 @@ def test_a_snapshot_dumps_the_moment_it_was_taken() -> None:
     assert len(snapshot) == 4 and json_document(table, CONTEXT, 3000)["peers"] == {}
 
 
+def test_the_loops_cheap_snapshot_is_in_row_order_and_sorts_into_the_same_dump() -> None:
+    """The loop copies rows as they lie (snapshot_unordered); the dump's thread sorts them.
+    Names follow their peers through the sort."""
+    table = sample_table()
+    table.peers[peer_key("fd77::2")].N = ["six.example.com"]
+    unordered = table.snapshot_unordered()
+    assert not unordered.ordered
+    assert unordered.keys.tolist() == [peer_key(a) for a in (  # as they were added
+        "fd77::2", "10.77.0.10", "192.168.100.200", "10.77.0.9")]
+    assert unordered.names == {0: ["six.example.com"],
+                               1: ["host.example.com", "alias.example.com"]}
+    ordered = unordered.in_key_order()
+    assert ordered.ordered and ordered.in_key_order() is ordered
+    assert ordered.names == {1: ["host.example.com", "alias.example.com"],
+                             3: ["six.example.com"]}
+    assert render_json(json_document(unordered, CONTEXT, 2000)) == \
+        render_json(json_document(table, CONTEXT, 2000))
+    assert render_perl(unordered, CONTEXT, 2000) == render_perl(table, CONTEXT, 2000)
+
+
 def test_integers_stay_integers() -> None:
     text = render_json(json_document(sample_table(), CONTEXT, 2000.0))
     for peer in json.loads(text)["peers"].values():

@@ -3,13 +3,16 @@ planted links, and a table bounded as the map is — with real daemons and traff
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -387,3 +390,94 @@ def test_a_rotated_log_is_opened_anew(pair: NetnsPair, workdir: Path) -> None:
     assert "opened anew" in (state / "t.log").read_text()
     assert ncebpf(pair, workdir, state, "stop").returncode == 0
     assert "final dump in" in (state / "t.log").read_text()
+
+
+def test_the_loop_answers_and_counts_while_a_large_dump_is_written(pair: NetnsPair,
+                                                                    workdir: Path) -> None:
+    """Issue 13 item 4, by the order of events: once a `dump` of 200 000 peers is being
+    written (its client has heard a progress line, and not yet its `ok`), the daemon
+    answers a control request and a UDP request; frames sent meanwhile are in the dump
+    of a request made after them, which is the next dump, never the one in flight."""
+    from tests.test_upstream_daemon import udp_ask
+
+    peers = 200_000
+    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "0.2",
+                           "--port", "7777", "--listen", pair.local_v4)
+    control = str(workdir / "run" / "t.sock")
+    try:
+        pair.inject_ingress(spoofed(pair, peers, 100), workdir)
+        assert len(spoofed_peers(daemon.dump(), 100)) == peers  # all drained: a long dump
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.connect(control)
+            first.sendall(b"dump json\n")
+            heard = first.recv(4096).decode()
+            assert heard.startswith("progress "), \
+                f"the dump was written before a progress line: make the table larger ({heard})"
+            first.setblocking(False)
+
+            def first_answered() -> bool:
+                nonlocal heard
+                with contextlib.suppress(BlockingIOError):
+                    heard += first.recv(1 << 16).decode()
+                return "\nok " in "\n" + heard
+
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(control)
+                probe.sendall(b"status\n")
+                assert probe.recv(4096).decode() == "error unknown request 'status'\n"
+            assert not first_answered(), "the control request waited for the dump"
+            assert udp_ask(pair, pair.local, pair.local_v4, "hello") == ["??"]
+            assert not first_answered(), "the UDP request waited for the dump"
+            pair.inject_ingress(frames_from(pair, "10.77.9.7", 7), workdir)
+            assert not first_answered(), (
+                "the dump was written before the frames were sent: make the table larger")
+            later = subprocess.Popen([*NCEBPF, "dump", "--timeout", "60", *daemon.args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            first.setblocking(True)
+            while not first_answered():
+                heard += first.recv(1 << 16).decode() or "closed"
+            assert heard.endswith(f"ok {workdir / 'state' / 't.json'}\n"), heard
+        out, err = later.communicate(timeout=120 * TIME_SCALE)
+        assert later.returncode == 0, err
+        dumped = json.loads(out)
+        assert dumped["peers"]["10.77.9.7"]["packets"] == 7
+        assert len(spoofed_peers(dumped, 100)) == peers
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+
+
+def test_hup_during_traffic_splits_every_frame_between_its_dump_and_the_new_period(
+        pair: NetnsPair, workdir: Path) -> None:
+    """Issue 13 item 4 with HUP: its dump of 200 000 peers is written while frames keep
+    arriving and the loop goes on; the reset takes effect once the dump is written, at the
+    dump's instant. Every frame is in exactly one of the HUP's dump and the new period,
+    whenever it arrived, and the new period starts at the dump's `current`."""
+    peers, paced = 200_000, 997
+    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "0.2")
+    json_path = workdir / "state" / "t.json"
+    try:
+        pair.inject_ingress(spoofed(pair, peers, 100), workdir)
+        assert len(spoofed_peers(daemon.dump(), 100)) == peers
+        before_hup = json_path.stat().st_ino
+        sender = threading.Thread(target=pair.inject_ingress, kwargs={
+            "frames": frames_from(pair, "10.77.9.8", paced), "workdir": workdir,
+            "rate": 250.0})
+        sender.start()
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120 * TIME_SCALE
+        while json_path.stat().st_ino == before_hup:  # renamed into place: written
+            assert time.monotonic() < deadline, "the HUP's dump was never written"
+            time.sleep(0.05)
+        at_hup = json.loads(json_path.read_text())
+        sender.join()
+        after = daemon.dump()
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+    assert len(spoofed_peers(at_hup, 100)) == peers and not spoofed_peers(after, 100)
+    assert after["start"] == at_hup["current"]
+    split = [dump["peers"].get("10.77.9.8", {"packets": 0})["packets"]
+             for dump in (at_hup, after)]
+    assert sum(split) == paced, split
+    for dump in (at_hup, after):  # the totals split at the same instant as the peers
+        listed = sum(peer["packets"] for peer in dump["peers"].values())
+        assert dump["totals"]["packets"] == listed + dump["others"]["packets"]
