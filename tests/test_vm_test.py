@@ -9,6 +9,7 @@ The part that stops the VM, scripts/run-with-timeout, is run directly with `slee
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 VM_TEST = ROOT / "scripts" / "vm-test"
 RUN_WITH_TIMEOUT = ROOT / "scripts" / "run-with-timeout"
+CI_RUN = ROOT / ".ci" / "run"
 
 
 def _vm_test(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -165,3 +167,14 @@ def test_run_with_timeout_usage(tmp_path: Path, args: tuple[str, ...]) -> None:
     assert "usage:" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
+
+def test_ci_vm_leg_ends_in_time_for_its_summary() -> None:
+    """CI has 45 min (.ci/run's budget): the host's `make test` takes ~5.5, the VM leg ~26 plus
+    ~1 to boot. Without its own timeout a hung guest would take vm-test's default 90 min, all
+    of CI's time, and CI would end with no summary."""
+    text = CI_RUN.read_text()
+    assert "NCEBPF_VM_TIMEOUT=$VM_LEG_TIMEOUT make vm-test" in text
+    match = re.search(r"^VM_LEG_TIMEOUT=(\d+)$", text, re.M)
+    assert match, "no VM_LEG_TIMEOUT in .ci/run"
+    leg = int(match.group(1))
+    assert 27 * 60 < leg <= (45 - 6 - 2) * 60
