@@ -178,3 +178,30 @@ def test_ci_vm_leg_ends_in_time_for_its_summary() -> None:
     assert match, "no VM_LEG_TIMEOUT in .ci/run"
     leg = int(match.group(1))
     assert 27 * 60 < leg <= (45 - 6 - 2) * 60
+
+
+def test_ci_vm_tests_run_as_one_pytest_command(tmp_path: Path) -> None:
+    """.ci/run's VM_TESTS spans lines; the guest once ran each line as a command of its own
+    (CI failed with 'tests/test_kernel_peer_rule.py: Permission denied'). The guest script is
+    written by vm-test's own function, and its command run with a pytest that prints its
+    arguments."""
+    match = re.search(r'^VM_KERNEL_TESTS="([^"]*)"', CI_RUN.read_text(), re.M)
+    assert match, "no VM_KERNEL_TESTS in .ci/run"
+    vm_tests = match.group(1)
+    assert "\n" in vm_tests  # the case that failed
+    env = {name: value for name, value in os.environ.items() if not name.startswith("NCEBPF_")}
+    subprocess.run(["bash", "-c", f'source "{VM_TEST}"; run_dir="$1"; write_guest_script',
+                    "bash", str(tmp_path)],
+                   env=env | {"VM_TESTS": vm_tests}, check=True, timeout=30)
+    command = next(line for line in (tmp_path / "guest.sh").read_text().splitlines()
+                   if line.startswith("command="))
+    pytest_bin = tmp_path / ".venv" / "bin" / "pytest"
+    pytest_bin.parent.mkdir(parents=True)
+    pytest_bin.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    pytest_bin.chmod(0o755)
+    ran = subprocess.run(["bash", "-c", f'{command}\neval "$command"'], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, timeout=30)
+    assert ran.stderr == ""
+    assert ran.stdout.split("\n")[:-1] == vm_tests.split()
+    for word in vm_tests.split():
+        assert word.startswith("-") or word == "privileged" or (ROOT / word).is_file(), word
