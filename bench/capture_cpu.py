@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +56,20 @@ def blast(pair: NetnsPair, path: Path, count: int, rate: float) -> tuple[int, fl
     out = pair.ns(pair.remote, sys.executable, str(Path(__file__).parent / "blast.py"),
                   pair.remote_if, str(path), str(count), str(rate), timeout=600).stdout.split()
     return int(out[0]), float(out[1])
+
+
+@contextmanager
+def veth_bench(frames_of: Callable[[NetnsPair], list[bytes]]
+               ) -> Iterator[tuple[NetnsPair, Path, Path]]:
+    """(pair, scratch directory, frames file) for a benchmark on a quiet veth pair in test
+    namespaces, the file holding frames_of(pair). On the way out the namespaces go first,
+    with every process in them, then the files those processes were writing."""
+    with tempfile.TemporaryDirectory() as tmp, \
+            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
+        workdir = Path(tmp)
+        path = workdir / "frames.bin"
+        write_frames(path, frames_of(pair))
+        yield pair, workdir, path
 
 
 def measured(pair: NetnsPair, path: Path, count: int, rate: float,
@@ -137,12 +152,7 @@ def main() -> None:
     count = int(args.rate * args.seconds)
     print(f"machine CPU per packet at {args.rate / 1000:.0f} kpps on veth, {count} frames, "
           f"filter {FILTER!r}, match {MATCH!r} in [{PAYLOAD}, {SNAPLEN}); 2 CPUs")
-    # The namespace goes first, with every process in it, then the files they were writing.
-    with tempfile.TemporaryDirectory() as tmp, \
-            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
-        workdir = Path(tmp)
-        path = workdir / "frames.bin"
-        write_frames(path, frames(pair))
+    with veth_bench(frames) as (pair, workdir, path):
         blast(pair, path, 50_000, args.rate)  # warm up
         observers = {
             "ncebpf, kernel: XDP + search": lambda: ncebpf_observer(pair, workdir, "xdp"),

@@ -18,18 +18,16 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from capture_cpu import measured, stop  # noqa: E402
+from capture_cpu import measured, stop, veth_bench  # noqa: E402
 from figures import Figure, print_machine_costs  # noqa: E402
 
 from ncebpf.filter.frames import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, udp  # noqa: E402
 from ncebpf.kernel import libbpf  # noqa: E402
 from tests.netns import NCEBPF, NetnsPair  # noqa: E402
-from tests.sendframes import write_frames  # noqa: E402
 
 ROUNDS = 5
 HOOKS = {
@@ -84,12 +82,7 @@ def main() -> None:
     hz = os.sysconf("SC_CLK_TCK")
     print(f"machine CPU per packet of each ingress hook at {args.rate / 1000:.0f} kpps on veth, "
           f"{count} frames of 64 bytes from 512 peers, no filter; 2 CPUs shared")
-    # The namespace goes first, with every process in it, then the files they were writing.
-    with tempfile.TemporaryDirectory() as tmp, \
-            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
-        workdir = Path(tmp)
-        path = workdir / "frames.bin"
-        write_frames(path, frames(pair))
+    with veth_bench(frames) as (pair, workdir, path):
         measured(pair, path, 50_000, args.rate)  # warm up
         baselines: list[float] = []
         per_packet: dict[str, list[float]] = {label: [] for label in HOOKS}

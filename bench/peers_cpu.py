@@ -32,14 +32,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from capture_cpu import measured, stop  # noqa: E402
+from capture_cpu import measured, stop, veth_bench  # noqa: E402
 from figures import Figure, print_machine_costs, show_cost_ratio  # noqa: E402
 from hooks_cpu import BPF_STATS_RUN_TIME, frames, observer, program_stats  # noqa: E402
 from peer_counts import (  # noqa: E402
@@ -54,7 +53,6 @@ from peer_counts import (  # noqa: E402
 
 from ncebpf.kernel import libbpf  # noqa: E402
 from tests.netns import NetnsPair, run  # noqa: E402
-from tests.sendframes import write_frames  # noqa: E402
 
 DEFAULT = "ncebpf --mode auto (the default)"
 NCEBPF_HOOKS = {
@@ -287,12 +285,7 @@ def main() -> None:
     hz = os.sysconf("SC_CLK_TCK")
     print(f"machine CPU per packet of ncebpf and its peers at {args.rate / 1000:.0f} kpps on "
           f"veth, {count} frames of 64 bytes from 256 peers per run; {os.cpu_count()} CPUs")
-    # The namespace goes first, with every process in it, then the files they were writing.
-    with tempfile.TemporaryDirectory() as tmp, \
-            NetnsPair(remote_ipv6=False, local_ipv6=False) as pair:
-        workdir = Path(tmp)
-        path = workdir / "frames.bin"
-        write_frames(path, frames(pair))
+    with veth_bench(frames) as (pair, workdir, path):
         def ncebpf(name: str, flags: tuple[str, ...]) -> Callable[[], NcebpfRun]:
             return lambda: NcebpfRun(pair, workdir, name, flags)
 

@@ -19,6 +19,28 @@ import pytest
 from tests.netns import PREFIX, NetnsPair
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--first-case-only", action="store_true",
+        help="run each parametrized test with its first case only (CI's VM leg: under "
+             "emulation every case costs about a minute; the others are reported deselected)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--first-case-only"):
+        return
+    seen: set[str] = set()
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        function = item.nodeid.split("[", 1)[0]
+        (deselected if function in seen else kept).append(item)
+        seen.add(function)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 def _privileged_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ncebpf.filter.frames import ip_frame
-from tests.netns import DaemonProcess, NetnsPair
+from tests.netns import TIME_SCALE, DaemonProcess, NetnsPair
 
 pytestmark = pytest.mark.privileged
 
@@ -45,10 +45,11 @@ def udp_from(pair: NetnsPair, peer: str, count: int) -> list[bytes]:
 
 
 def test_reports_over_http_of_known_traffic(pair: NetnsPair, workdir: Path) -> None:
-    # The filter keeps the HTTP exchanges themselves out of the counts.
+    # The filter keeps the HTTP exchanges themselves out of the counts. The refresh
+    # interval must outlast the first two asks (a client process each, slow in a VM).
     daemon = DaemonProcess(pair, workdir, "--filter", "udp", "--http",
-                           f"{pair.local_v4}:{PORT}", "--http-refresh", "6", "--allow",
-                           pair.local_v4)
+                           f"{pair.local_v4}:{PORT}", "--http-refresh",
+                           str(round(6 * TIME_SCALE)), "--allow", pair.local_v4)
     try:
         pair.inject_ingress(udp_from(pair, "10.77.3.1", 7) + udp_from(pair, "10.77.3.2", 3),
                             workdir)
