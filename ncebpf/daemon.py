@@ -56,6 +56,7 @@ from ncebpf.kernel.attach import (
     HookPlan,
     TcAttachment,
     XdpAttachment,
+    detach_unused_hooks,
     plan_hooks,
     refuse_foreign_xdp,
 )
@@ -516,6 +517,12 @@ class Daemon:
             attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "ingress"))
         if hooks.egress:
             attached.enter_context(TcAttachment(held, programs.tc.fd, tc_name, "egress"))
+        removed = detach_unused_hooks(held, xdp=hooks.ingress == "xdp",
+                                      tc_ingress=hooks.ingress == "tc", tc_egress=hooks.egress)
+        if removed:
+            log.warning("removed ncebpf's %s that an earlier run of another mode left counting "
+                        "on %s: this run's programs were attached first, so nothing is lost (a "
+                        "frame in between may count twice)", ", ".join(removed), config.iface)
 
     def _start_resolver(self) -> ReverseResolver | None:
         config = self.config

@@ -114,6 +114,37 @@ def test_a_changed_filter_starts_a_new_data_set_without_a_detach(pair: NetnsPair
         ncebpf(pair, workdir, bpffs, "stop", check=False)
 
 
+@pytest.mark.parametrize(("before", "after"), [("tc", "xdp"), ("xdp", "tc")])
+def test_a_restart_in_another_mode_leaves_no_program_on_the_old_hook(
+        silent_pair: NetnsPair, workdir: Path, bpffs: Path, before: str, after: str) -> None:
+    """`restart --mode xdp` of a TC run (and back): the new ingress program sits on the other
+    hook, so the old one must go, or both count every arriving frame into the same pinned
+    maps (and the old one outlives `stop`). Frames before and after the restart counted
+    once each; after `stop` no ncebpf program is left on either hook."""
+    pair = silent_pair
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    ncebpf(pair, workdir, bpffs, "start", "--mode", before)
+    try:
+        pair.inject_ingress(frames(pair), workdir)
+        ncebpf(pair, workdir, bpffs, "restart", "--mode", after)
+        pair.inject_ingress(frames(pair), workdir)
+        assert dumped(pair, workdir, bpffs) == {p: 2 * n for p, n in PEERS.items()}
+        log = (workdir / "state" / "t.log").read_text()
+        old = "TC ingress filter" if before == "tc" else "XDP program id"
+        told = [line for line in log.splitlines() if "an earlier run of another mode" in line]
+        assert len(told) == 1 and old in told[0], log
+        assert ("ncebpf" in pair.ns(pair.local, "tc", "filter", "show", "dev", pair.local_if,
+                                    "ingress").stdout) == (after == "tc")
+        assert bool(pair.xdp_attached()) == (after == "xdp")
+    finally:
+        ncebpf(pair, workdir, bpffs, "stop", check=False)
+    assert not pair.xdp_attached()
+    for hook in ("ingress", "egress"):
+        assert "ncebpf" not in pair.ns(pair.local, "tc", "filter", "show", "dev",
+                                       pair.local_if, hook).stdout
+
+
 def test_after_a_reboot_the_table_resumes_and_says_what_was_lost(pair: NetnsPair,
                                                                  workdir: Path,
                                                                  bpffs: Path) -> None:

@@ -424,6 +424,45 @@ def ncebpf_programs(ifname: str) -> list[str]:
     return found
 
 
+def detach_unused_hooks(held: InterfaceLock, xdp: bool, tc_ingress: bool,
+                        tc_egress: bool) -> list[str]:
+    """Remove ncebpf's programs from the hooks of the held interface that this run does not
+    count on (False above); what went, in words ("XDP program id N (native)", "TC ingress
+    filter"). Call after this run's own programs are attached.
+
+    An earlier run of another --mode (stop --keep, restart, or killed) left its ingress
+    program on the other hook, counting into the same pinned maps: kept there, it would count
+    every frame a second time, and stay attached after this run's stop. The two are on
+    different hooks, so no one-step replacement exists: this run's program is attached
+    first and the old one removed after, so a frame in between may count twice, none is
+    lost. An emptied clsact qdisc goes too when this run uses no TC hook (detach_leftovers'
+    rule). Foreign programs are never touched."""
+    ifindex = held.ifindex
+    removed = []
+    leftover = _xdp_leftover(ifindex) if not xdp else None
+    if leftover is not None:
+        current, info = leftover
+        fd = libbpf.prog_fd_by_id(current.prog_id)
+        try:
+            detach_xdp(ifindex, _mode_flags(current.mode), fd)
+        finally:
+            os.close(fd)
+        removed.append(f"XDP program id {info.id} ({current.mode})")
+    unused = [hook for hook, used in (("ingress", tc_ingress), ("egress", tc_egress))
+              if not used]
+    with IPRoute() as ipr:
+        for hook in unused:
+            parent = TC_PARENTS[hook]
+            for prio, handle in _ncebpf_tc_filters(ipr, ifindex, parent):
+                _delete_tc_filter(ipr, ifindex, parent, prio, handle)
+                removed.append(f"TC {hook} filter")
+        if any(r.startswith("TC ") for r in removed) and not (tc_ingress or tc_egress) and \
+                _clsact_is_empty(ipr, ifindex):
+            ipr.tc("del", "clsact", ifindex)
+            removed.append("clsact qdisc")
+    return removed
+
+
 def detach_leftovers(held: InterfaceLock) -> list[str]:
     """Remove the ncebpf programs that a dead run left on the held interface; say what went.
 
