@@ -203,6 +203,30 @@ def test_where_pins_fail_it_counts_unpinned_and_says_so_once(pair: NetnsPair, wo
         run("umount", str(bpffs), check=False)  # the read-only bind; the fixture's mount stays
 
 
+def test_bpffs_is_mounted_only_at_sys_fs_bpf(workdir: Path, bpffs: Path) -> None:
+    """--bpffs naming a directory inside a bpf file system pins there, and one on another
+    file system is refused (PinError: the daemon then counts unpinned and says so): never a
+    new bpffs mounted over it, which would hide the directory's contents and, under `ip netns
+    exec`, vanish with the daemon and its pins."""
+    from ncebpf.kernel.pins import PinError, ensure_bpffs
+
+    inside, plain = bpffs / "sub", workdir / "plain"
+    inside.mkdir()
+    plain.mkdir()
+    (plain / "kept").write_text("still visible")
+    try:
+        ensure_bpffs(inside)
+        with pytest.raises(PinError, match="is not on a bpf file system") as refused:
+            ensure_bpffs(plain)
+        assert not refused.value.mounted
+        assert not os.path.ismount(inside) and not os.path.ismount(plain)
+        assert (plain / "kept").read_text() == "still visible"
+    finally:
+        for path in (inside, plain):
+            if os.path.ismount(path):
+                run("umount", str(path), check=False)
+
+
 @pytest.mark.parametrize("elsewhere", ["another interface", "pcap"])
 def test_a_start_elsewhere_detaches_the_programs_kept_on_the_old_interface(
         silent_pair: NetnsPair, workdir: Path, bpffs: Path, elsewhere: str) -> None:

@@ -66,10 +66,18 @@ def dataset_digest(options: BuildOptions, filter_text: str) -> str:
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
 
-def _mounted_bpffs(path: Path) -> bool:
-    with open("/proc/self/mounts") as mounts:
-        return any(fields[1] == str(path) and fields[2] == "bpf"
-                   for fields in (line.split() for line in mounts) if len(fields) > 2)
+BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h
+
+
+def _on_bpffs(path: Path) -> bool:
+    """Whether path is a directory on a bpf file system: its mount point or any directory
+    below it (statfs(2)'s f_type, the kernel's word, bind mounts included)."""
+    libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    buffer = ct.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux
+    if libc.statfs(str(path).encode(), buffer) != 0:
+        return False
+    # f_type, its first field, is a C long (__fsword_t) on every Linux architecture.
+    return ct.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF == BPF_FS_MAGIC
 
 
 class PinError(NcebpfError):
@@ -84,12 +92,18 @@ class PinError(NcebpfError):
 
 
 def ensure_bpffs(path: Path) -> None:
-    """Mount a bpf file system at path unless one is there, and leave it mounted
-    (other tools pin there too). Says so in one log line. Raises PinError."""
-    if _mounted_bpffs(path):
+    """Make sure path is on a bpf file system: a mount of one or a directory in one. Only at
+    DEFAULT_BPFFS does ncebpf mount one when absent, and leaves it mounted (other tools pin
+    there too), saying so in one log line (README, "Restart, upgrade and crash"): a bpffs
+    mounted over another --bpffs would hide what that directory holds, and a mount made
+    under `ip netns exec` ends with the daemon, pins and all. Raises PinError."""
+    if _on_bpffs(path):
         return
     if not path.is_dir():
         raise PinError(f"{path} is no directory", errno.ENOTDIR, mounted=False)
+    if path != DEFAULT_BPFFS:
+        raise PinError(f"{path} is not on a bpf file system, and ncebpf mounts one only at "
+                       f"{DEFAULT_BPFFS}", errno.ENODEV, mounted=False)
     libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"bpf", str(path).encode(), b"bpf", 0, None) != 0:
         code = ct.get_errno()
