@@ -491,17 +491,20 @@ def detach(iface: str, name: str, config_file: Path | None, statedir: str | None
     from ncebpf.kernel.privileges import require_bpf_privileges
     from ncebpf.lifecycle import running_pid
     from ncebpf.locks import InstanceLock, InterfaceBusy, InterfaceLock, describe, stop_command
-    from ncebpf.remains import forget_pinned
+    from ncebpf.remains import forget_files, forget_pinned
 
     require_bpf_privileges("ncebpf detach")
     try:
         with InterfaceLock(iface, name, counting=False) as held:
             removed = detach_leftovers(held)
         instance = _instance(name, config_file, statedir, piddir, bpffs)
-        if running_pid(instance) is None and instance.pin_dir.is_dir():
+        if running_pid(instance) is None:
             with InstanceLock(instance, tidying=True):
-                forget_pinned(instance)
-            removed.append(f"the maps pinned in {instance.pin_dir}")
+                if instance.pin_dir.is_dir():
+                    forget_pinned(instance)
+                    removed.append(f"the maps pinned in {instance.pin_dir}")
+                if forget_files(instance):
+                    removed.append(f"{name}'s stale files in {instance.pid_path.parent}")
     except InterfaceBusy as busy:
         if busy.owner is not None and not busy.owner.counting:
             raise  # another clean-up, for a moment

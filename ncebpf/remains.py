@@ -179,10 +179,18 @@ def remove(instance: Instance) -> Removed:
                     f"CAP_BPF and CAP_NET_ADMIN ({exc}): run it as root") from exc
             except NcebpfError as exc:
                 log.warning("could not clean %s: %s", remains.iface, exc)
-        for path in (*remains.files, *scratch_files(instance)):
-            path.unlink(missing_ok=True)
+        forget_files(instance)
         forget_pinned(instance)
         return Removed(remains.pid, remains.iface, tuple(programs), remains.files, kept_for)
+
+
+def forget_files(instance: Instance) -> tuple[Path, ...]:
+    """Remove a dead instance's pid file, control socket, iface file and dump scratch files;
+    the first three that were there. Call with the instance lock held."""
+    files = _files(instance)
+    for path in (*files, *scratch_files(instance)):
+        path.unlink(missing_ok=True)
+    return files
 
 
 def detach_kept(instance: Instance, iface: str) -> tuple[str, ...]:

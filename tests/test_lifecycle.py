@@ -54,6 +54,9 @@ def test_detach_removes_what_a_killed_run_left(pair: NetnsPair, workdir: Path) -
     out = pair.ns(pair.local, *NCEBPF, "detach", "--iface", pair.local_if, "--name", "t",
                   "--piddir", str(workdir / "run")).stdout
     assert "XDP program" in out and "TC egress filter" in out
+    assert "stale files" in out  # what `stop` would have removed goes too
+    assert [name for name in ("t.pid", "t.sock", "t.iface")
+            if (workdir / "run" / name).exists()] == []
     assert pair.xdp_attached() == ""
     assert pair.tc_egress_filters() == ""
     assert "clsact" not in pair.qdiscs()
