@@ -198,7 +198,10 @@ class DumpService:
         self.drain()
         current = time.time()
         snapshot = self.table.snapshot_unordered()
-        flight = self._flight = _Flight(self._waiting, self._reset_owed, current)
+        # Its size is known now: until the writer's first piece (the key-order sort takes
+        # seconds at 1 M peers on a loaded machine) waiters hear (0, total), not silence.
+        flight = self._flight = _Flight(self._waiting, self._reset_owed, current,
+                                        total=len(snapshot))
         self._waiting, self._owed, self._reset_owed = [], False, False
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         writer = self.writer

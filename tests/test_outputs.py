@@ -192,6 +192,42 @@ def test_waiters_hear_progress_while_they_wait_for_this_dump_or_the_next(
     assert [h[0] for h in later.heard] == ["progress", "written"]
 
 
+class SlowStartWriter(DumpWriter):
+    """A DumpWriter that takes its time before the first piece (as the key-order sort of
+    a large snapshot does on the worker), until `go` is set."""
+
+    def __init__(self, instance: Instance) -> None:
+        super().__init__(instance, DumpContext(instance.name, "veth0", "xdp"))
+        self.started = threading.Event()
+        self.go = threading.Event()
+        RELEASES.append(self.go.set)
+
+    def write(self, table: PeerTable | TableSnapshot, now: float, progress: Progress) -> Path:
+        self.started.set()
+        self.go.wait()
+        return super().write(table, now, progress)
+
+
+def test_waiters_hear_progress_before_the_writer_has_written_anything(
+        instance: Instance, worker: Worker) -> None:
+    """A client's `--timeout` is the longest silence it accepts: a long sort before the
+    first piece must not look like a hung daemon (CI: 'said nothing for 1 s')."""
+    table = table_of(("10.77.0.1", 1), ("10.77.0.2", 1), ("fd77::3", 1))
+    writer = SlowStartWriter(instance)
+    dumps = DumpService(writer, worker, table, Drains())
+    asked = Waiter()
+    dumps.ask(asked)
+    dumps.service(0.0)
+    assert writer.started.wait(60)
+    deadline = dumps.next_deadline()
+    assert deadline is not None
+    dumps.service(deadline + PROGRESS_EVERY_S)
+    assert asked.heard == [("progress", (0, 3))]
+    writer.go.set()
+    finish(worker)
+    assert [h[0] for h in asked.heard][-1] == "written"
+
+
 def test_a_failed_dump_answers_its_waiters_in_one_line_and_is_retried_after_a_back_off(
         instance: Instance, worker: Worker, tmp_path: Path) -> None:
     table = table_of(("10.77.0.1", 2))
