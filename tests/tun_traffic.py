@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,12 @@ def wait_for_carrier(name: str, timeout: float = 10) -> None:
     queueing discipline later (up to a second): until then it has the noop qdisc, and
     a datagram sent through it is dropped after TC egress and before any capture."""
     deadline = time.monotonic() + timeout
-    while Path(f"/sys/class/net/{name}/operstate").read_text().strip() != "up":
+    # operstate is set just before the qdisc in the same link-watch step; on a loaded
+    # machine the step can be preempted between the two, so the qdisc is what is waited for.
+    while Path(f"/sys/class/net/{name}/operstate").read_text().strip() != "up" or \
+            " qdisc noop " in subprocess.run(["ip", "-o", "link", "show", "dev", name],
+                                             capture_output=True, text=True,
+                                             check=True).stdout:
         if time.monotonic() > deadline:
             raise SystemExit(f"tun_traffic: {name} is not up after {timeout:g} s")
         time.sleep(0.01)
