@@ -470,25 +470,4 @@ def detach_leftovers(held: InterfaceLock) -> list[str]:
     without filters it does nothing, and a dead run cannot tell us whether it
     created it.
     """
-    ifindex = held.ifindex
-    removed = []
-    xdp = _xdp_leftover(ifindex)
-    if xdp is not None:
-        current, info = xdp
-        fd = libbpf.prog_fd_by_id(current.prog_id)
-        try:
-            detach_xdp(ifindex, _mode_flags(current.mode), fd)
-        finally:
-            os.close(fd)
-        removed.append(f"XDP program id {info.id} ({current.mode})")
-    with IPRoute() as ipr:
-        found = False
-        for hook, parent in TC_PARENTS.items():
-            for prio, handle in _ncebpf_tc_filters(ipr, ifindex, parent):
-                _delete_tc_filter(ipr, ifindex, parent, prio, handle)
-                removed.append(f"TC {hook} filter")
-                found = True
-        if found and _clsact_is_empty(ipr, ifindex):
-            ipr.tc("del", "clsact", ifindex)
-            removed.append("clsact qdisc")
-    return removed
+    return detach_unused_hooks(held, xdp=False, tc_ingress=False, tc_egress=False)
