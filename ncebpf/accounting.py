@@ -513,11 +513,6 @@ class PeerTable:
     def totals(self, cumulative: Totals) -> None:
         self._source_totals = cumulative
 
-    @property
-    def cumulative_totals(self) -> Totals:
-        """What `totals` was last set to: the source's, cumulative (resets do not touch it)."""
-        return self._source_totals
-
     def take_created(self) -> list[bytes]:
         """Keys of the peers listed since the previous call and still listed (for the name
         lookups). Kept as rows: 4 B a peer, not a bytes object."""

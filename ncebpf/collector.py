@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -156,7 +156,6 @@ class Collector:
         # The previous read's keys (a BLAKE2 digest: 16 B, not 20 B a peer) and rows: a
         # map that gained and lost no entry since returns the same keys in the same
         # order, and then the rows are known without a lookup.
-        self._moved = np.zeros(4, dtype=np.uint64)  # this drain's deltas, by count column
         self._last_read: tuple[bytes, int, npt.NDArray[np.int32]] = (
             b"", -1, np.zeros(0, dtype=np.int32))
 
@@ -164,17 +163,18 @@ class Collector:
         started = time.perf_counter()
         now = self._clock()
         batch = self._source.read_peers()
-        table = self._table
-        totals_before = table.totals
-        counted_before = table.cumulative_totals
-        self._moved = np.zeros(4, dtype=np.uint64)
+        totals_before = self._table.totals
         rows = self._rows_of(batch, int(now))
         changed = self._absorb(rows, batch.counts, int(now))
+        table = self._table
         if len(table.evicting):  # a run killed during an eviction: what went, goes
             table.retire_rows(np.setdiff1d(table.evicting, rows))
             table.evicting = np.zeros(0, dtype=np.int64)
-        kernel = self._source.read_totals()
-        self._set_totals(kernel, counted_before)  # before an eviction's checkpoint
+        table.totals = self._source.read_totals()
+        # The global rates take the drain as one batch, as the peers take theirs.
+        grown = table.totals
+        table.rates.add(grown.packets - totals_before.packets,
+                        grown.bytes - totals_before.bytes, int(now))
         stale = self._eviction_candidates(rows, now)
         evicted = 0
         if len(stale):
@@ -187,28 +187,10 @@ class Collector:
             if evicted:
                 self._absorb(table.rows_of(final.key_column(), int(now)), final.counts,
                              int(now))
-                self._set_totals(kernel, counted_before)
             # Out of the map, out of the table: the daemon is bounded as the map is.
             table.retire_rows(stale)
             table.evicting = np.zeros(0, dtype=np.int64)
-        # The global rates take the drain as one batch, as the peers take theirs.
-        grown = table.totals
-        table.rates.add(grown.packets - totals_before.packets,
-                        grown.bytes - totals_before.bytes, int(now))
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
-
-    def _set_totals(self, source: Totals, before: Totals) -> None:
-        """The table's totals: the source's, but packets and bytes (and their out part) are
-        `before` (cumulative, the previous drain's) plus what the peers gained in this drain.
-        The source's own matched counters are read in another syscall than the peers: a
-        frame counted between the two reads would be in the totals a drain before it is
-        under a peer, and a HUP's reset would split the two at different instants."""
-        in_packets, in_bytes, out_packets, out_bytes = (int(n) for n in self._moved)
-        self._table.totals = replace(
-            source, packets=before.packets + in_packets + out_packets,
-            bytes=before.bytes + in_bytes + out_bytes,
-            out_packets=before.out_packets + out_packets,
-            out_bytes=before.out_bytes + out_bytes)
 
     def _rows_of(self, batch: PeerBatch, now: int) -> Rows:
         digest, generation, known = self._last_read
@@ -232,7 +214,6 @@ class Collector:
             rows, deltas, cumulative = rows[moved], deltas[moved], cumulative[moved]
         table.source[rows] = cumulative
         table.count(rows, deltas, now)
-        self._moved += deltas.sum(axis=0, dtype=np.uint64)
         return len(rows)
 
     def _eviction_candidates(self, rows: Rows, now: float) -> Rows:

@@ -182,34 +182,3 @@ def test_nothing_is_evicted_below_the_high_water_mark() -> None:
     collector.drain()
     clock.epoch += 50
     assert collector.drain().evicted == 0
-
-
-class BetweenReadsSource(DictSource):
-    """Counts `between` in the source after read_peers and before read_totals: a frame the
-    kernel counted while the collector was between its two syscalls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.between: list[tuple[str, int, int]] = []
-
-    def read_totals(self) -> Totals:
-        for address, packets, nbytes in self.between:
-            self.count(address, packets, nbytes)
-        self.between = []
-        return super().read_totals()
-
-
-def test_totals_are_what_the_peers_gained_even_with_a_frame_between_the_reads() -> None:
-    source, table, clock = BetweenReadsSource(), PeerTable(start=0), Clock()
-    collector = Collector(source, table, EvictionPolicy(), clock)
-    source.count("10.77.0.2", 3, 300)
-    source.count("10.77.0.3", 2, 200, out=True)
-    source.between = [("10.77.0.2", 5, 500)]
-    collector.drain()
-    assert (table.totals.packets, table.totals.bytes) == (5, 500)  # the 5 come next drain
-    assert (table.totals.out_packets, table.totals.out_bytes) == (2, 200)
-    table.reset(int(clock.epoch))  # HUP: peers and totals start over at the same instant
-    collector.drain()
-    assert table.peers[peer_key("10.77.0.2")].packets == 5
-    assert (table.totals.packets, table.totals.bytes) == (5, 500)
-    assert (table.totals.in_packets, table.totals.out_packets) == (5, 0)

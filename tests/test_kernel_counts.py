@@ -111,7 +111,10 @@ def test_exact_counts_both_directions(pair: NetnsPair, workdir: Path, xdp_mode: 
     expected, unparsed = expected_counts(ingress + egress, {pair.local_v4, pair.local_v6})
     assert_peers(dump, expected)
     assert dump["totals"]["unparsed"] == unparsed
-    assert dump["totals"]["packets"] == sum(p["packets"] for p in dump["peers"].values())
+    unexpected = {peer: record for peer, record in dump["peers"].items() if peer not in expected}
+    assert dump["others"]["packets"] == 0, (dump["others"], unexpected)
+    assert dump["totals"]["packets"] == sum(p["packets"] for p in dump["peers"].values()), \
+        (dump["totals"], unexpected)
     assert dump["totals"]["bytes"] == sum(p["bytes"] for p in dump["peers"].values())
     assert dump["totals"]["overflow"] == 0
     # SIGTERM left nothing attached, and the final dump agrees with the live one.

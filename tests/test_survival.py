@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -403,8 +403,11 @@ def test_the_loop_answers_and_counts_while_a_large_dump_is_written(pair: NetnsPa
     written (its client has heard a progress line, and not yet its `ok`), the daemon
     answers a control request and a UDP request; frames sent meanwhile are in the dump
     of a request made after them, which is the next dump, never the one in flight."""
-    peers = 200_000
-    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "0.2",
+    # 200 000 peers were written in 0.3 s on an idle machine, less than the probes take.
+    # No periodic drain meanwhile: a drain of this many peers holds the loop for a moment
+    # of its own (bench/run.py: steady drain), which is not what this test is about.
+    peers = 400_000
+    daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "30",
                            "--port", "7777", "--listen", pair.local_v4)
     control = str(workdir / "run" / "t.sock")
     try:
@@ -430,13 +433,47 @@ def test_the_loop_answers_and_counts_while_a_large_dump_is_written(pair: NetnsPa
         assert daemon.stop() == 0, daemon.stderr
 
 
+UDP_ASKER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.settimeout(5)
+print('ready', flush=True)
+open(sys.argv[4]).read()  # a FIFO: returns once the test writes to it
+s.sendto(b'hello', (sys.argv[2], int(sys.argv[3])))
+print(s.recvfrom(4096)[0].decode().strip(), flush=True)
+"""
+
+
 def _probe_while_a_dump_is_written(pair: NetnsPair, workdir: Path, daemon: DaemonProcess,
                                    control: str, sender: str
                                    ) -> tuple[str, subprocess.Popen[str] | None]:
     """One try of the test above: ('', the later dump's client) when every probe was
     answered while the dump was in flight, else (what came first, None)."""
-    from tests.test_upstream_daemon import udp_ask
+    # Started before the dump: a UDP client started during it (Python in `ip netns exec`,
+    # ~0.3 s) outlasted a 200 000-peer dump on an idle machine.
+    trigger = workdir / f"udp-ask-{sender}"
+    os.mkfifo(trigger)
+    asker = pair.popen(pair.local, sys.executable, "-c", UDP_ASKER, pair.local_v4,
+                       pair.local_v4, "7777", str(trigger))
+    assert asker.stdout is not None and asker.stdout.readline().strip() == "ready"
 
+    def udp_ask() -> str:
+        trigger.write_text("go")
+        assert asker.stdout is not None
+        answer = asker.stdout.readline().strip()
+        asker.wait(timeout=10)
+        return answer
+
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(asker)  # closes its pipes and waits for it
+        cleanup.callback(asker.kill)  # a try that ended early never triggered it
+        return _probe_with(pair, workdir, daemon, control, sender, udp_ask)
+
+
+def _probe_with(pair: NetnsPair, workdir: Path, daemon: DaemonProcess, control: str,
+                sender: str, udp_ask: Callable[[], str]
+                ) -> tuple[str, subprocess.Popen[str] | None]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
         first.connect(control)
         first.sendall(b"dump json\n")
@@ -465,7 +502,7 @@ def _probe_while_a_dump_is_written(pair: NetnsPair, workdir: Path, daemon: Daemo
         if first_answered():
             finish()
             return "the control request waited for the dump", None
-        assert udp_ask(pair, pair.local, pair.local_v4, "hello") == ["??"]
+        assert udp_ask() == "??"
         if first_answered():
             finish()
             return "the UDP request waited for the dump", None
@@ -512,6 +549,10 @@ def test_hup_during_traffic_splits_every_frame_between_its_dump_and_the_new_peri
     split = [dump["peers"].get("10.77.9.8", {"packets": 0})["packets"]
              for dump in (at_hup, after)]
     assert sum(split) == paced, split
-    for dump in (at_hup, after):  # the totals split at the same instant as the peers
-        listed = sum(peer["packets"] for peer in dump["peers"].values())
-        assert dump["totals"]["packets"] == listed + dump["others"]["packets"]
+    # The totals are read from their own map just after the peers', so a frame counted
+    # between the two reads of the HUP's drain is in the old period's totals and the new
+    # period's peers; over both periods, with the link quiet at the end, they agree exactly.
+    counted = [sum(peer["packets"] for peer in dump["peers"].values()) + dump["others"]["packets"]
+               for dump in (at_hup, after)]
+    assert at_hup["totals"]["packets"] >= counted[0]
+    assert at_hup["totals"]["packets"] + after["totals"]["packets"] == sum(counted)
