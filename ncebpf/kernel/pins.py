@@ -18,6 +18,7 @@ go when the old programs are replaced.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import ctypes.util
 import errno
@@ -27,6 +28,7 @@ import logging
 import os
 import secrets
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,16 +192,8 @@ def _read_meta_fd(fd: int) -> DatasetMeta:
 
 def read_meta(directory: Path) -> DatasetMeta | None:
     """The pinned maps' meta; None when nothing usable is pinned there."""
-    try:
-        fd = libbpf.obj_get(str(directory / "dataset_meta"))
-    except KernelError:
-        return None
-    if fd is None:
-        return None
-    try:
-        return _read_meta_fd(fd)
-    finally:
-        os.close(fd)
+    with _pinned(directory / "dataset_meta") as fd:
+        return None if fd is None else _read_meta_fd(fd)
 
 
 def prepare(directory: Path, digest: str) -> None:
@@ -217,31 +211,42 @@ def prepare(directory: Path, digest: str) -> None:
 
 
 _TOTAL_COUNTERS = struct.Struct("=QQ")  # struct total_counters: packets, bytes
-_MATCHED_SLOTS = (0, 5)  # TOTALS_MATCHED_IN, TOTALS_MATCHED_OUT (ncebpf.kernel.maps.TotalsSlot)
+
+
+@contextlib.contextmanager
+def _pinned(path: Path) -> Iterator[int | None]:
+    """An fd of the object pinned at path, closed afterwards; None when nothing usable is."""
+    try:
+        fd = libbpf.obj_get(str(path))
+    except KernelError:
+        fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def pinned_packets(directory: Path) -> int | None:
     """The packets the pinned `totals` map in directory counted for peers, both directions
     summed over CPUs; None when nothing is pinned there or it cannot be read."""
-    try:
-        fd = libbpf.obj_get(str(directory / "totals"))
-    except KernelError:
-        return None
-    if fd is None:
-        return None
-    try:
-        cpus = libbpf.possible_cpus()
-        value = ct.create_string_buffer(_TOTAL_COUNTERS.size * cpus)
-        packets = 0
-        for slot in _MATCHED_SLOTS:
-            if libbpf.map_lookup(fd, struct.pack("=I", slot), value):
-                packets += sum(_TOTAL_COUNTERS.unpack_from(value.raw, cpu * _TOTAL_COUNTERS.size)[0]
-                               for cpu in range(cpus))
-        return packets
-    except KernelError:
-        return None
-    finally:
-        os.close(fd)
+    from ncebpf.kernel.maps import TotalsSlot
+
+    with _pinned(directory / "totals") as fd:
+        if fd is None:
+            return None
+        try:
+            cpus = libbpf.possible_cpus()
+            value = ct.create_string_buffer(_TOTAL_COUNTERS.size * cpus)
+            packets = 0
+            for slot in (TotalsSlot.MATCHED_IN, TotalsSlot.MATCHED_OUT):
+                if libbpf.map_lookup(fd, struct.pack("=I", slot), value):
+                    packets += sum(
+                        _TOTAL_COUNTERS.unpack_from(value.raw, cpu * _TOTAL_COUNTERS.size)[0]
+                        for cpu in range(cpus))
+            return packets
+        except KernelError:
+            return None
 
 
 def claim(programs: LoadedPrograms, digest: str) -> tuple[DatasetMeta, bool]:
