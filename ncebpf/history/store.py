@@ -1,0 +1,476 @@
+"""The history in SQL: the schema and its migrations, bins written, rolled up and read.
+
+Through SQLAlchemy Core, so that one code path serves SQLite (the default, a
+file in the state directory), PostgreSQL and MariaDB/MySQL (a database that
+several hosts share). Drivers: Python's sqlite3, psycopg 3 and PyMySQL;
+`postgresql://` and `mysql://` (or `mariadb://`) URLs without a driver get
+those.
+
+One table holds every bin, `peer_bins`: a row per host, instance, bin
+(bin_seconds wide, from bin_start, epoch seconds, a multiple of bin_seconds)
+and peer (its address as text: 192.0.2.1, 2001:db8::1), with the in and out
+packets and bytes the peer had in the bin (in = the peer sent it to a local
+address, design §2) and the epoch seconds of the first and last drain that
+saw it move there. 5-minute bins roll up into hourly and daily ones
+(roll_up): the sums of a rolled-up row are those of the rows it replaces.
+
+A bin is written whole, in one transaction that replaces whatever this
+host's instance had for it: writing a bin twice (a spooled bin sent again
+after a crash, or the same bin closed again from an older checkpoint) leaves
+exactly the last version, never a sum of two.
+
+The schema is versioned in `ncebpf_meta` (name 'schema_version'); migrate()
+brings an older database up to SCHEMA_VERSION in place and refuses a newer
+one. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ncebpf.accounting import peer_text
+from ncebpf.errors import NcebpfError
+from ncebpf.history.bins import ClosedBin
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FIVE_MINUTES_S, HOUR_S, DAY_S = 300, 3600, 86400
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "ncebpf_meta", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+peer_bins = sa.Table(
+    "peer_bins", metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("instance", sa.String(64), primary_key=True),
+    sa.Column("bin_seconds", sa.Integer, primary_key=True),
+    sa.Column("bin_start", sa.BigInteger, primary_key=True),
+    sa.Column("peer", sa.String(45), primary_key=True),
+    sa.Column("in_packets", sa.BigInteger, nullable=False),
+    sa.Column("in_bytes", sa.BigInteger, nullable=False),
+    sa.Column("out_packets", sa.BigInteger, nullable=False),
+    sa.Column("out_bytes", sa.BigInteger, nullable=False),
+    sa.Column("first_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+)
+# Reports ask for a time range over every host: the key starts with the host.
+sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_seconds)
+
+# Hourly and daily bins whose finer bins changed since they were last summed (roll_up).
+rollup_pending = sa.Table(
+    "rollup_pending", metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("instance", sa.String(64), primary_key=True),
+    sa.Column("bin_seconds", sa.Integer, primary_key=True),
+    sa.Column("bin_start", sa.BigInteger, primary_key=True),
+)
+
+COUNT_COLUMNS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
+
+# The default driver of each database the history speaks to.
+_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres":
+            "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
+
+
+class HistoryError(NcebpfError):
+    """The history database cannot be used as asked (a bad URL, a newer schema)."""
+
+
+def database_url(text: str) -> sa.URL:
+    """The SQLAlchemy URL of a --history value: sqlite:///PATH, postgresql://… or
+    mysql://… (mariadb://…); a driver given (postgresql+psycopg2://) is kept.
+    Raises HistoryError for anything else."""
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError:
+        raise HistoryError(f"--history {text!r} is not a database URL: give "
+                           "sqlite:///PATH, postgresql://USER@HOST/DB or "
+                           "mysql://USER@HOST/DB") from None
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        raise HistoryError(f"--history: {backend!r} databases are not supported: give "
+                           "sqlite:///PATH, postgresql://… or mysql://…")
+    if "+" not in url.drivername:
+        url = url.set(drivername=_DRIVERS[url.drivername])
+    if backend == "sqlite" and not url.database:
+        raise HistoryError("--history sqlite:///PATH needs a file (an in-memory database "
+                           "would forget everything at exit)")
+    return url
+
+
+def shown(url: sa.URL) -> str:
+    """The URL for logs and messages, its password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def connect(text: str) -> Engine:
+    """An engine for a --history URL (nothing is connected yet). SQLite gets WAL, so that
+    reports read while the daemon writes, and a wait for locks instead of an error."""
+    url = database_url(text)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if url.get_backend_name() == "sqlite":
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash
+            cursor.close()
+    return engine
+
+
+def _create_v1(connection: Connection) -> None:
+    for table in (peer_bins, rollup_pending):
+        table.create(connection, checkfirst=True)
+
+
+# Version n's migration takes a database at version n - 1 to n, in one transaction.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+
+
+def schema_version(connection: Connection) -> int:
+    """The database's history schema version; 0 for a database without one."""
+    if not sa.inspect(connection).has_table(meta.name):
+        return 0
+    value = connection.execute(
+        sa.select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(engine: Engine) -> tuple[int, int]:
+    """Bring the database's schema to SCHEMA_VERSION, each step in a transaction; return
+    (version found, version now). Raises HistoryError for a newer schema."""
+    with engine.begin() as connection:
+        meta.create(connection, checkfirst=True)
+    with engine.begin() as connection:
+        found = schema_version(connection)
+    if found > SCHEMA_VERSION:
+        raise HistoryError(f"the history database {shown(engine.url)} has schema version "
+                           f"{found}, newer than this ncebpf's {SCHEMA_VERSION}: upgrade "
+                           "ncebpf, or give another --history")
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        with engine.begin() as connection:
+            if schema_version(connection) >= version:  # another host got there first
+                continue
+            MIGRATIONS[version](connection)
+            connection.execute(sa.delete(meta).where(meta.c.name == "schema_version"))
+            connection.execute(sa.insert(meta).values(name="schema_version",
+                                                      value=str(version)))
+        log.info("history database %s: schema version %d", shown(engine.url), version)
+    return found, SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Source:
+    """Whose rows: the host and instance name a daemon writes under."""
+
+    host: str
+    instance: str
+
+
+def bin_rows(source: Source, closed: ClosedBin) -> list[dict[str, Any]]:
+    """The rows of a closed bin as parameter dictionaries for an INSERT. Pure."""
+    addresses = [peer_text(key) for key in closed.keys.tolist()]
+    counts = closed.counts.tolist()
+    first, last = closed.first_seen.tolist(), closed.last_seen.tolist()
+    return [{"host": source.host, "instance": source.instance,
+             "bin_seconds": closed.seconds, "bin_start": closed.start, "peer": address,
+             "in_packets": c[0], "in_bytes": c[1], "out_packets": c[2], "out_bytes": c[3],
+             "first_seen": f, "last_seen": t}
+            for address, c, f, t in zip(addresses, counts, first, last, strict=True)]
+
+
+def _of(source: Source) -> sa.ColumnElement[bool]:
+    return sa.and_(peer_bins.c.host == source.host, peer_bins.c.instance == source.instance)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each resolution is kept (seconds), as vnstat keeps its tiers: the finest
+    bins (5 minutes by default) a week, hourly ones 90 days, daily ones forever."""
+
+    fine_s: int = 7 * DAY_S
+    hours_s: int = 90 * DAY_S
+
+    def kept_from(self, seconds: int, now: int) -> int | None:
+        """The first epoch second whose bins of this width are still kept at now (whole
+        bins of the next width only), or None when they are kept forever."""
+        coarse = coarser(seconds)
+        if coarse is None:
+            return None
+        cutoff = now - (self.fine_s if seconds < HOUR_S else self.hours_s)
+        return cutoff - cutoff % coarse
+
+
+def coarser(seconds: int) -> int | None:
+    """The width a bin of `seconds` rolls up into: bins shorter than an hour into hours
+    (a bin width divides the hour: ncebpf.config checks), hours into days."""
+    return HOUR_S if seconds < HOUR_S else DAY_S if seconds == HOUR_S else None
+
+
+def _mark(connection: Connection, source: Source, seconds: int, start: int) -> None:
+    """Note that the bin (seconds, start) must be summed again from the finer bins."""
+    if not _is_pending(connection, source, seconds, start):
+        connection.execute(sa.insert(rollup_pending).values(
+            host=source.host, instance=source.instance, bin_seconds=seconds, bin_start=start))
+
+
+def _sums_of(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    c = peer_bins.c
+    return sa.select(c.peer, *(sa.func.sum(getattr(c, name)).label(name)
+                               for name in COUNT_COLUMNS),
+                     sa.func.min(c.first_seen).label("first_seen"),
+                     sa.func.max(c.last_seen).label("last_seen")).where(where).group_by(c.peer)
+
+
+def _replace_with_sums(connection: Connection, source: Source, seconds: int, start: int,
+                       where: sa.ColumnElement[bool]) -> None:
+    """Make the bin (seconds, start) of source the per-peer sums of the rows `where`
+    selects (which may include the bin's own rows: they are read before they go)."""
+    c = peer_bins.c
+    sums = connection.execute(_sums_of(where)).mappings().all()
+    connection.execute(sa.delete(peer_bins).where(_of(source), c.bin_seconds == seconds,
+                                                  c.bin_start == start))
+    if sums:
+        connection.execute(sa.insert(peer_bins), [
+            {"host": source.host, "instance": source.instance, "bin_seconds": seconds,
+             "bin_start": start, "peer": row["peer"],
+             **{name: int(row[name]) for name in COUNT_COLUMNS},
+             "first_seen": int(row["first_seen"]), "last_seen": int(row["last_seen"])}
+            for row in sums])
+
+
+def _within(source: Source, seconds: int, start: int, end: int) -> sa.ColumnElement[bool]:
+    c = peer_bins.c
+    return sa.and_(_of(source), c.bin_seconds == seconds, c.bin_start >= start,
+                   c.bin_start < end)
+
+
+def _is_pending(connection: Connection, source: Source, seconds: int, start: int) -> bool:
+    c = rollup_pending.c
+    return connection.execute(sa.select(sa.literal(1)).where(
+        c.host == source.host, c.instance == source.instance, c.bin_seconds == seconds,
+        c.bin_start == start)).first() is not None
+
+
+def _chain(seconds: int) -> list[tuple[int, int]]:
+    """(fine, coarse) from a bin of `seconds` up to days: [(300, 3600), (3600, 86400)]."""
+    chain = []
+    coarse = coarser(seconds)
+    while coarse is not None:
+        chain.append((seconds, coarse))
+        seconds, coarse = coarse, coarser(coarse)
+    return chain
+
+
+def write_bin(engine: Engine, source: Source, closed: ClosedBin, now: int,
+              retention: Retention = Retention()) -> None:
+    """Write one closed bin, replacing what source had for it, in one transaction, and
+    note its hour and day for roll_up.
+
+    A bin older than its width is kept (a database that was away for longer)
+    whose hour was summed and its finer bins dropped is added to that hour
+    (or day) instead; that addition, unlike the replacement, would count
+    twice if repeated.
+    """
+    rows = bin_rows(source, closed)
+    seconds, start = closed.seconds, closed.start
+    with engine.begin() as connection:
+        target = seconds
+        for fine, coarse in _chain(seconds):
+            kept_from = retention.kept_from(fine, now)
+            bucket = start - start % coarse
+            if target == fine and kept_from is not None and bucket < kept_from and \
+                    not _is_pending(connection, source, coarse, bucket):
+                target = coarse
+        connection.execute(sa.delete(peer_bins).where(_within(source, seconds, start,
+                                                              start + 1)))
+        if rows:
+            connection.execute(sa.insert(peer_bins), rows)
+        if target != seconds:
+            log.warning("history: the bin of %s is older than %s bins are kept: added to "
+                        "its %s bin", when(start), _width(seconds), _width(target))
+            bucket = start - start % target
+            _replace_with_sums(connection, source, target, bucket, sa.or_(
+                _within(source, target, bucket, bucket + 1),
+                _within(source, seconds, start, start + 1)))
+            connection.execute(sa.delete(peer_bins).where(_within(source, seconds, start,
+                                                                  start + 1)))
+        for _fine, coarse in _chain(target):
+            _mark(connection, source, coarse, start - start % coarse)
+
+
+def roll_up(engine: Engine, source: Source, now: int, retention: Retention = Retention()
+            ) -> tuple[int, int]:
+    """Sum source's finer bins into the hourly and daily bins write_bin noted, once those
+    have ended (each in a transaction: its sums are those of the rows it sums; a day
+    after its hours), then drop the bins older than retention keeps, of coarse bins
+    summed only. Return (bins summed, rows dropped)."""
+    summed = dropped = 0
+    p = rollup_pending.c
+    mine = sa.and_(p.host == source.host, p.instance == source.instance)
+    with engine.connect() as connection:
+        due = connection.execute(
+            sa.select(p.bin_seconds, p.bin_start)
+            .where(mine, p.bin_start + p.bin_seconds <= now)
+            .order_by(p.bin_seconds, p.bin_start)).all()
+    for coarse, start in ((int(w), int(s)) for w, s in due):
+        with engine.begin() as connection:
+            if coarse == DAY_S and connection.execute(sa.select(p.bin_start).where(
+                    mine, p.bin_seconds == HOUR_S, p.bin_start >= start,
+                    p.bin_start < start + DAY_S)).first() is not None:
+                continue  # an hour of the day is not summed yet (it has not ended)
+            finer = peer_bins.c.bin_seconds < HOUR_S if coarse == HOUR_S else \
+                peer_bins.c.bin_seconds == HOUR_S
+            _replace_with_sums(connection, source, coarse, start, sa.and_(
+                _of(source), finer, peer_bins.c.bin_start >= start,
+                peer_bins.c.bin_start < start + coarse))
+            connection.execute(sa.delete(rollup_pending).where(
+                mine, p.bin_seconds == coarse, p.bin_start == start))
+            summed += 1
+    for fine, coarse, finer in ((FIVE_MINUTES_S, HOUR_S, peer_bins.c.bin_seconds < HOUR_S),
+                                (HOUR_S, DAY_S, peer_bins.c.bin_seconds == HOUR_S)):
+        kept_from = retention.kept_from(fine, now)
+        assert kept_from is not None
+        begins = peer_bins.c.bin_start
+        with engine.begin() as connection:
+            waiting = sa.select(p.bin_start).where(mine, p.bin_seconds == coarse)
+            dropped += int(connection.execute(sa.delete(peer_bins).where(
+                _of(source), finer, begins < kept_from,
+                (begins - begins % coarse).not_in(waiting))).rowcount)
+    return summed, dropped
+
+
+def when(epoch_s: int) -> str:
+    """A bin's start for the log: 2026-11-30 14:05 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_s))
+
+
+def _width(seconds: int) -> str:
+    return {FIVE_MINUTES_S: "5-minute", HOUR_S: "hourly", DAY_S: "daily"}.get(
+        seconds, f"{seconds}-second")
+
+
+@dataclass(frozen=True)
+class PeerSums:
+    """A peer's counts over a time range, summed over the bins within it (and over hosts,
+    when several are read)."""
+
+    peer: str
+    in_packets: int
+    in_bytes: int
+    out_packets: int
+    out_bytes: int
+    first_seen: int
+    last_seen: int
+
+    @property
+    def packets(self) -> int:
+        return self.in_packets + self.out_packets
+
+    @property
+    def bytes(self) -> int:
+        return self.in_bytes + self.out_bytes
+
+
+def _segments(since: int, until: int, pending: set[tuple[int, int]]
+              ) -> list[tuple[int, int, int]]:
+    """Cover [since, until) with (width, start, end) segments, each to be read from the
+    bins of that width (0: the finest): whole days whose daily bin is summed, then
+    whole hours whose hourly bin is, then the finest bins. Pure."""
+    segments: list[tuple[int, int, int]] = []
+    gaps = [(since, until)]
+    for width in (DAY_S, HOUR_S):
+        left = []
+        for lo, hi in gaps:
+            first = -(-lo // width) * width
+            at = lo
+            for start in range(first, hi - width + 1, width):
+                if (width, start) in pending:
+                    continue
+                if start > at:
+                    left.append((at, start))
+                if segments and segments[-1][0] == width and segments[-1][2] == start:
+                    segments[-1] = (width, segments[-1][1], start + width)
+                else:
+                    segments.append((width, start, start + width))
+                at = start + width
+            if at < hi:
+                left.append((at, hi))
+        gaps = left
+    return segments + [(0, lo, hi) for lo, hi in gaps]
+
+
+def _read_where(source: Source, segments: list[tuple[int, int, int]]
+                ) -> sa.ColumnElement[bool]:
+    c = peer_bins.c
+    return sa.and_(_of(source), sa.or_(*(
+        sa.and_(c.bin_seconds < HOUR_S if width == 0 else c.bin_seconds == width,
+                c.bin_start >= lo, c.bin_start < hi)
+        for width, lo, hi in segments)))
+
+
+def peer_sums(engine: Engine, since: int, until: int,
+              chosen: Sequence[Source] = ()) -> list[PeerSums]:
+    """Each peer's sums over the bins that start in [since, until) (epoch seconds), of
+    the chosen sources (all when none), in address-text order. Whole days and hours
+    are read from their daily and hourly bins where those are summed (roll_up): a
+    week is 7 rows a peer, not 2016."""
+    p = rollup_pending.c
+    merged: dict[str, list[int]] = {}
+    with engine.connect() as connection:
+        for source in chosen or sources(engine):
+            pending = {(int(w), int(s)) for w, s in connection.execute(
+                sa.select(p.bin_seconds, p.bin_start).where(
+                    p.host == source.host, p.instance == source.instance,
+                    p.bin_start < until, p.bin_start + p.bin_seconds > since))}
+            segments = _segments(since, until, pending)
+            for row in connection.execute(_sums_of(_read_where(source, segments))):
+                values = [int(v) for v in row[1:]]
+                had = merged.get(row[0])
+                if had is None:
+                    merged[row[0]] = values
+                else:
+                    merged[row[0]] = [a + b for a, b in zip(had[:4], values[:4], strict=True)
+                                      ] + [min(had[4], values[4]), max(had[5], values[5])]
+    return [PeerSums(peer, *values) for peer, values in sorted(merged.items())]
+
+
+def sources(engine: Engine) -> list[Source]:
+    """Every host and instance the database has rows of."""
+    with engine.connect() as connection:
+        return [Source(str(h), str(i)) for h, i in connection.execute(
+            sa.select(peer_bins.c.host, peer_bins.c.instance).distinct()
+            .order_by(peer_bins.c.host, peer_bins.c.instance))]
+
+
+@contextmanager
+def opened(text: str) -> Iterator[Engine]:
+    """An engine for a --history URL with its schema current; disposed of at the end."""
+    engine = connect(text)
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def sqlite_path(text: str) -> str | None:
+    """The file of an sqlite:/// URL, None for other databases."""
+    match = re.match(r"sqlite(\+\w+)?:///(.+)$", text)
+    return match.group(2) if match else None
