@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -380,6 +380,9 @@ class PeerTable:
         # Rows whose source entries a drain is deleting (Collector.drain): empty but during an
         # eviction, and in a checkpoint written just before one, which the next drain settles.
         self.evicting: Rows = np.zeros(0, dtype=np.int64)
+        # Sinks of the drain that want every delta as it is counted (the history's bins):
+        # called as observe(keys, deltas, now) with the rows' keys, (n, 4) deltas, epoch s.
+        self.observers: list[Callable[[Keys, Counts, int], None]] = []
 
     _COLUMNS = ("listed", "counts", "source", "B", "C", "R", "W", "E", "T", "first_seen",
                 "last_seen")
@@ -448,7 +451,12 @@ class PeerTable:
     def count(self, rows: Rows, deltas: Counts, now: int, created: int | None = None) -> None:
         """Add deltas (n, 4) to these distinct rows at epoch second now: upstream's per-peer
         update (spec §7.2), one per row, vectorized. An unlisted row becomes a new record,
-        created at `created` (default now); the global rates are the caller's."""
+        created at `created` (default now); the global rates are the caller's. The
+        observers see the deltas first."""
+        if self.observers and len(rows):
+            keys = self.index.keys[rows]
+            for observe in self.observers:
+                observe(keys, deltas, now)
         self.last_seen[rows] = now
         listed = self.listed[rows]
         self._create(rows[~listed], deltas[~listed], now if created is None else created)

@@ -44,6 +44,7 @@ from ncebpf.errors import NcebpfError
 FORMAT_VERSION = 1
 _COLUMNS = ("listed", "counts", "source", "B", "C", "R", "W", "E", "T", "first_seen",
             "last_seen")
+_TABLE_MEMBERS = frozenset(("header", "live", "keys", "names", "evicting", *_COLUMNS))
 
 
 class CheckpointError(NcebpfError):
@@ -74,8 +75,13 @@ def _from_json_bytes(array: npt.NDArray[np.uint8]) -> Any:
     return json.loads(array.tobytes().decode())
 
 
-def table_arrays(table: PeerTable, info: CheckpointInfo) -> dict[str, npt.NDArray[Any]]:
-    """The archive's members for table: views of its columns up to the high-water row. Pure."""
+Extras = dict[str, npt.NDArray[Any]]  # members of the outputs' own (the history's open bin)
+
+
+def table_arrays(table: PeerTable, info: CheckpointInfo, extras: Extras | None = None
+                 ) -> dict[str, npt.NDArray[Any]]:
+    """The archive's members for table: views of its columns up to the high-water row,
+    and extras (names that are not the table's). Pure."""
     high = table.index.high
     header = {
         "format": FORMAT_VERSION, **asdict(info),
@@ -93,7 +99,7 @@ def table_arrays(table: PeerTable, info: CheckpointInfo) -> dict[str, npt.NDArra
     }
     for name in _COLUMNS:
         arrays[name] = getattr(table, name)[:high]
-    return arrays
+    return {**(extras or {}), **arrays}
 
 
 def table_from_arrays(arrays: dict[str, npt.NDArray[Any]]) -> tuple[PeerTable, CheckpointInfo]:
@@ -134,15 +140,17 @@ def table_from_arrays(arrays: dict[str, npt.NDArray[Any]]) -> tuple[PeerTable, C
     return table, info
 
 
-def copied_arrays(table: PeerTable, info: CheckpointInfo) -> dict[str, npt.NDArray[Any]]:
+def copied_arrays(table: PeerTable, info: CheckpointInfo, extras: Extras | None = None
+                  ) -> dict[str, npt.NDArray[Any]]:
     """table_arrays as copies, for a writer on another thread while the table goes on
     (about 130 B a row the index handed out: some 0.1 s at 1 M peers). Pure."""
-    return {name: array.copy() for name, array in table_arrays(table, info).items()}
+    return {name: array.copy() for name, array in table_arrays(table, info, extras).items()}
 
 
-def save(path: Path, table: PeerTable, info: CheckpointInfo, mode: int = 0o600) -> float:
+def save(path: Path, table: PeerTable, info: CheckpointInfo, mode: int = 0o600,
+         extras: Extras | None = None) -> float:
     """Write the checkpoint of table atomically (save_arrays); return the seconds it took."""
-    return save_arrays(path, table_arrays(table, info), mode)
+    return save_arrays(path, table_arrays(table, info, extras), mode)
 
 
 def save_arrays(path: Path, arrays: dict[str, npt.NDArray[Any]], mode: int = 0o600) -> float:
@@ -173,8 +181,9 @@ def save_arrays(path: Path, arrays: dict[str, npt.NDArray[Any]], mode: int = 0o6
     return time.perf_counter() - started
 
 
-def load(path: Path) -> tuple[PeerTable, CheckpointInfo] | None:
-    """The table and info of the checkpoint at path; None when there is none.
+def load(path: Path, extras: Extras | None = None) -> tuple[PeerTable, CheckpointInfo] | None:
+    """The table and info of the checkpoint at path; None when there is none. The members
+    that are not the table's go into extras, when given.
 
     Raises CheckpointError (one line) when the file is there but cannot be read."""
     try:
@@ -184,6 +193,9 @@ def load(path: Path) -> tuple[PeerTable, CheckpointInfo] | None:
         return None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc})") from exc
+    if extras is not None:
+        extras.update((name, array) for name, array in arrays.items()
+                      if name not in _TABLE_MEMBERS)
     try:
         return table_from_arrays(arrays)
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:

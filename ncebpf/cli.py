@@ -141,6 +141,12 @@ run_options = _options(
     _setting_option("http", metavar="ADDR:PORT"),
     _setting_option("http_refresh_s", metavar="SECONDS"),
     _setting_option("checkpoint_s", metavar="SECONDS"),
+    _setting_option("history", metavar="URL"),
+    _setting_option("no_history"),
+    _setting_option("history_bin_s", metavar="SECONDS"),
+    _setting_option("keep_5m_days", metavar="DAYS"),
+    _setting_option("keep_hourly_days", metavar="DAYS"),
+    _setting_option("history_queue", metavar="BINS"),
     click.argument("expression", nargs=-1),
     instance_options,
 )

@@ -53,6 +53,10 @@ MAX_SNAPLEN = 65535
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_UMASK = 0o022
 DEFAULT_HTTP_REFRESH_S = 60  # upstream's CGI cached its report this long
+DEFAULT_HISTORY_BIN_S = 300
+DEFAULT_KEEP_5M_DAYS = 7.0  # vnstat's tiers: 5-minute bins a week, hours 90 days, days forever
+DEFAULT_KEEP_HOURLY_DAYS = 90.0
+DEFAULT_HISTORY_QUEUE = 2016  # a week of 5-minute bins waiting for a database that is away
 HTTP_LOOPBACK = "127.0.0.1"  # where `--http PORT` serves
 MAX_PEERS = 1 << 26
 
@@ -272,6 +276,16 @@ class Instance:
     def log_path(self) -> Path:
         return self.statedir / f"{self.name}.log"
 
+    @property
+    def history_path(self) -> Path:
+        """The default history database (SQLite)."""
+        return self.statedir / f"{self.name}.db"
+
+    @property
+    def history_spool(self) -> Path:
+        """Closed history bins waiting for the database (ncebpf.history.spool)."""
+        return self.statedir / f"{self.name}.history"
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -299,6 +313,11 @@ class RunConfig:
     dns_rate: float = 20.0  # PTR queries per second at most
     umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # seconds between checkpoints of the table
+    history: str = ""  # database URL of the history (ncebpf.history); "" = off
+    history_bin_s: int = DEFAULT_HISTORY_BIN_S  # width of a history bin, divides an hour
+    keep_5m_days: float = DEFAULT_KEEP_5M_DAYS  # the finest bins are kept this long
+    keep_hourly_days: float = DEFAULT_KEEP_HOURLY_DAYS  # hourly ones this long
+    history_queue: int = DEFAULT_HISTORY_QUEUE  # closed bins that may wait on disk
 
     @property
     def ingress(self) -> bool:
@@ -375,6 +394,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("checkpoint_s", "checkpoint", "--checkpoint", "number",
             "Seconds between checkpoints of the table (also at every dump and at stop).",
             minimum=1, maximum=86400, unit="seconds"),
+    Setting("history", "history", "--history", "text",
+            "Keep each peer's counts per time bin in this database: sqlite:///PATH, "
+            "postgresql://USER@HOST/DB or mysql://USER@HOST/DB; \"off\" keeps none.",
+            default_text="sqlite:///<statedir>/<name>.db",
+            allowed_text='a database URL or "off", in quotes'),
+    Setting("no_history", None, "--no-history", "boolean",
+            "Keep no history (the same as --history off)."),
+    Setting("history_bin_s", "history_bin", "--history-bin", "integer",
+            "Seconds in a history bin, aligned to the clock; must divide an hour.",
+            minimum=10, maximum=3600, unit="seconds"),
+    Setting("keep_5m_days", "keep_5m", "--keep-5m", "number",
+            "Days the history keeps its finest bins; then only their hourly sums.",
+            minimum=0.01, maximum=36500, unit="days"),
+    Setting("keep_hourly_days", "keep_hourly", "--keep-hourly", "number",
+            "Days the history keeps hourly bins; then only their daily sums, which stay.",
+            minimum=0.01, maximum=36500, unit="days"),
+    Setting("history_queue", "history_queue", "--history-queue", "integer",
+            "Closed bins that may wait on disk for a database that is away; beyond it the "
+            "oldest go.", minimum=1, maximum=10_000_000),
     Setting("resolve", "resolve", "--no-resolve", "boolean", "Do not look up peer names."),
     Setting("resolvers", "resolver", "--resolver", "strings",
             "DNS server for peer names; repeatable, tried in turn [default: /etc/resolv.conf].",
@@ -533,6 +571,21 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
             resolved += found
         allow = tuple(dict.fromkeys(resolved))
 
+    history = "" if _value(settings, "no_history", False) else _value(settings, "history", "")
+    if history == "off":
+        history = ""
+    elif not history:
+        history = f"sqlite:///{instance.history_path}"
+    else:
+        from ncebpf.history.store import HistoryError, database_url
+        try:
+            database_url(history)
+        except HistoryError as exc:
+            raise ConfigError(str(exc)) from None
+    history_bin_s = _value(settings, "history_bin_s", DEFAULT_HISTORY_BIN_S)
+    if 3600 % history_bin_s:
+        raise SETTING["history_bin_s"].refuse(f"{history_bin_s} does not divide an hour")
+
     return RunConfig(
         iface=iface, instance=instance, filter=expression,
         mode=_value(settings, "mode", "auto"), direction=_value(settings, "direction", "both"),
@@ -546,6 +599,10 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         umask=_value(settings, "umask", DEFAULT_UMASK), http=http,
         http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
         checkpoint_s=_value(settings, "checkpoint_s", DEFAULT_CHECKPOINT_S),
+        history=history, history_bin_s=history_bin_s,
+        keep_5m_days=_value(settings, "keep_5m_days", DEFAULT_KEEP_5M_DAYS),
+        keep_hourly_days=_value(settings, "keep_hourly_days", DEFAULT_KEEP_HOURLY_DAYS),
+        history_queue=_value(settings, "history_queue", DEFAULT_HISTORY_QUEUE),
     )
 
 
@@ -657,6 +714,9 @@ def to_toml(config: RunConfig) -> str:
         "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
         "http": config.http, "http_refresh": config.http_refresh_s,
         "checkpoint": config.checkpoint_s, "bpffs": str(config.instance.bpffs),
+        "history": config.history or "off", "history_bin": config.history_bin_s,
+        "keep_5m": config.keep_5m_days, "keep_hourly": config.keep_hourly_days,
+        "history_queue": config.history_queue,
     }
     lines = [f"# ncebpf configuration of instance '{config.instance.name}'"
              + (" (promiscuous: the filter's host is a neighbour)" if config.promiscuous else "")]

@@ -50,6 +50,8 @@ from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
+from ncebpf.history.sink import HistoryOptions, HistorySink, open_bin_from
+from ncebpf.history.store import DAY_S, Retention, Source
 from ncebpf.http import ReportServer, fetch_from_instance, is_loopback
 from ncebpf.kernel import pins
 from ncebpf.kernel.attach import (
@@ -160,6 +162,7 @@ class Daemon:
         self._dlt = DLT_EN10MB  # the link type filters are compiled for: see _choose_mode
         self._capture: PcapSource | None = None
         self._resolver: ReverseResolver | None = None
+        self._history: HistorySink | None = None
         self._match = fold(parse_needle(config.match))
         self._nomatch = fold(parse_needle(config.nomatch))
         self._writer = DumpWriter(self.instance, DumpContext(
@@ -342,14 +345,20 @@ class Daemon:
             source.set_local_addresses(self._local_addresses())
             self._resolver = self._start_resolver()
             # Without a resolver nobody takes the new peers: do not collect them.
-            table = self._resume(new_maps, track_created=self._resolver is not None)
+            extras: checkpoint.Extras = {}
+            table = self._resume(new_maps, self._resolver is not None, extras)
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
+            self._history = history = stack.enter_context(self._history_sink(extras)) \
+                if config.history else None
+            if history is not None:
+                table.observers.append(history.observe)
             signals = stack.enter_context(signal_socket())
             worker = stack.enter_context(Worker())
             checkpoints = Checkpointer(worker, table, self.instance.checkpoint_path,
                                        self._checkpoint_info, file_mode(config.umask),
-                                       config.checkpoint_s)
+                                       config.checkpoint_s,
+                                       history.checkpoint_arrays if history else dict)
             # An eviction deletes kernel counts the table alone then holds: on disk first.
             collector = Collector(source, table, before_evict=checkpoints.save_before_evict)
             dumps = DumpService(self._writer, worker, table, lambda: self._drain(collector),
@@ -401,6 +410,12 @@ class Daemon:
         extend_stop_timeout()  # the drain of a large table takes seconds
         self._drain(collector)
         checkpoints.save_now()  # before the dump, which may take long
+        if self._history is not None:
+            self._history.spool_open_bin()
+            if self._keep:  # the checkpoint carries the open bin
+                self._history.forget_stopped_bin()
+            else:  # the data set ends with the checkpoint, the bin goes on
+                self._history.keep_open_bin()
         if self._programs_kept:
             log.info("stopping with the programs left counting on %s into the maps pinned in "
                      "%s; the table is in %s: 'ncebpf start' goes on from there, "
@@ -435,15 +450,18 @@ class Daemon:
                  config.iface, final.path)
         return final.path
 
-    def _resume(self, new_maps: bool, track_created: bool) -> PeerTable:
+    def _resume(self, new_maps: bool, track_created: bool, extras: checkpoint.Extras
+                ) -> PeerTable:
         """The table to count on: the checkpoint's when it is of this data set, with the
         pinned maps' values it was taken against (nothing lost), or rebased when those
-        are gone (a reboot, pcap: the seconds since it are lost, and the log says so)."""
+        are gone (a reboot, pcap: the seconds since it are lost, and the log says so).
+        What the checkpoint holds beside the table goes into extras, whatever its data
+        set: the outputs' state (the history's open bin) outlives a data set."""
         now = time.time()
         fresh = PeerTable(start=int(now), track_created=track_created)
         path = self.instance.checkpoint_path
         try:
-            loaded = checkpoint.load(path)
+            loaded = checkpoint.load(path, extras)
         except checkpoint.CheckpointError as exc:
             log.warning("%s: starting a new table", exc)
             return fresh
@@ -471,6 +489,24 @@ class Daemon:
         log.warning("resumed %d peers from the checkpoint of %.0f s ago, but %s: "
                     "%.0f seconds of counts were lost", len(table.peers), age, why, age)
         return table
+
+    def _history_sink(self, extras: checkpoint.Extras) -> HistorySink:
+        """The history of this run, going on with the open bin of the checkpoint (a restart,
+        a kill) or of a stopped run."""
+        config = self.config
+        options = HistoryOptions(
+            url=config.history, bin_s=config.history_bin_s,
+            retention=Retention(fine_s=round(config.keep_5m_days * DAY_S),
+                                hours_s=round(config.keep_hourly_days * DAY_S)),
+            queue_bins=config.history_queue, spool_dir=self.instance.history_spool,
+            source=Source(socket.gethostname(), self.instance.name))
+        resumed = open_bin_from(extras)
+        sink = HistorySink(options, resumed, file_mode(config.umask))
+        if resumed is not None:
+            sink.forget_stopped_bin()
+        log.info("history: %d-second bins in %s", config.history_bin_s,
+                 sink.database_shown)
+        return sink
 
     def _checkpoint_info(self, at: float) -> checkpoint.CheckpointInfo:
         """What a checkpoint of this run's table taken at epoch seconds `at` says."""
@@ -564,7 +600,7 @@ class Daemon:
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
         next_purge = time.monotonic() + PURGE_EVERY_S
-        resolver, capture = self._resolver, self._capture
+        resolver, capture, history = self._resolver, self._capture, self._history
         watched = [signals.fileno(), dumps.worker.fileno()]
         if listener:
             watched.append(listener.fileno())
@@ -580,6 +616,8 @@ class Daemon:
             for deadline in (control.next_deadline(), dumps.next_deadline()):
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - now))
+            if history and (bin_end := history.next_drain_at()) is not None:
+                timeout = min(timeout, max(0.0, bin_end - time.time()))
             controls = control.fds()
             ready, _, _ = select.select(watched + controls + lookups, [], [], timeout)
             dumps.worker.collect()  # dumps written: answers, HUP's reset; checkpoints saved
@@ -609,6 +647,10 @@ class Daemon:
                 if self._on_drain:
                     self._on_drain()
                 next_drain = max(next_drain + interval, time.monotonic())
+            if history and not dumps.holding_drains and \
+                    (bin_end := history.next_drain_at()) is not None and time.time() >= bin_end:
+                self._drain(collector)  # what the ending bin holds, to its end
+                history.tick(time.time())
             dumps.service(now)
             if checkpoints.due(now):
                 if not dumps.holding_drains:

@@ -248,6 +248,8 @@ class Checkpointer:
     info: Callable[[float], checkpoint.CheckpointInfo]
     mode: int
     every_s: float
+    # Members the outputs keep in the checkpoint beside the table (the history's open bin).
+    extras: Callable[[], checkpoint.Extras] = dict
     next_due: float = 0.0  # time.monotonic()
     closed: bool = False  # the final checkpoint (save_now) follows: take no more
     _in_flight: bool = False
@@ -272,7 +274,7 @@ class Checkpointer:
             self._owed = True
             return
         number = self._number()
-        arrays = checkpoint.copied_arrays(self.table, self.info(time.time()))
+        arrays = checkpoint.copied_arrays(self.table, self.info(time.time()), self.extras())
         self._in_flight = True
         path, mode, peers = self.path, self.mode, self.table.listed_count
         self.worker.submit(
@@ -311,7 +313,7 @@ class Checkpointer:
         table, path, mode = self.table, self.path, self.mode
         try:
             seconds = self._write(number, lambda: checkpoint.save(
-                path, table, self.info(time.time()), mode))
+                path, table, self.info(time.time()), mode, self.extras()))
         except OSError as exc:
             self._failed(exc)
             return

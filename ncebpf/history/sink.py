@@ -1,0 +1,265 @@
+"""The history as a sink of the drain (design §1, stage 2): deltas in, rows in SQL out.
+
+On the daemon's loop: every delta the peer table counts (PeerTable.count)
+goes into the open bin (ncebpf.history.bins); the loop drains at each bin's
+end and then closes it into the spool (ncebpf.history.spool), which is on
+disk before the next checkpoint is taken. Off the loop: a thread of its own
+sends the spooled bins to the database oldest first, each in one
+transaction, and rolls up hours and days; when the database is down or slow
+it waits and tries again, with the bins safe in the spool, and counting
+never waits for it.
+
+Continuity (issue 14 item 2): the open bin is saved in every checkpoint and
+comes back from it, so a restart or a kill -9 neither loses nor repeats a
+bin's counts (a bin closed again from an older checkpoint replaces the rows
+written from the newer one, and the counts since that checkpoint are read
+again into the bin of their drain). A plain `stop` ends the table's data set
+but not the bin: it is kept in the spool directory (open-bin.npz) for the
+next start. Every stop also sends the open bin as far as it got, so that the
+database holds everything counted; the next run replaces that row set when
+the bin closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+import sqlalchemy as sa
+
+from ncebpf.accounting import Counts
+from ncebpf.checkpoint import save_arrays
+from ncebpf.history import store
+from ncebpf.history.bins import Binner, ClosedBin, OpenBin
+from ncebpf.history.spool import Spool, SpoolError, read_bin
+from ncebpf.peerindex import Keys
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 60.0
+ROLL_UP_EVERY_S = 300.0
+CHECKPOINT_PREFIX = "history_"  # the open bin's members in a checkpoint
+
+
+@dataclass(frozen=True)
+class HistoryOptions:
+    """What --history and its options ask for (ncebpf.config)."""
+
+    url: str  # a database URL (ncebpf.history.store.database_url)
+    bin_s: int  # bin width, seconds, a divisor of 3600
+    retention: store.Retention
+    queue_bins: int  # at most this many closed bins wait in the spool
+    spool_dir: Path
+    source: store.Source
+
+
+@dataclass(frozen=True)
+class HistoryStatus:
+    """For the dump's totals and the log: bins waiting for the database, bins dropped
+    from a full queue, and the database's last error ('' when it is fine)."""
+
+    pending_bins: int
+    dropped_bins: int
+    error: str
+
+
+def open_bin_arrays(binner: Binner) -> dict[str, npt.NDArray[Any]]:
+    """The open bin as checkpoint members (prefixed), none when no bin is open. Pure."""
+    if binner.open is None:
+        return {}
+    return {CHECKPOINT_PREFIX + name: array
+            for name, array in binner.open.closed().arrays().items()}
+
+
+def open_bin_from(arrays: dict[str, npt.NDArray[Any]]) -> OpenBin | None:
+    """The open bin in checkpoint members (open_bin_arrays), or None."""
+    members = {name[len(CHECKPOINT_PREFIX):]: array for name, array in arrays.items()
+               if name.startswith(CHECKPOINT_PREFIX)}
+    return OpenBin.resumed(ClosedBin.from_arrays(members)) if members else None
+
+
+class HistorySink:
+    """The history of one run: observe() gets the table's deltas, tick() closes bins, a
+    writer thread sends them. A context manager: the thread runs inside it; on exit the
+    thread gets a few seconds to send what waits (the rest stays spooled)."""
+
+    def __init__(self, options: HistoryOptions, resumed: OpenBin | None = None,
+                 mode: int = 0o600) -> None:
+        self.options = options
+        self.spool = Spool(options.spool_dir, options.queue_bins, mode)
+        if resumed is None:
+            resumed = self._stopped_bin()
+        self.binner = Binner(options.bin_s, resumed)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error = ""
+        self.spool_error = ""
+
+    def _stopped_bin(self) -> OpenBin | None:
+        path = self.spool.open_bin_path
+        try:
+            return OpenBin.resumed(read_bin(path))
+        except FileNotFoundError:
+            return None
+        except SpoolError as exc:
+            log.warning("history: the open bin a stopped run left is unreadable, its counts "
+                        "are lost: %s", exc)
+            return None
+
+    # -- the loop's side ---------------------------------------------------------------
+
+    def observe(self, keys: Keys, deltas: Counts, now: int) -> None:
+        """PeerTable's delta observer: n distinct keys, (n, 4) deltas, drain epoch second."""
+        self._spool(self.binner.add(keys, deltas, now))
+
+    def tick(self, now: float) -> None:
+        """After each drain: close the open bin if it has ended."""
+        self._spool(self.binner.tick(int(now)))
+
+    def next_drain_at(self) -> float | None:
+        """The epoch second a drain should come (the open bin's end), or None."""
+        end = self.binner.next_end()
+        return float(end) if end is not None else None
+
+    def checkpoint_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return open_bin_arrays(self.binner)
+
+    def spool_open_bin(self) -> None:
+        """At a stop: send the open bin as far as it got, so the database has everything
+        counted; it stays open, and the next run writes it again, whole, when it closes."""
+        if self.binner.open is not None and len(self.binner.open):
+            self._spool([self.binner.open.closed()])
+
+    def keep_open_bin(self) -> None:
+        """At a plain stop (the checkpoint goes): keep the open bin for the next start."""
+        arrays = open_bin_arrays(self.binner)
+        path = self.spool.open_bin_path
+        if not arrays:
+            path.unlink(missing_ok=True)
+            return
+        try:
+            save_arrays(path, {name[len(CHECKPOINT_PREFIX):]: array
+                               for name, array in arrays.items()}, self.spool.mode)
+        except OSError as exc:
+            log.warning("history: could not keep the open bin in %s, its counts are lost: %s",
+                        path, exc)
+
+    def forget_stopped_bin(self) -> None:
+        """The open bin is in a checkpoint that a next start reads: the copy of a plain
+        stop would be older."""
+        self.spool.open_bin_path.unlink(missing_ok=True)
+
+    @property
+    def database_shown(self) -> str:
+        """The database's URL for the log, its password hidden."""
+        return store.shown(store.database_url(self.options.url))
+
+    def status(self) -> HistoryStatus:
+        return HistoryStatus(len(self.spool.waiting()), self.spool.dropped,
+                             self._error or self.spool_error)
+
+    def _spool(self, closed: list[ClosedBin]) -> None:
+        for done in closed:
+            try:
+                self.spool.put(done)
+                self.spool_error = ""
+            except OSError as exc:
+                self.spool_error = str(exc)
+                log.warning("history: could not spool the bin of %s (%d peers) in %s, it is "
+                            "lost: %s", store.when(done.start), len(done),
+                            self.spool.directory, exc)
+            self._wake.set()
+
+    # -- the writer's side -------------------------------------------------------------
+
+    def __enter__(self) -> HistorySink:
+        self._thread = threading.Thread(target=self._run, name="ncebpf-history", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Let the writer send what waits for up to timeout_s, then stop it."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("history: the database did not take the waiting bins within %.0f s; "
+                        "%d wait in %s for the next start", timeout_s,
+                        len(self.spool.waiting()), self.spool.directory)
+        self._thread = None
+
+    def _run(self) -> None:
+        options = self.options
+        engine = store.connect(options.url)
+        migrated = False
+        delay = RETRY_FIRST_S
+        next_roll_up = 0.0
+        try:
+            while True:
+                try:
+                    if not migrated:
+                        store.migrate(engine)
+                        migrated = True
+                    self._send(engine)
+                    if time.monotonic() >= next_roll_up or self._stopping.is_set():
+                        store.roll_up(engine, options.source, int(time.time()),
+                                      options.retention)
+                        next_roll_up = time.monotonic() + ROLL_UP_EVERY_S
+                    self._recovered()
+                    delay = RETRY_FIRST_S
+                    if self._stopping.is_set():
+                        return
+                    self._wake.wait(ROLL_UP_EVERY_S)
+                    self._wake.clear()
+                except (sa.exc.SQLAlchemyError, store.HistoryError) as exc:
+                    self._failed(exc, delay)
+                    if self._stopping.wait(delay):
+                        return
+                    delay = min(2 * delay, RETRY_MAX_S)
+        finally:
+            engine.dispose()
+
+    def _send(self, engine: sa.Engine) -> None:
+        options = self.options
+        for path in self.spool.waiting():
+            try:
+                closed = read_bin(path)
+            except FileNotFoundError:
+                continue  # dropped from a full queue meanwhile
+            except SpoolError as exc:
+                aside = self.spool.set_aside(path)
+                log.error("history: %s; set aside as %s, not sent", exc, aside)
+                continue
+            started = time.perf_counter()
+            store.write_bin(engine, options.source, closed, int(time.time()),
+                            options.retention)
+            self.spool.done(path)
+            log.debug("history: the bin of %s (%d peers) written in %.3f s",
+                      store.when(closed.start), len(closed), time.perf_counter() - started)
+
+    def _failed(self, exc: Exception, delay: float) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = f"{type(exc).__name__}: {first}"
+        if text != self._error:
+            log.warning("history: cannot write to %s (%s); %d bins wait in %s, trying again "
+                        "every %.0f s at most", self.database_shown, text,
+                        len(self.spool.waiting()), self.spool.directory, RETRY_MAX_S)
+        self._error = text
+
+    def _recovered(self) -> None:
+        if self._error:
+            log.info("history: %s takes the bins again", self.database_shown)
+        self._error = ""
+

@@ -1,0 +1,147 @@
+"""The history of a running daemon (issue 14 item 2): real traffic in a test namespace,
+rows in the default SQLite database equal to the dump, per peer and direction, through a
+stop and start and through a kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from ncebpf.filter.frames import ip_frame
+from tests.netns import TIME_SCALE, NetnsPair
+from tests.test_continuity import bpffs, ncebpf  # noqa: F401 - bpffs is a fixture
+
+pytestmark = pytest.mark.privileged
+
+BIN_S = 10
+PEERS = {"10.77.0.2": 7, "10.77.0.3": 3}  # frames per round from each peer, in
+
+
+def start(pair: NetnsPair, workdir: Path, bpffs: Path) -> None:  # noqa: F811
+    ncebpf(pair, workdir, bpffs, "start", "--mode", "tc", "--history-bin", str(BIN_S),
+           "--checkpoint", "1")
+
+
+IN_FRAME = len(ip_frame("10.77.0.2", "10.77.0.1", "udp", 60))
+OUT_FRAME = len(ip_frame("10.77.0.1", "10.77.0.2", "udp", 100))
+
+
+def send_round(pair: NetnsPair, workdir: Path) -> None:
+    inbound = [ip_frame(peer, pair.local_v4, "udp", 60) for peer, n in PEERS.items()
+               for _ in range(n)]
+    outbound = [ip_frame(pair.local_v4, "10.77.0.2", "udp", 100)]  # out to one peer
+    pair.inject_ingress(inbound, workdir)
+    pair.inject_egress(outbound, workdir)
+
+
+def next_bin(seconds: int = BIN_S) -> None:
+    """Wait into the next bin (and past the drain that closes the current one)."""
+    time.sleep(seconds - time.time() % seconds + 1.5)
+
+
+def database_rows(workdir: Path) -> list[tuple[int, int, str, int, int, int, int]]:
+    with sqlite3.connect(workdir / "state" / "t.db") as db:
+        return db.execute(
+            "SELECT bin_seconds, bin_start, peer, in_packets, in_bytes, out_packets, out_bytes"
+            " FROM peer_bins WHERE bin_seconds = ? ORDER BY bin_start, peer",
+            (BIN_S,)).fetchall()
+
+
+def sums(rows: list[tuple[int, int, str, int, int, int, int]]) -> dict[str, list[int]]:
+    total: dict[str, list[int]] = {}
+    for _, _, peer, *values in rows:
+        into = total.setdefault(peer, [0, 0, 0, 0])
+        into[:] = [a + b for a, b in zip(into, values, strict=True)]
+    return total
+
+
+def wait_for_rows(workdir: Path, expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    deadline = time.monotonic() + 20 * TIME_SCALE
+    while True:
+        got = sums(database_rows(workdir)) if (workdir / "state" / "t.db").exists() else {}
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def dump_counts(path: Path) -> dict[str, list[int]]:
+    peers = json.loads(path.read_text())["peers"]
+    return {peer: [p["in_packets"], p["in_bytes"], p["out_packets"], p["out_bytes"]]
+            for peer, p in peers.items()}
+
+
+def expected_after(rounds: int) -> dict[str, list[int]]:
+    out = {"10.77.0.2": [rounds, OUT_FRAME * rounds]}
+    return {peer: [n * rounds, IN_FRAME * n * rounds, *out.get(peer, [0, 0])]
+            for peer, n in PEERS.items()}
+
+
+@pytest.fixture
+def dirs(workdir: Path) -> Path:
+    for directory in ("state", "run"):
+        (workdir / directory).mkdir()
+    return workdir
+
+
+def test_the_database_holds_the_dump_per_peer_per_bin(pair: NetnsPair, dirs: Path,
+                                                      bpffs: Path) -> None:  # noqa: F811
+    start(pair, dirs, bpffs)
+    try:
+        send_round(pair, dirs)
+        next_bin()
+        send_round(pair, dirs)
+        next_bin()  # the second bin closes and is written while the daemon runs
+        assert wait_for_rows(dirs, expected_after(2)) == expected_after(2)
+        rows = database_rows(dirs)
+        assert len({start for _, start, *_ in rows}) == 2
+        assert all(start % BIN_S == 0 for _, start, *_ in rows)
+        send_round(pair, dirs)
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+    # The stop sent the open bin too: the database has what the final dump has.
+    final = dump_counts(dirs / "state" / "t.json")
+    assert final == expected_after(3)
+    assert wait_for_rows(dirs, final) == final
+    assert (dirs / "state" / "t.history" / "open-bin.npz").exists()
+
+
+def test_a_stop_and_start_within_a_bin_neither_loses_nor_doubles(pair: NetnsPair, dirs: Path,
+                                                                bpffs: Path) -> None:  # noqa: F811
+    next_bin(60)  # a whole minute for what follows: the same 60-second bin
+    ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "60")
+    try:
+        send_round(pair, dirs)
+        ncebpf(pair, dirs, bpffs, "stop")
+        ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "60")
+        send_round(pair, dirs)
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+    with sqlite3.connect(dirs / "state" / "t.db") as db:
+        rows = db.execute("SELECT bin_start, peer, in_packets FROM peer_bins "
+                          "WHERE bin_seconds = 60 ORDER BY peer").fetchall()
+    assert len({start for start, _, _ in rows}) == 1, rows
+    assert {peer: n for _, peer, n in rows} == {p: 2 * n for p, n in PEERS.items()}
+
+
+def test_a_kill_9_neither_loses_nor_doubles_a_bin(pair: NetnsPair, dirs: Path,
+                                                 bpffs: Path) -> None:  # noqa: F811
+    start(pair, dirs, bpffs)
+    try:
+        send_round(pair, dirs)
+        next_bin()
+        send_round(pair, dirs)
+        time.sleep(1.5)  # a checkpoint holds the second round's bin
+        os.kill(int((dirs / "run" / "t.pid").read_text()), signal.SIGKILL)
+        send_round(pair, dirs)  # counted by the kept programs while no daemon runs
+        start(pair, dirs, bpffs)
+        send_round(pair, dirs)
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+    assert dump_counts(dirs / "state" / "t.json") == expected_after(4)
+    assert wait_for_rows(dirs, expected_after(4)) == expected_after(4)
