@@ -426,6 +426,18 @@ class PeerTable:
         listed: list[bool] = found.tolist()
         return listed
 
+    def names_of(self, keys: Keys) -> dict[int, Sequence[str]]:
+        """The names of those of these distinct keys that have some, by position."""
+        if not self.names or not len(keys):
+            return {}
+        rows, _ = self.index.rows(keys, add=False)
+        named = {}
+        for at, row in enumerate(rows.tolist()):
+            names = self.names.get(row)
+            if names:
+                named[at] = names
+        return named
+
     def listed_rows(self) -> Rows:
         return np.flatnonzero(self.listed[:self.index.high])
 

@@ -152,6 +152,21 @@ run_options = _options(
 )
 
 
+history_range_options = _options(
+    click.option("--since", metavar="TIME",
+                 help="Read the history from TIME: 2026-11-01, 2026-11-01T08:00 (local time "
+                      "unless an offset follows) or a span back from now, 24h, 7d "
+                      "[default for a range: 24h]."),
+    click.option("--until", metavar="TIME", help="... up to TIME [default: now]."),
+    click.option("--history", metavar="URL",
+                 help="The history database [default: the instance's, "
+                      "sqlite:///<statedir>/<name>.db unless its configuration names one]."),
+    click.option("--host", "hosts", multiple=True, metavar="HOST[/NAME]",
+                 help="Only this host's rows (repeatable) of a database several hosts "
+                      "share [default: all]."),
+)
+
+
 def _file_settings(name: str, config_file: Path | None) -> dict[str, Any]:
     if config_file is not None:
         return read_file(config_file)
@@ -450,21 +465,27 @@ def _write_output(output: str, pieces: Iterable[str]) -> None:
 @click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
               help="Without SOURCE: give up after this many seconds without an answer or "
                    "progress from the instance.")
+@history_range_options
 @instance_options
 def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int, cidr6: int,
-           top: int | None, sort: str, domain_rule: str, timeout: float, name: str,
-           config_file: Path | None, statedir: str | None, piddir: str | None,
+           top: int | None, sort: str, domain_rule: str, timeout: float,
+           since: str | None, until: str | None, history: str | None, hosts: tuple[str, ...],
+           name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
            bpffs: str | None) -> None:
     """Who used the link: peers grouped by prefix, domain or peer, busiest first.
 
     SOURCE is a dump: ncebpf's JSON or .stats, or a .stats file of the Perl
     daemon (read as data, never run). Without SOURCE the running instance
-    (--name) is asked for a fresh dump, as 'ncebpf dump' does.
+    (--name) is asked for a fresh dump, as 'ncebpf dump' does. With --since
+    the report covers a time range from the history database instead: rates
+    are the range's averages, counts its sums.
 
     \b
       ncebpf report                          # /24s of the running instance
       ncebpf report --by domain /var/lib/ncebpf/ncebpf.json
       ncebpf report --format html -o /var/www/html/link.html
+      ncebpf report --since 24h --by peer    # the last day, from the history
+      ncebpf report --since 2026-11-01 --until 2026-11-08 --format html -o week.html
     """
     from ncebpf.errors import UsageError
     from ncebpf.report import render
@@ -474,11 +495,99 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
 
     if len(sources) > 1:
         raise UsageError("give one SOURCE: reports over several dumps are not supported yet")
-    snapshot = read_dump(Path(sources[0])) if sources else \
-        from_instance(_instance(name, config_file, statedir, piddir, bpffs), timeout)
+    if since is not None or until is not None or history is not None or hosts:
+        if sources:
+            raise UsageError("give a SOURCE or --since, not both: a range comes from the "
+                             "history database")
+        url, snapshot = _history_snapshot(since, until, history, hosts, name, config_file,
+                                          statedir)
+    else:
+        url, snapshot = "", read_dump(Path(sources[0])) if sources else \
+            from_instance(_instance(name, config_file, statedir, piddir, bpffs), timeout)
     options = Options(by=cast(By, by), cidr4=cidr4, cidr6=cidr6,
                       domain_rule=cast(DomainRule, domain_rule), sort=cast(Sort, sort), top=top)
-    _write_output(output, [render(aggregate(snapshot, options), fmt)])
+    result = aggregate(snapshot, options)
+    if url and fmt == "html":
+        from ncebpf.history.query import with_time_series
+
+        result = with_time_series(result, url, hosts)
+    _write_output(output, [render(result, fmt)])
+
+
+def _history_url(history: str | None, name: str, config_file: Path | None,
+                 statedir: str | None) -> str:
+    """The history database to read: --history, else the instance's configured one, else
+    the default beside its dumps."""
+    from ncebpf.errors import UsageError
+
+    if history:
+        return history
+    settings = _file_settings(name, config_file)
+    configured = settings.get("history")
+    if configured == "off" or settings.get("no_history"):
+        raise UsageError(f"instance {name} keeps no history (history = \"off\"): give "
+                         "--history URL")
+    if isinstance(configured, str) and configured:
+        return configured
+    return f"sqlite:///{_instance(name, config_file, statedir, None).history_path}"
+
+
+def _history_snapshot(since: str | None, until: str | None, history: str | None,
+                      hosts: tuple[str, ...], name: str, config_file: Path | None,
+                      statedir: str | None) -> tuple[str, Any]:
+    import time
+
+    from ncebpf.history.query import history_snapshot, parse_time
+    from ncebpf.history.store import sqlite_path
+
+    now = time.time()
+    url = _history_url(history, name, config_file, statedir)
+    path = sqlite_path(url)
+    if path is not None and not Path(path).is_file():
+        raise NcebpfError(f"no history database {path}: ncebpf writes it while it counts "
+                          "(unless --no-history); give --history URL for another")
+    return url, history_snapshot(url, parse_time(since or "24h", now, "--since"),
+                                 parse_time(until, now, "--until") if until else int(now),
+                                 hosts)
+
+
+@main.group()
+def history() -> None:
+    """The history database: per-peer counts in time bins (see --history of attach)."""
+
+
+@history.command("export")
+@click.option("--format", "fmt", type=click.Choice(("csv", "json")), default="csv",
+              show_default=True, help="csv: a header line, then a row per peer and bin; json: "
+                                      "an array of objects with the same fields.")
+@click.option("--output", "-o", default="-", show_default=True,
+              help="Write to this file (atomically) instead of standard output.")
+@history_range_options
+@instance_options
+def history_export(fmt: str, output: str, since: str | None, until: str | None,
+                   history: str | None, hosts: tuple[str, ...], name: str,
+                   config_file: Path | None, statedir: str | None, piddir: str | None,
+                   bpffs: str | None) -> None:
+    """Every peer's counts per bin over a range, for audits and other tools.
+
+    Rows at the finest resolution the database still keeps: 5-minute bins for
+    the last week (--keep-5m), hourly ones for 90 days, daily ones before.
+    Times are epoch seconds and UTC ISO 8601.
+
+    \b
+      ncebpf history export --since 7d > week.csv
+      ncebpf history export --since 2026-11-01 --until 2026-12-01 --format json -o nov.json
+    """
+    import time
+
+    from ncebpf.history.export import export_pieces
+    from ncebpf.history.query import parse_time
+
+    now = time.time()
+    url = _history_url(history, name, config_file, statedir)
+    first = parse_time(since or "24h", now, "--since")
+    last = parse_time(until, now, "--until") if until else int(now)
+    _write_output(output, export_pieces(url, first, last, hosts, fmt))
 
 
 @main.command()

@@ -349,8 +349,8 @@ class Daemon:
             table = self._resume(new_maps, self._resolver is not None, extras)
             if self._resolver is not None:
                 stack.callback(self._resolver.close)
-            self._history = history = stack.enter_context(self._history_sink(extras)) \
-                if config.history else None
+            self._history = history = stack.enter_context(
+                self._history_sink(extras, table)) if config.history else None
             if history is not None:
                 table.observers.append(history.observe)
             signals = stack.enter_context(signal_socket())
@@ -490,7 +490,7 @@ class Daemon:
                     "%.0f seconds of counts were lost", len(table.peers), age, why, age)
         return table
 
-    def _history_sink(self, extras: checkpoint.Extras) -> HistorySink:
+    def _history_sink(self, extras: checkpoint.Extras, table: PeerTable) -> HistorySink:
         """The history of this run, going on with the open bin of the checkpoint (a restart,
         a kill) or of a stopped run."""
         config = self.config
@@ -501,7 +501,7 @@ class Daemon:
             queue_bins=config.history_queue, spool_dir=self.instance.history_spool,
             source=Source(socket.gethostname(), self.instance.name))
         resumed = open_bin_from(extras)
-        sink = HistorySink(options, resumed, file_mode(config.umask))
+        sink = HistorySink(options, resumed, file_mode(config.umask), table.names_of)
         if resumed is not None:
             sink.forget_stopped_bin()
         log.info("history: %d-second bins in %s", config.history_bin_s,

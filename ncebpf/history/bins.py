@@ -17,7 +17,9 @@ neither loses nor repeats a bin's counts (issue 14 item 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,8 @@ class ClosedBin:
     """One bin's rows, in key order: keys (n,) V20 (struct peer_key), counts (n, 4)
     uint64 (in packets, in bytes, out packets, out bytes: design §2's peer rule),
     first_seen and last_seen (n,) uint32 epoch seconds, the drains that first and
-    last saw the peer move within the bin."""
+    last saw the peer move within the bin; names: the reverse-DNS names of the peers
+    that had some when the bin closed, by position."""
 
     start: int
     seconds: int
@@ -47,6 +50,7 @@ class ClosedBin:
     counts: Counts
     first_seen: npt.NDArray[np.uint32]
     last_seen: npt.NDArray[np.uint32]
+    names: dict[int, Sequence[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -57,16 +61,25 @@ class ClosedBin:
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         """Members of an .npz archive (ncebpf.history.spool); from_arrays reads them back."""
+        names = json.dumps([[at, list(names)] for at, names in self.names.items()])
         return {"span": np.array([self.start, self.seconds], dtype=np.int64), "keys": self.keys,
                 "counts": self.counts, "first_seen": self.first_seen,
-                "last_seen": self.last_seen}
+                "last_seen": self.last_seen,
+                "names": np.frombuffer(names.encode(), dtype=np.uint8)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> ClosedBin:
         start, seconds = (int(v) for v in arrays["span"])
+        names: dict[int, Sequence[str]] = {
+            int(at): tuple(given) for at, given in
+            json.loads(arrays["names"].tobytes().decode())} if "names" in arrays else {}
         return cls(start, seconds, np.ascontiguousarray(arrays["keys"], dtype=KEY_DTYPE),
                    arrays["counts"].astype(np.uint64).reshape(-1, 4),
-                   arrays["first_seen"].astype(np.uint32), arrays["last_seen"].astype(np.uint32))
+                   arrays["first_seen"].astype(np.uint32), arrays["last_seen"].astype(np.uint32),
+                   names)
+
+    def with_names(self, names: dict[int, Sequence[str]]) -> ClosedBin:
+        return replace(self, names=names)
 
 
 class OpenBin:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ class HistorySink:
     thread gets a few seconds to send what waits (the rest stays spooled)."""
 
     def __init__(self, options: HistoryOptions, resumed: OpenBin | None = None,
-                 mode: int = 0o600) -> None:
+                 mode: int = 0o600,
+                 names_of: Callable[[Keys], dict[int, Sequence[str]]] = lambda keys: {}
+                 ) -> None:
+        """names_of: the names of a bin's peers when it closes (PeerTable.names_of)."""
         self.options = options
+        self._names_of = names_of
         self.spool = Spool(options.spool_dir, options.queue_bins, mode)
         if resumed is None:
             resumed = self._stopped_bin()
@@ -167,6 +172,7 @@ class HistorySink:
 
     def _spool(self, closed: list[ClosedBin]) -> None:
         for done in closed:
+            done = done.with_names(self._names_of(done.keys))
             try:
                 self.spool.put(done)
                 self.spool_error = ""

@@ -43,7 +43,7 @@ from ncebpf.history.bins import ClosedBin
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FIVE_MINUTES_S, HOUR_S, DAY_S = 300, 3600, 86400
 
 metadata = sa.MetaData()
@@ -67,9 +67,26 @@ peer_bins = sa.Table(
     sa.Column("out_bytes", sa.BigInteger, nullable=False),
     sa.Column("first_seen", sa.BigInteger, nullable=False),
     sa.Column("last_seen", sa.BigInteger, nullable=False),
+    # The peer's reverse-DNS names when the bin closed, space-separated (a name that
+    # begins with ':' is the SOA of an NXDOMAIN answer, spec §8.4); NULL: none.
+    sa.Column("names", sa.String(1024), nullable=True),
 )
 # Reports ask for a time range over every host: the key starts with the host.
 sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_seconds)
+
+# Version 2: each bin's totals over its peers (charts over time read these, not the peers).
+host_bins = sa.Table(
+    "host_bins", metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("instance", sa.String(64), primary_key=True),
+    sa.Column("bin_seconds", sa.Integer, primary_key=True),
+    sa.Column("bin_start", sa.BigInteger, primary_key=True),
+    sa.Column("peers", sa.Integer, nullable=False),
+    sa.Column("in_packets", sa.BigInteger, nullable=False),
+    sa.Column("in_bytes", sa.BigInteger, nullable=False),
+    sa.Column("out_packets", sa.BigInteger, nullable=False),
+    sa.Column("out_bytes", sa.BigInteger, nullable=False),
+)
 
 # Hourly and daily bins whose finer bins changed since they were last summed (roll_up).
 rollup_pending = sa.Table(
@@ -139,8 +156,19 @@ def _create_v1(connection: Connection) -> None:
         table.create(connection, checkfirst=True)
 
 
+def _host_bins_v2(connection: Connection) -> None:
+    """host_bins, filled from the peer rows already there."""
+    host_bins.create(connection, checkfirst=True)
+    c = peer_bins.c
+    connection.execute(sa.insert(host_bins).from_select(
+        [column.name for column in host_bins.columns],
+        sa.select(c.host, c.instance, c.bin_seconds, c.bin_start, sa.func.count(),
+                  *(sa.func.sum(getattr(c, name)) for name in COUNT_COLUMNS))
+        .group_by(c.host, c.instance, c.bin_seconds, c.bin_start)))
+
+
 # Version n's migration takes a database at version n - 1 to n, in one transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1, 2: _host_bins_v2}
 
 
 def schema_version(connection: Connection) -> int:
@@ -183,16 +211,33 @@ class Source:
     instance: str
 
 
-def bin_rows(source: Source, closed: ClosedBin) -> list[dict[str, Any]]:
-    """The rows of a closed bin as parameter dictionaries for an INSERT. Pure."""
+Row = tuple[Any, ...]  # peer_bins' columns in order: host, instance, ..., last_seen
+
+
+def bin_rows(source: Source, closed: ClosedBin) -> list[Row]:
+    """The rows of a closed bin, as tuples in peer_bins' column order. Pure."""
     addresses = [peer_text(key) for key in closed.keys.tolist()]
-    counts = closed.counts.tolist()
-    first, last = closed.first_seen.tolist(), closed.last_seen.tolist()
-    return [{"host": source.host, "instance": source.instance,
-             "bin_seconds": closed.seconds, "bin_start": closed.start, "peer": address,
-             "in_packets": c[0], "in_bytes": c[1], "out_packets": c[2], "out_bytes": c[3],
-             "first_seen": f, "last_seen": t}
-            for address, c, f, t in zip(addresses, counts, first, last, strict=True)]
+    host, instance, seconds, start = source.host, source.instance, closed.seconds, closed.start
+    names: list[str | None] = [None] * len(addresses)
+    for at, given in closed.names.items():
+        names[at] = " ".join(given)[:1024] or None
+    return [(host, instance, seconds, start, address, *counts, first, last, named)
+            for address, counts, first, last, named in zip(
+                addresses, closed.counts.tolist(), closed.first_seen.tolist(),
+                closed.last_seen.tolist(), names, strict=True)]
+
+
+def _insert(connection: Connection, rows: Sequence[Row]) -> None:
+    """INSERT rows into peer_bins with the driver's own executemany: SQLAlchemy's
+    parameter processing would cost more than the database (1.5 s of 2 s for 100 000
+    rows into SQLite)."""
+    if not rows:
+        return
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(column.name for column in peer_bins.columns)
+    connection.exec_driver_sql(
+        f"INSERT INTO {peer_bins.name} ({columns}) "
+        f"VALUES ({', '.join([marker] * len(peer_bins.columns))})", list(rows))
 
 
 def _of(source: Source) -> sa.ColumnElement[bool]:
@@ -235,7 +280,8 @@ def _sums_of(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     return sa.select(c.peer, *(sa.func.sum(getattr(c, name)).label(name)
                                for name in COUNT_COLUMNS),
                      sa.func.min(c.first_seen).label("first_seen"),
-                     sa.func.max(c.last_seen).label("last_seen")).where(where).group_by(c.peer)
+                     sa.func.max(c.last_seen).label("last_seen"),
+                     sa.func.max(c.names).label("names")).where(where).group_by(c.peer)
 
 
 def _replace_with_sums(connection: Connection, source: Source, seconds: int, start: int,
@@ -243,16 +289,27 @@ def _replace_with_sums(connection: Connection, source: Source, seconds: int, sta
     """Make the bin (seconds, start) of source the per-peer sums of the rows `where`
     selects (which may include the bin's own rows: they are read before they go)."""
     c = peer_bins.c
-    sums = connection.execute(_sums_of(where)).mappings().all()
+    sums = connection.execute(_sums_of(where)).all()
     connection.execute(sa.delete(peer_bins).where(_of(source), c.bin_seconds == seconds,
                                                   c.bin_start == start))
-    if sums:
-        connection.execute(sa.insert(peer_bins), [
-            {"host": source.host, "instance": source.instance, "bin_seconds": seconds,
-             "bin_start": start, "peer": row["peer"],
-             **{name: int(row[name]) for name in COUNT_COLUMNS},
-             "first_seen": int(row["first_seen"]), "last_seen": int(row["last_seen"])}
-            for row in sums])
+    _insert(connection, [(source.host, source.instance, seconds, start, str(row[0]),
+                          *(int(v) for v in row[1:7]), row[7]) for row in sums])
+    _refresh_totals(connection, source, seconds, start)
+
+
+def _refresh_totals(connection: Connection, source: Source, seconds: int, start: int) -> None:
+    """host_bins' row of the bin (seconds, start): the sums of its peer rows; none when it
+    has none."""
+    h, c = host_bins.c, peer_bins.c
+    connection.execute(sa.delete(host_bins).where(
+        h.host == source.host, h.instance == source.instance, h.bin_seconds == seconds,
+        h.bin_start == start))
+    connection.execute(sa.insert(host_bins).from_select(
+        [column.name for column in host_bins.columns],
+        sa.select(sa.literal(source.host), sa.literal(source.instance), sa.literal(seconds),
+                  sa.literal(start), sa.func.count(),
+                  *(sa.func.sum(getattr(c, name)) for name in COUNT_COLUMNS))
+        .where(_within(source, seconds, start, start + 1)).having(sa.func.count() > 0)))
 
 
 def _within(source: Source, seconds: int, start: int, end: int) -> sa.ColumnElement[bool]:
@@ -300,8 +357,8 @@ def write_bin(engine: Engine, source: Source, closed: ClosedBin, now: int,
                 target = coarse
         connection.execute(sa.delete(peer_bins).where(_within(source, seconds, start,
                                                               start + 1)))
-        if rows:
-            connection.execute(sa.insert(peer_bins), rows)
+        _insert(connection, rows)
+        _refresh_totals(connection, source, seconds, start)
         if target != seconds:
             log.warning("history: the bin of %s is older than %s bins are kept: added to "
                         "its %s bin", when(start), _width(seconds), _width(target))
@@ -311,6 +368,7 @@ def write_bin(engine: Engine, source: Source, closed: ClosedBin, now: int,
                 _within(source, seconds, start, start + 1)))
             connection.execute(sa.delete(peer_bins).where(_within(source, seconds, start,
                                                                   start + 1)))
+            _refresh_totals(connection, source, seconds, start)
         for _fine, coarse in _chain(target):
             _mark(connection, source, coarse, start - start % coarse)
 
@@ -343,16 +401,19 @@ def roll_up(engine: Engine, source: Source, now: int, retention: Retention = Ret
             connection.execute(sa.delete(rollup_pending).where(
                 mine, p.bin_seconds == coarse, p.bin_start == start))
             summed += 1
-    for fine, coarse, finer in ((FIVE_MINUTES_S, HOUR_S, peer_bins.c.bin_seconds < HOUR_S),
-                                (HOUR_S, DAY_S, peer_bins.c.bin_seconds == HOUR_S)):
+    for fine, coarse in ((FIVE_MINUTES_S, HOUR_S), (HOUR_S, DAY_S)):
         kept_from = retention.kept_from(fine, now)
         assert kept_from is not None
-        begins = peer_bins.c.bin_start
         with engine.begin() as connection:
             waiting = sa.select(p.bin_start).where(mine, p.bin_seconds == coarse)
-            dropped += int(connection.execute(sa.delete(peer_bins).where(
-                _of(source), finer, begins < kept_from,
-                (begins - begins % coarse).not_in(waiting))).rowcount)
+            for table in (peer_bins, host_bins):
+                t = table.c
+                gone = connection.execute(sa.delete(table).where(
+                    t.host == source.host, t.instance == source.instance,
+                    t.bin_seconds < HOUR_S if fine < HOUR_S else t.bin_seconds == HOUR_S,
+                    t.bin_start < kept_from,
+                    (t.bin_start - t.bin_start % coarse).not_in(waiting))).rowcount
+                dropped += int(gone) if table is peer_bins else 0
     return summed, dropped
 
 
@@ -378,6 +439,7 @@ class PeerSums:
     out_bytes: int
     first_seen: int
     last_seen: int
+    names: tuple[str, ...] = ()
 
     @property
     def packets(self) -> int:
@@ -416,10 +478,10 @@ def _segments(since: int, until: int, pending: set[tuple[int, int]]
     return segments + [(0, lo, hi) for lo, hi in gaps]
 
 
-def _read_where(source: Source, segments: list[tuple[int, int, int]]
-                ) -> sa.ColumnElement[bool]:
-    c = peer_bins.c
-    return sa.and_(_of(source), sa.or_(*(
+def _read_where(source: Source, segments: list[tuple[int, int, int]],
+                table: sa.Table = peer_bins) -> sa.ColumnElement[bool]:
+    c = table.c
+    return sa.and_(c.host == source.host, c.instance == source.instance, sa.or_(*(
         sa.and_(c.bin_seconds < HOUR_S if width == 0 else c.bin_seconds == width,
                 c.bin_start >= lo, c.bin_start < hi)
         for width, lo, hi in segments)))
@@ -433,6 +495,7 @@ def peer_sums(engine: Engine, since: int, until: int,
     week is 7 rows a peer, not 2016."""
     p = rollup_pending.c
     merged: dict[str, list[int]] = {}
+    names: dict[str, str] = {}
     with engine.connect() as connection:
         for source in chosen or sources(engine):
             pending = {(int(w), int(s)) for w, s in connection.execute(
@@ -441,14 +504,118 @@ def peer_sums(engine: Engine, since: int, until: int,
                     p.bin_start < until, p.bin_start + p.bin_seconds > since))}
             segments = _segments(since, until, pending)
             for row in connection.execute(_sums_of(_read_where(source, segments))):
-                values = [int(v) for v in row[1:]]
+                if row[7]:
+                    names[row[0]] = max(row[7], names.get(row[0], ""))
+                values = [int(v) for v in row[1:7]]
                 had = merged.get(row[0])
                 if had is None:
                     merged[row[0]] = values
                 else:
                     merged[row[0]] = [a + b for a, b in zip(had[:4], values[:4], strict=True)
                                       ] + [min(had[4], values[4]), max(had[5], values[5])]
-    return [PeerSums(peer, *values) for peer, values in sorted(merged.items())]
+    return [PeerSums(peer, v[0], v[1], v[2], v[3], v[4], v[5],
+                     tuple(names.get(peer, "").split()))
+            for peer, v in sorted(merged.items())]
+
+
+def _finest_segments(connection: Connection, source: Source, since: int, until: int
+                     ) -> list[tuple[int, int, int]]:
+    """Cover [since, until) with (width, start, end) segments at the finest resolution
+    the database still has: an hour from its finer bins where it has some, else from
+    its hourly bin; a day from its hourly bins where it has some, else from its daily
+    bin. Finer bins go only whole coarse bins at a time (roll_up), so a coarse bin that
+    has finer ones is whole in them."""
+    c = host_bins.c  # a row per bin: the same bins as peer_bins, far fewer rows
+    begins = c.bin_start
+
+    def having(finer: sa.ColumnElement[bool], coarse: int) -> set[int]:
+        return {int(b) for b in connection.execute(
+            sa.select(begins - begins % coarse).distinct().where(
+                c.host == source.host, c.instance == source.instance, finer,
+                begins >= since - since % coarse, begins < until))
+            .scalars()}
+
+    hours_with_fine = having(c.bin_seconds < HOUR_S, HOUR_S)
+    days_with_finer = having(c.bin_seconds < DAY_S, DAY_S)
+    segments = []
+    for lo, hi, width in _split(since, until, DAY_S):
+        if width == DAY_S and lo not in days_with_finer:
+            segments.append((DAY_S, lo, hi))
+            continue
+        for h_lo, h_hi, h_width in _split(lo, hi, HOUR_S):
+            if h_width == HOUR_S and h_lo not in hours_with_fine:
+                segments.append((HOUR_S, h_lo, h_hi))
+            else:
+                segments.append((0, h_lo, h_hi))
+    return segments
+
+
+def _split(lo: int, hi: int, width: int) -> list[tuple[int, int, int]]:
+    """[lo, hi) cut at multiples of width: (start, end, width) for whole pieces, (start,
+    end, 0) for the partial ones at either end."""
+    pieces = []
+    at = lo
+    while at < hi:
+        end = min(hi, at - at % width + width)
+        pieces.append((at, end, width if at % width == 0 and end - at == width else 0))
+        at = end
+    return pieces
+
+
+def bin_rows_in(engine: Engine, since: int, until: int, chosen: Sequence[Source] = ()
+                ) -> Iterator[tuple[Any, ...]]:
+    """The rows of the bins that start in [since, until), at the finest resolution kept
+    (_finest_segments), of the chosen sources (all when none): tuples in peer_bins'
+    column order, by host, instance, time and peer."""
+    c = peer_bins.c
+    with engine.connect() as connection:
+        for source in chosen or sources(engine):
+            segments = _finest_segments(connection, source, since, until)
+            query = sa.select(*peer_bins.columns).where(_read_where(source, segments)) \
+                .order_by(c.bin_start, c.bin_seconds, c.peer)
+            yield from (tuple(row) for row in connection.execute(query))
+
+
+def chart_width(since: int, until: int) -> int:
+    """The width of a chart's points over [since, until): some 100 to 600 of them."""
+    span = until - since
+    return FIVE_MINUTES_S if span <= 2 * DAY_S else HOUR_S if span <= 25 * DAY_S else DAY_S
+
+
+def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Source],
+                    peers: Sequence[str] = ()
+                    ) -> tuple[int, dict[int, int], dict[str, dict[int, int]]]:
+    """Bytes (both directions) per point over [since, until): (the points' width, the
+    total of each point's start, each of the peers' bytes by point). The points are
+    chart_width wide, or as wide as the coarsest bins the range still has."""
+    totals: dict[int, int] = {}
+    by_peer: dict[str, dict[int, int]] = {}
+    with engine.connect() as connection:
+        plans = [(source, _finest_segments(connection, source, since, until))
+                 for source in chosen or sources(engine)]
+        width = chart_width(since, until)
+        for source, segments in plans:
+            coarsest = connection.execute(sa.select(sa.func.max(host_bins.c.bin_seconds))
+                                          .where(_read_where(source, segments, host_bins))
+                                          ).scalar()
+            width = max(width, int(coarsest or 0))
+        for source, segments in plans:
+            h = host_bins.c
+            point = (h.bin_start - h.bin_start % width).label("point")
+            for start, value in connection.execute(
+                    sa.select(point, sa.func.sum(h.in_bytes + h.out_bytes))
+                    .where(_read_where(source, segments, host_bins)).group_by(point)):
+                totals[int(start)] = totals.get(int(start), 0) + int(value)
+            c = peer_bins.c
+            point = (c.bin_start - c.bin_start % width).label("point")
+            for at in range(0, len(peers), 500):
+                for start, peer, value in connection.execute(
+                        sa.select(point, c.peer, sa.func.sum(c.in_bytes + c.out_bytes))
+                        .where(_read_where(source, segments), c.peer.in_(peers[at:at + 500]))
+                        .group_by(point, c.peer)):
+                    into = by_peer.setdefault(str(peer), {})
+                    into[int(start)] = into.get(int(start), 0) + int(value)
+    return width, totals, by_peer
 
 
 def sources(engine: Engine) -> list[Source]:

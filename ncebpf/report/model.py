@@ -137,6 +137,18 @@ class Totals:
 
 
 @dataclass(frozen=True)
+class TimeSeries:
+    """Bytes per second over a report's range, point by point (a report from the history):
+    starts are the points' epoch seconds, each `width` seconds long; total is every
+    peer's, groups the busiest groups' (label, values), in the report's order."""
+
+    width: int
+    starts: tuple[int, ...]
+    total: tuple[float, ...]
+    groups: tuple[tuple[str, tuple[float, ...]], ...]
+
+
+@dataclass(frozen=True)
 class Report:
     """A snapshot cut into groups: `groups` are the ones shown, in report order."""
 
@@ -144,3 +156,4 @@ class Report:
     options: Options
     groups: tuple[Group, ...]
     totals: Totals
+    over_time: TimeSeries | None = None

@@ -17,6 +17,7 @@ so the sort script and tests read integers, not display text.
 
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -28,7 +29,7 @@ from markupsafe import Markup, escape
 from pygal.style import Style
 
 from ncebpf.report.aggregate import address_order
-from ncebpf.report.model import TOTAL_FIELDS, Group, Peer, Report
+from ncebpf.report.model import TOTAL_FIELDS, Group, Peer, Report, TimeSeries
 from ncebpf.report.render_text import title
 
 CHART_TOP = 10  # bars per chart: the groups and the peers with the most bytes/s
@@ -139,6 +140,26 @@ def _bar_chart(chart_id: str, chart_title: str, bars: list[tuple[str, int]]) -> 
     return svg
 
 
+def _time_chart(series: TimeSeries) -> str:
+    """Bytes/s over a history report's range: the total and the busiest groups, as an
+    inline SVG line chart (no script, nothing fetched)."""
+    chart = pygal.DateTimeLine(
+        style=_CHART_STYLE, js=[], disable_xml_declaration=True, explicit_size=False,
+        width=1040, height=320, title=f"Bytes/s over time ({series.width // 60}-minute "
+        "points)" if series.width < 3600 else f"Bytes/s over time ({series.width // 3600}"
+        "-hour points)", value_formatter=_axis_number, margin=6, show_dots=False,
+        x_value_formatter=lambda moment: moment.strftime("%b %d %H:%M"),
+        x_label_rotation=20, truncate_legend=28, legend_at_bottom=True)
+    chart.uuid = "over-time"
+    chart.add_xml_filter(_without_scripts)
+    moments = [datetime.datetime.fromtimestamp(start) for start in series.starts]
+    chart.add("all peers", list(zip(moments, series.total, strict=True)))
+    for label, values in series.groups:
+        chart.add(_short(label), list(zip(moments, values, strict=True)))
+    svg: str = chart.render(is_unicode=True)
+    return svg
+
+
 def _charts(report: Report) -> list[str]:
     """Top groups and top peers by bandwidth (bytes/s), biggest first."""
     if not report.snapshot.peers:
@@ -147,8 +168,9 @@ def _charts(report: Report) -> list[str]:
     peers = sorted(report.snapshot.peers, key=lambda p: -p.W)[:CHART_TOP]
     charts = [_bar_chart("top-groups", f"Top {len(groups)} groups by bandwidth (bytes/s)",
                          [(g.label, per_second(g.W)) for g in groups])] if groups else []
-    return charts + [_bar_chart("top-peers", f"Top {len(peers)} peers by bandwidth (bytes/s)",
-                                [(_peer_label(p), per_second(p.W)) for p in peers])]
+    return charts + [_bar_chart(
+        "top-peers", f"Top {len(peers)} peers by bandwidth (bytes/s)",
+        [(_peer_label(p), per_second(p.W)) for p in peers])]
 
 
 def _exact(value: int | None, cell_class: str = "") -> str:
@@ -252,6 +274,8 @@ def render_html(report: Report) -> str:
         report=report, snapshot=snapshot, options=report.options,
         heading=title(report), dump_totals=_dump_totals(report),
         charts=[Markup(svg) for svg in _charts(report)],
+        time_chart=Markup(_time_chart(report.over_time))
+        if report.over_time and report.snapshot.peers else None,
         member_rows=_member_rows, group_row=lambda group: Markup(_group_row(
             group, label_rank[group.key], report.options.by, members_shown)),
         hidden=report.totals.groups - len(report.groups),
