@@ -141,6 +141,7 @@ def test_retention_drops_fine_bins_once_summed(engine: sa.Engine) -> None:
     assert rows(engine, 3600) == [(3600, T0, "10.77.0.2", 3, 3, 3, 3)]
     store.roll_up(engine, HOST, T0 + DAY + 3600, keep)
     assert rows(engine, DAY) == [(DAY, T0, "10.77.0.2", 3, 3, 3, 3)]
+    assert host_totals(engine) == host_totals_from_peers(engine)
 
 
 def test_bins_waiting_to_be_summed_are_not_dropped(engine: sa.Engine) -> None:
@@ -179,6 +180,23 @@ def test_a_range_reads_the_same_sums_whatever_was_rolled_up(
         got = {s.peer: [s.in_packets, s.in_bytes, s.out_packets, s.out_bytes]
                for s in store.peer_sums(engine, lo, hi)}
         assert got == expected
+        assert host_totals(engine) == host_totals_from_peers(engine)
+
+
+def host_totals(engine: sa.Engine) -> dict[tuple[int, int], tuple[int, ...]]:
+    h = store.host_bins.c
+    with engine.connect() as connection:
+        return {(r[0], r[1]): tuple(r[2:]) for r in connection.execute(sa.select(
+            h.bin_seconds, h.bin_start, h.peers, h.in_packets, h.in_bytes, h.out_packets,
+            h.out_bytes))}
+
+
+def host_totals_from_peers(engine: sa.Engine) -> dict[tuple[int, int], tuple[int, ...]]:
+    totals: dict[tuple[int, int], list[int]] = {}
+    for seconds, start, _, *values in rows(engine):
+        into = totals.setdefault((seconds, start), [0, 0, 0, 0, 0])
+        into[:] = [into[0] + 1, *(a + b for a, b in zip(into[1:], values, strict=True))]
+    return {key: tuple(values) for key, values in totals.items()}
 
 
 def test_a_week_is_read_from_daily_bins(engine: sa.Engine) -> None:

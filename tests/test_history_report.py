@@ -1,0 +1,184 @@
+"""Reports and exports over a range of the history (issue 14 items 3 and 4), the schema
+upgrade from version 1, and the command line: SQLite files made by the test, no root."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from ncebpf.accounting import peer_key
+from ncebpf.errors import UsageError
+from ncebpf.history import store
+from ncebpf.history.bins import OpenBin
+from ncebpf.history.export import pieces
+from ncebpf.history.query import parse_time, range_snapshot, time_series
+from ncebpf.peerindex import key_array
+from ncebpf.report.aggregate import aggregate
+from ncebpf.report.model import Options
+from tests.netns import NCEBPF
+
+HOST = store.Source("h1", "t")
+DAY = store.DAY_S
+T0 = 1_790_000_000 - 1_790_000_000 % DAY
+# Per 5-minute bin: (in packets, in bytes, out packets, out bytes)
+TRAFFIC = {"10.77.1.1": (1, 100, 2, 300), "10.77.1.2": (3, 500, 0, 0),
+           "fd77:1::1": (5, 700, 5, 900)}
+
+
+def write_day(engine: sa.Engine, source: store.Source = HOST, start: int = T0,
+              bins: int = 288) -> None:
+    for n in range(bins):
+        opened = OpenBin(start + 300 * n, 300)
+        opened.add(key_array(b"".join(peer_key(a) for a in TRAFFIC)),
+                   np.array(list(TRAFFIC.values()), dtype=np.uint64), start + 300 * n + 7)
+        store.write_bin(engine, source, opened.closed().with_names({0: ("a.example.co.uk",)}),
+                        start + DAY)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    path = tmp_path / "t.db"
+    with store.opened(f"sqlite:///{path}") as engine:
+        write_day(engine)
+        write_day(engine, store.Source("h2", "t"), bins=12)  # one hour of a second host
+        store.roll_up(engine, HOST, T0 + DAY + 3600)
+        store.roll_up(engine, store.Source("h2", "t"), T0 + DAY + 3600)
+    return path
+
+
+def test_times_an_operator_types() -> None:
+    now = 1_800_000_000.0
+    assert parse_time("24h", now, "--since") == now - 86400
+    assert parse_time("90m", now, "--since") == now - 5400
+    assert parse_time("2w", now, "--since") == now - 14 * 86400
+    assert parse_time("2026-11-01T08:00+01:00", now, "--since") == 1_793_516_400
+    with pytest.raises(UsageError, match="--until 'yesterday': give a date"):
+        parse_time("yesterday", now, "--until")
+
+
+def test_a_range_is_a_snapshot_every_report_reads(database: Path) -> None:
+    with store.opened(f"sqlite:///{database}") as engine:
+        sums = store.peer_sums(engine, T0, T0 + DAY, [HOST])
+    snapshot = range_snapshot(sums, T0, T0 + DAY, "test", [HOST])
+    peers = {p.address: p for p in snapshot.peers}
+    first = peers["10.77.1.1"]
+    assert (first.in_packets, first.in_bytes, first.out_packets, first.out_bytes) == \
+        (288, 28800, 576, 86400)
+    assert first.N == ("a.example.co.uk",)
+    assert first.W == pytest.approx((28800 + 86400) * 3600 / DAY)
+    assert (first.S, first.E) == (T0 + 7, T0 + DAY - 300 + 7)
+    assert snapshot.totals["packets"] == 288 * 16
+    assert "# history:\t" in snapshot.header
+    report = aggregate(snapshot, Options(by="domain"))
+    assert {g.key for g in report.groups} >= {"example.co.uk"}
+
+
+def test_the_chart_over_time_sums_what_the_report_counts(database: Path) -> None:
+    with store.opened(f"sqlite:///{database}") as engine:
+        sums = store.peer_sums(engine, T0, T0 + DAY, [HOST])
+        width, totals, by_peer = store.bytes_over_time(engine, T0, T0 + DAY, [HOST],
+                                                       list(TRAFFIC))
+    assert width == 300
+    assert sum(totals.values()) == sum(s.bytes for s in sums)
+    report = aggregate(range_snapshot(sums, T0, T0 + DAY, "test", [HOST]), Options(by="peer"))
+    series = time_series(width, T0, T0 + DAY, totals, by_peer, report)
+    assert len(series.starts) == 288 and series.total[0] == pytest.approx(2500 / 300)
+    assert series.groups[0] == ("fd77:1::1", tuple([1600 / 300] * 288))
+
+
+def test_an_export_is_the_rows_at_the_finest_resolution_kept(database: Path) -> None:
+    with store.opened(f"sqlite:///{database}") as engine:
+        rows = list(store.bin_rows_in(engine, T0, T0 + DAY, [HOST]))
+        # Drop the 5-minute bins of the day's first hour: the export reads its hourly bin.
+        with engine.begin() as connection:
+            connection.execute(sa.delete(store.peer_bins).where(
+                store.peer_bins.c.bin_seconds == 300, store.peer_bins.c.bin_start < T0 + 3600))
+            connection.execute(sa.delete(store.host_bins).where(
+                store.host_bins.c.bin_seconds == 300, store.host_bins.c.bin_start < T0 + 3600))
+        coarser = list(store.bin_rows_in(engine, T0, T0 + DAY, [HOST]))
+    assert len(rows) == 288 * 3 and {r[2] for r in rows} == {300}
+    assert len(coarser) == 276 * 3 + 3 and sorted({r[2] for r in coarser}) == [300, 3600]
+    text = "".join(pieces(iter(rows), "csv"))
+    records = list(csv.DictReader(io.StringIO(text)))
+    assert len(records) == len(rows)
+    assert records[0]["bin_start_utc"].endswith("Z") and records[0]["peer"] == "10.77.1.1"
+    assert records[0]["names"] == "a.example.co.uk"
+    as_json = json.loads("".join(pieces(iter(rows), "json")))
+    assert [r["in_bytes"] for r in as_json] == [int(r["in_bytes"]) for r in records]
+    assert json.loads("".join(pieces(iter([]), "json"))) == []
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:  # what ncebpf's first history schema made
+        store.meta.create(connection)
+        store.MIGRATIONS[1](connection)
+        connection.execute(sa.insert(store.meta).values(name="schema_version", value="1"))
+        connection.execute(sa.insert(store.peer_bins), [
+            {"host": "h1", "instance": "t", "bin_seconds": 300, "bin_start": T0,
+             "peer": peer, "in_packets": v[0], "in_bytes": v[1], "out_packets": v[2],
+             "out_bytes": v[3], "first_seen": T0, "last_seen": T0, "names": None}
+            for peer, v in TRAFFIC.items()])
+    assert store.migrate(engine) == (1, store.SCHEMA_VERSION)
+    with engine.connect() as connection:
+        totals = connection.execute(sa.select(store.host_bins)).one()
+    assert tuple(totals)[4:] == (3, 9, 1300, 7, 1200)
+    [sums] = [s for s in store.peer_sums(engine, T0, T0 + 300) if s.peer == "10.77.1.2"]
+    assert sums.bytes == 500
+    engine.dispose()
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*NCEBPF, *args], capture_output=True, text=True, check=False,
+                            timeout=120, env=dict(os.environ, TZ="UTC"))
+    assert result.returncode == 0 or not check, result.stderr
+    return result
+
+
+def test_report_since_reads_the_instances_history(database: Path) -> None:
+    iso = "2026-09-21T00:00:00+00:00"
+    assert parse_time(iso, 0, "--since") == T0
+    out = cli("report", "--since", iso, "--until", "2026-09-22T00:00:00+00:00",
+              "--statedir", str(database.parent), "--name", "t", "--by", "peer",
+              "--host", "h1", "--format", "json").stdout
+    document = json.loads(out)
+    assert document["dump"]["totals"]["bytes"] == 288 * 2500
+    assert document["totals"]["peers"] == 3
+    html = cli("report", "--since", iso, "--until", "2026-09-22T00:00:00+00:00",
+               "--history", f"sqlite:///{database}", "--format", "html").stdout
+    over_time = html.split('aria-label="bytes per second over time"')[1].split("</section>")[0]
+    assert "<svg" in over_time and "<script" not in over_time
+    both = json.loads(cli("report", "--since", iso, "--until", "2026-09-22T00:00:00+00:00",
+                          "--history", f"sqlite:///{database}", "--format", "json").stdout)
+    assert both["dump"]["totals"]["bytes"] == 300 * 2500  # h2's hour too
+
+
+def test_history_errors_say_what_to_do(tmp_path: Path, database: Path) -> None:
+    missing = cli("report", "--since", "24h", "--statedir", str(tmp_path / "none"), "--name",
+                  "t", check=False)
+    assert missing.returncode == 1 and "no history database" in missing.stderr
+    unknown = cli("report", "--since", "7d", "--history", f"sqlite:///{database}", "--host",
+                  "h9", check=False)
+    assert unknown.returncode == 2 and "not in the history (it has: h1/t, h2/t)" in \
+        unknown.stderr
+    both = cli("report", "--since", "7d", str(database), check=False)
+    assert both.returncode == 2 and "give a SOURCE or --since, not both" in both.stderr
+    backwards = cli("report", "--since", "1h", "--until", "2h", "--history",
+                    f"sqlite:///{database}", check=False)
+    assert backwards.returncode == 2 and "is not after --since" in backwards.stderr
+
+
+def test_history_export_from_the_command_line(database: Path) -> None:
+    out = cli("history", "export", "--since", "2026-09-21T00:00:00+00:00", "--until",
+              "2026-09-21T01:00:00+00:00", "--history", f"sqlite:///{database}").stdout
+    records = list(csv.DictReader(io.StringIO(out)))
+    assert len(records) == 12 * 3 * 2  # two hosts, an hour of 5-minute bins
+    assert {r["host"] for r in records} == {"h1", "h2"}
