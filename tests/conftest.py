@@ -10,12 +10,19 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.db_servers import (
+    DatabaseServer,
+    MariadbServer,
+    PostgresServer,
+    servers_available,
+)
 from tests.netns import PREFIX, NetnsPair
 
 
@@ -110,3 +117,32 @@ def nothing_left_behind() -> Iterator[None]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def _database_server(kind: type[DatabaseServer]) -> Iterator[DatabaseServer]:
+    """A server of the kind for the whole session, in a directory its system user can
+    reach (pytest's own are root's alone); skipped, or failed under CI, where it cannot run."""
+    missing = servers_available()
+    backend = "postgresql" if kind is PostgresServer else "mysql"
+    if backend in missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the history tests against real servers must run under CI: "
+                        f"{missing[backend]}")
+        pytest.skip(missing[backend])
+    directory = Path(tempfile.mkdtemp(prefix=f"ncebpf-{backend}-"))
+    directory.chmod(0o755)
+    try:
+        with kind(directory / "server") as server:
+            yield server
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[DatabaseServer]:
+    yield from _database_server(PostgresServer)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[DatabaseServer]:
+    yield from _database_server(MariadbServer)

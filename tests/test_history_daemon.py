@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from ncebpf.filter.frames import ip_frame
-from tests.netns import TIME_SCALE, NetnsPair
+from ncebpf.history import store
+from tests.db_servers import DatabaseServer
+from tests.netns import NCEBPF, TIME_SCALE, NetnsPair
 from tests.test_continuity import bpffs, ncebpf  # noqa: F401 - bpffs is a fixture
 
 pytestmark = pytest.mark.privileged
@@ -145,3 +147,94 @@ def test_a_kill_9_neither_loses_nor_doubles_a_bin(pair: NetnsPair, dirs: Path,
         ncebpf(pair, dirs, bpffs, "stop", check=False)
     assert dump_counts(dirs / "state" / "t.json") == expected_after(4)
     assert wait_for_rows(dirs, expected_after(4)) == expected_after(4)
+
+
+def history_sums(url: str, instance: str = "t") -> dict[str, list[int]]:
+    with store.opened(url) as engine:
+        chosen = [s for s in store.sources(engine) if s.instance == instance]
+        return {s.peer: [s.in_packets, s.in_bytes, s.out_packets, s.out_bytes]
+                for s in store.peer_sums(engine, 0, 2**40, chosen)} if chosen else {}
+
+
+def wait_for_sums(url: str, expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    deadline = time.monotonic() + 90 * TIME_SCALE  # the writer retries every 60 s at most
+    while True:
+        got = history_sums(url)
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def server(request: pytest.FixtureRequest) -> DatabaseServer:
+    server: DatabaseServer = request.getfixturevalue(f"{request.param}_server")
+    engine = store.connect(server.url)
+    store.metadata.drop_all(engine)
+    engine.dispose()
+    return server
+
+
+def test_a_database_away_for_a_minute_loses_and_doubles_nothing(
+        pair: NetnsPair, dirs: Path, bpffs: Path, server: DatabaseServer) -> None:  # noqa: F811
+    ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", str(BIN_S),
+           "--history", server.url)
+    try:
+        send_round(pair, dirs)
+        next_bin()
+        assert wait_for_sums(server.url, expected_after(1)) == expected_after(1)
+        server.stop()
+        away_until = time.monotonic() + 60
+        rounds = 1
+        while time.monotonic() < away_until:  # bins close and wait in the spool
+            send_round(pair, dirs)
+            rounds += 1
+            time.sleep(4)
+        log = (dirs / "state" / "t.log").read_text()
+        assert "history: cannot write to" in log and "bins wait in" in log
+        waiting = list((dirs / "state" / "t.history").glob("*.npz"))
+        assert len([p for p in waiting if p.stem.isdigit()]) >= 4
+        server.start()
+        next_bin()
+        assert wait_for_sums(server.url, expected_after(rounds)) == expected_after(rounds)
+        assert "takes the bins again" in (dirs / "state" / "t.log").read_text()
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+        if server.proc is None:
+            server.start()
+    assert wait_for_sums(server.url, expected_after(rounds)) == expected_after(rounds)
+
+
+def test_two_hosts_share_one_database(pair: NetnsPair, dirs: Path, bpffs: Path,  # noqa: F811
+                                      postgres_server: DatabaseServer) -> None:
+    """Two daemons, each in its own UTS namespace (its own host name) and on its own link,
+    write into one PostgreSQL database; each host's rows are its own counts."""
+    url = postgres_server.url
+    engine = store.connect(url)
+    store.metadata.drop_all(engine)
+    engine.dispose()
+    with NetnsPair() as other:
+        hosts = (("hosta", "a", pair), ("hostb", "b", other))
+        for host, name, link in hosts:
+            (dirs / name).mkdir()
+            link.ns(link.local, "unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"',
+                    "sh", *NCEBPF, "start", "--mode", "tc", "--history-bin", str(BIN_S),
+                    "--history", url, "--no-resolve", "--iface", link.local_if, "--interval",
+                    "0.2", "--statedir", str(dirs / name), "--piddir", str(dirs / name),
+                    "--name", name, "--bpffs", str(bpffs))
+        try:
+            send_round(pair, dirs)
+            send_round(other, dirs)
+            send_round(other, dirs)
+        finally:
+            for _, name, link in hosts:
+                link.ns(link.local, *NCEBPF, "stop", "--name", name, "--statedir",
+                        str(dirs / name), "--piddir", str(dirs / name), "--bpffs", str(bpffs),
+                        check=False)
+    with store.opened(url) as engine:
+        assert store.sources(engine) == [store.Source("hosta", "a"), store.Source("hostb", "b")]
+        for source, rounds in zip(store.sources(engine), (1, 2), strict=True):
+            got = {s.peer: [s.in_packets, s.in_bytes, s.out_packets, s.out_bytes]
+                   for s in store.peer_sums(engine, 0, 2**40, [source])}
+            assert got == expected_after(rounds), source
+        both = {s.peer: s.in_packets for s in store.peer_sums(engine, 0, 2**40)}
+    assert both == {peer: 3 * n for peer, n in PEERS.items()}

@@ -116,26 +116,6 @@ def test_an_export_is_the_rows_at_the_finest_resolution_kept(database: Path) -> 
     assert json.loads("".join(pieces(iter([]), "json"))) == []
 
 
-def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
-    engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")
-    with engine.begin() as connection:  # what ncebpf's first history schema made
-        store.meta.create(connection)
-        store.MIGRATIONS[1](connection)
-        connection.execute(sa.insert(store.meta).values(name="schema_version", value="1"))
-        connection.execute(sa.insert(store.peer_bins), [
-            {"host": "h1", "instance": "t", "bin_seconds": 300, "bin_start": T0,
-             "peer": peer, "in_packets": v[0], "in_bytes": v[1], "out_packets": v[2],
-             "out_bytes": v[3], "first_seen": T0, "last_seen": T0, "names": None}
-            for peer, v in TRAFFIC.items()])
-    assert store.migrate(engine) == (1, store.SCHEMA_VERSION)
-    with engine.connect() as connection:
-        totals = connection.execute(sa.select(store.host_bins)).one()
-    assert tuple(totals)[4:] == (3, 9, 1300, 7, 1200)
-    [sums] = [s for s in store.peer_sums(engine, T0, T0 + 300) if s.peer == "10.77.1.2"]
-    assert sums.bytes == 500
-    engine.dispose()
-
-
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*NCEBPF, *args], capture_output=True, text=True, check=False,
                             timeout=120, env=dict(os.environ, TZ="UTC"))

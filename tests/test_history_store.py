@@ -37,9 +37,31 @@ def closed(start: int, peers: dict[str, tuple[int, int, int, int]], seconds: int
     return opened.closed()
 
 
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database of the backend the test is parametrized with: an
+    SQLite file, or the session's PostgreSQL or MariaDB server with its tables dropped."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'h.db'}"
+    server = request.getfixturevalue(f"{request.param}_server")
+    engine = store.connect(server.url)
+    store.metadata.drop_all(engine)
+    engine.dispose()
+    return str(server.url)
+
+
+BACKENDS = [pytest.param("sqlite"),
+            pytest.param("postgres", marks=pytest.mark.privileged),
+            pytest.param("mariadb", marks=pytest.mark.privileged)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return empty_database(request, tmp_path)
+
+
 @pytest.fixture
-def engine(tmp_path: Path):
-    with store.opened(f"sqlite:///{tmp_path / 'h.db'}") as opened:
+def engine(database_url: str):
+    with store.opened(database_url) as opened:
         yield opened
 
 
@@ -222,15 +244,35 @@ def test_two_hosts_share_a_database(engine: sa.Engine) -> None:
 
 # -- schema ------------------------------------------------------------------------------
 
-def test_the_schema_is_versioned_and_a_newer_one_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'h.db'}"
-    engine = store.connect(url)
+def test_the_schema_is_versioned_and_a_newer_one_refused(database_url: str) -> None:
+    engine = store.connect(database_url)
     assert store.migrate(engine) == (0, store.SCHEMA_VERSION)
     assert store.migrate(engine) == (store.SCHEMA_VERSION, store.SCHEMA_VERSION)
     with engine.begin() as connection:
         connection.execute(sa.update(store.meta).values(value="99"))
     with pytest.raises(store.HistoryError, match="schema version 99, newer"):
         store.migrate(engine)
+    engine.dispose()
+
+
+def test_a_version_1_database_is_upgraded_in_place(database_url: str) -> None:
+    engine = store.connect(database_url)
+    with engine.begin() as connection:  # what ncebpf's first history schema made
+        store.meta.create(connection)
+        store.MIGRATIONS[1](connection)
+        connection.execute(sa.insert(store.meta).values(name="schema_version", value="1"))
+        connection.execute(sa.insert(store.peer_bins), [
+            {"host": "h1", "instance": "t", "bin_seconds": 300, "bin_start": T0,
+             "peer": peer, "in_packets": v[0], "in_bytes": v[1], "out_packets": v[2],
+             "out_bytes": v[3], "first_seen": T0, "last_seen": T0, "names": None}
+            for peer, v in {"10.77.1.1": (1, 100, 2, 300), "10.77.1.2": (3, 500, 0, 0),
+                            "fd77:1::1": (5, 700, 5, 900)}.items()])
+    assert store.migrate(engine) == (1, store.SCHEMA_VERSION)
+    with engine.connect() as connection:
+        totals = connection.execute(sa.select(store.host_bins)).one()
+    assert tuple(totals)[4:] == (3, 9, 1300, 7, 1200)
+    [sums] = [s for s in store.peer_sums(engine, T0, T0 + 300) if s.peer == "10.77.1.2"]
+    assert sums.bytes == 500
     engine.dispose()
 
 
