@@ -704,10 +704,16 @@ class Daemon:
         dumps.ask(UdpWaiter(listener, sender))
 
     def _drain(self, collector: Collector) -> None:
-        """Everything counted so far into the table: the capture's buffer first, if any."""
+        """Everything counted so far into the table: the capture's buffer first, if any.
+        (Before every dump: the dump's totals say what the history's queue holds.)"""
         if self._capture is not None:
             self._capture.service()
         collector.drain()
+        if self._history is not None:
+            status = self._history.status()
+            self._writer.context = replace(self._writer.context,
+                                           history_pending_bins=status.pending_bins,
+                                           history_dropped_bins=status.dropped_bins)
 
     def _progress(self, waiters: list[DumpWaiter]) -> Callable[[int, int], None]:
         """What the final dump does between pieces: keep its waiters informed and

@@ -55,6 +55,10 @@ class DumpContext:
     nomatch: str = ""
     payload: int = 0
     snaplen: int = 38
+    # The history's queue (ncebpf.history.sink): closed bins waiting on disk for the
+    # database, and bins dropped from a full queue; None without a history.
+    history_pending_bins: int | None = None
+    history_dropped_bins: int | None = None
 
 
 PEERS_PER_PIECE = 10_000  # a piece of dump text is about 1.7 MB of JSON
@@ -79,7 +83,10 @@ def _json_header(table: TableSnapshot, context: DumpContext, now: float) -> dict
         "nomatch": context.nomatch or None,
         "payload": context.payload or None,
         "snaplen": context.snaplen,
-        "totals": totals_document(totals),
+        "totals": totals_document(totals) | ({
+            "history_pending_bins": context.history_pending_bins,
+            "history_dropped_bins": context.history_dropped_bins,
+        } if context.history_pending_bins is not None else {}),
         "others": {"peers": others.peers, "packets": others.packets, "bytes": others.bytes},
     }
 

@@ -193,6 +193,10 @@ def test_a_database_away_for_a_minute_loses_and_doubles_nothing(
         assert "history: cannot write to" in log and "bins wait in" in log
         waiting = list((dirs / "state" / "t.history").glob("*.npz"))
         assert len([p for p in waiting if p.stem.isdigit()]) >= 4
+        dumped = json.loads(ncebpf(pair, dirs, bpffs, "dump", "--format", "json",
+                                   "--output", "-").stdout)
+        assert dumped["totals"]["history_pending_bins"] >= 4
+        assert dumped["totals"]["history_dropped_bins"] == 0
         server.start()
         next_bin()
         assert wait_for_sums(server.url, expected_after(rounds)) == expected_after(rounds)
@@ -238,3 +242,34 @@ def test_two_hosts_share_one_database(pair: NetnsPair, dirs: Path, bpffs: Path, 
             assert got == expected_after(rounds), source
         both = {s.peer: s.in_packets for s in store.peer_sums(engine, 0, 2**40)}
     assert both == {peer: 3 * n for peer, n in PEERS.items()}
+
+
+def test_a_kill_9_while_a_bin_is_written_loses_and_doubles_nothing(
+        pair: NetnsPair, dirs: Path, bpffs: Path, postgres_server: DatabaseServer) -> None:  # noqa: F811
+    """20 000 peers make a bin whose transaction takes a while; the daemon is killed as
+    soon as the bin is spooled, while the writer sends it, and started again."""
+    url = postgres_server.url
+    engine = store.connect(url)
+    store.metadata.drop_all(engine)
+    engine.dispose()
+    many = [f"10.77.{100 + i // 250}.{1 + i % 250}" for i in range(20_000)]
+    options = ("start", "--mode", "tc", "--history-bin", str(BIN_S), "--history", url,
+               "--checkpoint", "1")
+    ncebpf(pair, dirs, bpffs, *options)
+    spool = dirs / "state" / "t.history"
+    try:
+        pair.inject_ingress([ip_frame(peer, pair.local_v4, "udp", 60) for peer in many], dirs)
+        deadline = time.monotonic() + (BIN_S + 10) * TIME_SCALE
+        while not [p for p in spool.glob("*.npz") if p.stem.isdigit()]:
+            assert time.monotonic() < deadline, "no bin was spooled"
+            time.sleep(0.01)
+        os.kill(int((dirs / "run" / "t.pid").read_text()), signal.SIGKILL)
+        ncebpf(pair, dirs, bpffs, *options)
+        send_round(pair, dirs)
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+    final = dump_counts(dirs / "state" / "t.json")
+    expected = {peer: [1, IN_FRAME, 0, 0] for peer in many} | expected_after(1)
+    assert final == expected
+    got = wait_for_sums(url, expected)
+    assert len(got) == len(expected) and got == expected
