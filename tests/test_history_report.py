@@ -162,3 +162,20 @@ def test_history_export_from_the_command_line(database: Path) -> None:
     records = list(csv.DictReader(io.StringIO(out)))
     assert len(records) == 12 * 3 * 2  # two hosts, an hour of 5-minute bins
     assert {r["host"] for r in records} == {"h1", "h2"}
+
+
+def test_a_chart_draws_the_busiest_groups_it_can_read() -> None:
+    from ncebpf.history import query
+    from ncebpf.report.model import Peer as ReportPeer
+
+    def peer(address: str, nbytes: int) -> ReportPeer:
+        return ReportPeer(address, 0.0, 1, T0, (), 0.0, T0, 0, float(nbytes), 1, nbytes)
+
+    many = tuple(peer(f"fd77:1::{i:x}", 10**9) for i in range(query.SERIES_PEERS + 1))
+    few = tuple(peer(f"10.77.{g}.1", 10**6 * (9 - g)) for g in range(7))
+    snapshot = range_snapshot([], T0, T0 + DAY, "test", [HOST])
+    report = aggregate(snapshot.__class__(**{**snapshot.__dict__, "peers": many + few}),
+                       Options(by="cidr"))
+    drawn, left_out = query.drawn_groups(report)
+    assert left_out == 1  # fd77:1::/48, the busiest, has too many peers to read
+    assert [g.key for g in drawn] == [f"10.77.{g}.0/24" for g in range(query.SERIES_GROUPS)]

@@ -25,9 +25,10 @@ from ncebpf.accounting import Others
 from ncebpf.dump import stats_header
 from ncebpf.errors import UsageError
 from ncebpf.history import store
-from ncebpf.report.model import Peer, Report, Snapshot, TimeSeries
+from ncebpf.report.model import Group, Peer, Report, Snapshot, TimeSeries
 
-SERIES_GROUPS = 5  # the busiest groups drawn over time beside the total
+SERIES_GROUPS = 5  # the busiest groups drawn over time beside the total ...
+SERIES_PEERS = 500  # ... whose members, all together, are read from at most this many peers
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SPAN_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -108,30 +109,47 @@ def history_snapshot(url: str, since: int, until: int, hosts: Sequence[str] = ()
         engine.dispose()
 
 
+def drawn_groups(report: Report) -> tuple[list[Group], int]:
+    """The busiest groups (SERIES_GROUPS at most) whose members, together, are no more than
+    SERIES_PEERS peers (a chart reads each member's bins); and how many busier ones were
+    left out for having too many. Pure."""
+    drawn: list[Group] = []
+    left_out = peers = 0
+    for group in sorted(report.groups, key=lambda g: -(g.bytes or 0)):
+        if len(drawn) == SERIES_GROUPS:
+            break
+        if peers + len(group.members) > SERIES_PEERS:
+            left_out += 1
+            continue
+        drawn.append(group)
+        peers += len(group.members)
+    return drawn, left_out
+
+
 def time_series(width: int, since: int, until: int, totals: dict[int, int],
                 by_peer: dict[str, dict[int, int]], report: Report) -> TimeSeries:
     """Bytes per second at each point of [since, until) for the whole and for the
-    report's busiest groups (their members' sums). Pure."""
+    report's busiest groups (their members' sums; drawn_groups). Pure."""
     starts = tuple(range(since - since % width, until, width))
 
     def rates(values: dict[int, int]) -> tuple[float, ...]:
         return tuple(values.get(start, 0) / width for start in starts)
 
+    drawn, left_out = drawn_groups(report)
     groups = []
-    for group in sorted(report.groups, key=lambda g: -(g.bytes or 0))[:SERIES_GROUPS]:
+    for group in drawn:
         summed: dict[int, int] = {}
         for member in group.members:
             for start, value in by_peer.get(member.address, {}).items():
                 summed[start] = summed.get(start, 0) + value
         groups.append((group.label, rates(summed)))
-    return TimeSeries(width, starts, rates(totals), tuple(groups))
+    return TimeSeries(width, starts, rates(totals), tuple(groups), left_out)
 
 
 def with_time_series(report: Report, url: str, hosts: Sequence[str] = ()) -> Report:
     """The report of a range (history_snapshot) with its bytes/s over time."""
     since, until = report.snapshot.start, report.snapshot.current
-    busiest = sorted(report.groups, key=lambda g: -(g.bytes or 0))[:SERIES_GROUPS]
-    peers = [member.address for group in busiest for member in group.members]
+    peers = [member.address for group in drawn_groups(report)[0] for member in group.members]
     engine = store.connect(url)
     try:
         chosen = [s for s in store.sources(engine) if not hosts or s.host in hosts or

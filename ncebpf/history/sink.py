@@ -222,6 +222,7 @@ class HistorySink:
                     if time.monotonic() >= next_roll_up or self._stopping.is_set():
                         store.roll_up(engine, options.source, int(time.time()),
                                       options.retention)
+                        store.refresh_statistics(engine)
                         next_roll_up = time.monotonic() + ROLL_UP_EVERY_S
                     self._recovered()
                     delay = RETRY_FIRST_S

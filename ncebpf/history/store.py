@@ -70,9 +70,10 @@ peer_bins = sa.Table(
     # The peer's reverse-DNS names when the bin closed, space-separated (a name that
     # begins with ':' is the SOA of an NXDOMAIN answer, spec §8.4); NULL: none.
     sa.Column("names", sa.String(1024), nullable=True),
+    sqlite_with_rowid=False,  # the key is the table: stored once, not beside a rowid table
 )
 # Reports ask for a time range over every host: the key starts with the host.
-sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_seconds)
+BY_TIME = sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_seconds)
 
 # Version 2: each bin's totals over its peers (charts over time read these, not the peers).
 host_bins = sa.Table(
@@ -86,7 +87,11 @@ host_bins = sa.Table(
     sa.Column("in_bytes", sa.BigInteger, nullable=False),
     sa.Column("out_packets", sa.BigInteger, nullable=False),
     sa.Column("out_bytes", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
+# Version 2: one peer's bins found without reading the range's other peers (its history,
+# the busiest groups' lines in a chart over time).
+BY_PEER = sa.Index("peer_bins_by_peer", peer_bins.c.peer, peer_bins.c.bin_start)
 
 # Hourly and daily bins whose finer bins changed since they were last summed (roll_up).
 rollup_pending = sa.Table(
@@ -152,13 +157,19 @@ def connect(text: str) -> Engine:
 
 
 def _create_v1(connection: Connection) -> None:
-    for table in (peer_bins, rollup_pending):
-        table.create(connection, checkfirst=True)
+    """peer_bins with its time index, and rollup_pending (not the indexes of later versions,
+    which their migrations make)."""
+    for table, indexes in ((peer_bins, [BY_TIME]), (rollup_pending, [])):
+        if not sa.inspect(connection).has_table(table.name):
+            connection.execute(sa.schema.CreateTable(table))
+            for index in indexes:
+                index.create(connection)
 
 
 def _host_bins_v2(connection: Connection) -> None:
-    """host_bins, filled from the peer rows already there."""
+    """host_bins, filled from the peer rows already there; peer_bins' index by peer."""
     host_bins.create(connection, checkfirst=True)
+    BY_PEER.create(connection, checkfirst=True)
     c = peer_bins.c
     connection.execute(sa.insert(host_bins).from_select(
         [column.name for column in host_bins.columns],
@@ -417,6 +428,16 @@ def roll_up(engine: Engine, source: Source, now: int, retention: Retention = Ret
     return summed, dropped
 
 
+def refresh_statistics(engine: Engine) -> None:
+    """Let SQLite's query planner know the tables' shapes (ANALYZE, sampled: milliseconds),
+    so that a peer's bins are found by its index, not by reading every peer's; PostgreSQL
+    and MariaDB keep their statistics themselves."""
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as connection:
+            connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+            connection.exec_driver_sql("ANALYZE")
+
+
 def when(epoch_s: int) -> str:
     """A bin's start for the log: 2026-11-30 14:05 UTC."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_s))
@@ -450,14 +471,15 @@ class PeerSums:
         return self.in_bytes + self.out_bytes
 
 
-def _segments(since: int, until: int, pending: set[tuple[int, int]]
+def _segments(since: int, until: int, pending: set[tuple[int, int]], widest: int = DAY_S
               ) -> list[tuple[int, int, int]]:
     """Cover [since, until) with (width, start, end) segments, each to be read from the
     bins of that width (0: the finest): whole days whose daily bin is summed, then
-    whole hours whose hourly bin is, then the finest bins. Pure."""
+    whole hours whose hourly bin is, then the finest bins; no bin wider than widest.
+    Pure."""
     segments: list[tuple[int, int, int]] = []
     gaps = [(since, until)]
-    for width in (DAY_S, HOUR_S):
+    for width in (w for w in (DAY_S, HOUR_S) if w <= widest):
         left = []
         for lo, hi in gaps:
             first = -(-lo // width) * width
@@ -487,22 +509,28 @@ def _read_where(source: Source, segments: list[tuple[int, int, int]],
         for width, lo, hi in segments)))
 
 
+def _pending(connection: Connection, source: Source, since: int, until: int
+             ) -> set[tuple[int, int]]:
+    """The (width, start) of source's hourly and daily bins over [since, until) that wait
+    to be summed again (roll_up)."""
+    p = rollup_pending.c
+    return {(int(w), int(s)) for w, s in connection.execute(
+        sa.select(p.bin_seconds, p.bin_start).where(
+            p.host == source.host, p.instance == source.instance,
+            p.bin_start < until, p.bin_start + p.bin_seconds > since))}
+
+
 def peer_sums(engine: Engine, since: int, until: int,
               chosen: Sequence[Source] = ()) -> list[PeerSums]:
     """Each peer's sums over the bins that start in [since, until) (epoch seconds), of
     the chosen sources (all when none), in address-text order. Whole days and hours
     are read from their daily and hourly bins where those are summed (roll_up): a
     week is 7 rows a peer, not 2016."""
-    p = rollup_pending.c
     merged: dict[str, list[int]] = {}
     names: dict[str, str] = {}
     with engine.connect() as connection:
         for source in chosen or sources(engine):
-            pending = {(int(w), int(s)) for w, s in connection.execute(
-                sa.select(p.bin_seconds, p.bin_start).where(
-                    p.host == source.host, p.instance == source.instance,
-                    p.bin_start < until, p.bin_start + p.bin_seconds > since))}
-            segments = _segments(since, until, pending)
+            segments = _segments(since, until, _pending(connection, source, since, until))
             for row in connection.execute(_sums_of(_read_where(source, segments))):
                 if row[7]:
                     names[row[0]] = max(row[7], names.get(row[0], ""))
@@ -537,16 +565,20 @@ def _finest_segments(connection: Connection, source: Source, since: int, until: 
 
     hours_with_fine = having(c.bin_seconds < HOUR_S, HOUR_S)
     days_with_finer = having(c.bin_seconds < DAY_S, DAY_S)
-    segments = []
+    segments: list[tuple[int, int, int]] = []
+
+    def add(width: int, lo: int, hi: int) -> None:
+        if segments and segments[-1][0] == width and segments[-1][2] == lo:
+            segments[-1] = (width, segments[-1][1], hi)  # one range, not many: a short query
+        else:
+            segments.append((width, lo, hi))
+
     for lo, hi, width in _split(since, until, DAY_S):
         if width == DAY_S and lo not in days_with_finer:
-            segments.append((DAY_S, lo, hi))
+            add(DAY_S, lo, hi)
             continue
         for h_lo, h_hi, h_width in _split(lo, hi, HOUR_S):
-            if h_width == HOUR_S and h_lo not in hours_with_fine:
-                segments.append((HOUR_S, h_lo, h_hi))
-            else:
-                segments.append((0, h_lo, h_hi))
+            add(HOUR_S if h_width == HOUR_S and h_lo not in hours_with_fine else 0, h_lo, h_hi)
     return segments
 
 
@@ -587,18 +619,22 @@ def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Sou
                     ) -> tuple[int, dict[int, int], dict[str, dict[int, int]]]:
     """Bytes (both directions) per point over [since, until): (the points' width, the
     total of each point's start, each of the peers' bytes by point). The points are
-    chart_width wide, or as wide as the coarsest bins the range still has."""
+    chart_width wide, or as wide as the coarsest bins the range still has; they are
+    read from the widest summed bins no wider than a point (an hourly chart of a week
+    reads 168 rows a peer, not 2016)."""
     totals: dict[int, int] = {}
     by_peer: dict[str, dict[int, int]] = {}
     with engine.connect() as connection:
-        plans = [(source, _finest_segments(connection, source, since, until))
-                 for source in chosen or sources(engine)]
         width = chart_width(since, until)
-        for source, segments in plans:
+        chosen = chosen or sources(engine)
+        for source in chosen:
+            finest = _finest_segments(connection, source, since, until)
             coarsest = connection.execute(sa.select(sa.func.max(host_bins.c.bin_seconds))
-                                          .where(_read_where(source, segments, host_bins))
+                                          .where(_read_where(source, finest, host_bins))
                                           ).scalar()
             width = max(width, int(coarsest or 0))
+        plans = [(source, _segments(since, until, _pending(connection, source, since, until),
+                                    width)) for source in chosen]
         for source, segments in plans:
             h = host_bins.c
             point = (h.bin_start - h.bin_start % width).label("point")

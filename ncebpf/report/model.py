@@ -140,12 +140,14 @@ class Totals:
 class TimeSeries:
     """Bytes per second over a report's range, point by point (a report from the history):
     starts are the points' epoch seconds, each `width` seconds long; total is every
-    peer's, groups the busiest groups' (label, values), in the report's order."""
+    peer's, groups the busiest groups' (label, values), busiest first; left_out: busier
+    groups not drawn, for having too many peers to read."""
 
     width: int
     starts: tuple[int, ...]
     total: tuple[float, ...]
     groups: tuple[tuple[str, tuple[float, ...]], ...]
+    left_out: int = 0
 
 
 @dataclass(frozen=True)

@@ -143,11 +143,14 @@ def _bar_chart(chart_id: str, chart_title: str, bars: list[tuple[str, int]]) -> 
 def _time_chart(series: TimeSeries) -> str:
     """Bytes/s over a history report's range: the total and the busiest groups, as an
     inline SVG line chart (no script, nothing fetched)."""
+    points = f"{series.width // 60}-minute" if series.width < 3600 else \
+        f"{series.width // 3600}-hour"
+    left_out = f"; {series.left_out} busier group{'s' * (series.left_out > 1)} of many " \
+        "peers not drawn" if series.left_out else ""
     chart = pygal.DateTimeLine(
         style=_CHART_STYLE, js=[], disable_xml_declaration=True, explicit_size=False,
-        width=1040, height=320, title=f"Bytes/s over time ({series.width // 60}-minute "
-        "points)" if series.width < 3600 else f"Bytes/s over time ({series.width // 3600}"
-        "-hour points)", value_formatter=_axis_number, margin=6, show_dots=False,
+        width=1040, height=320, title=f"Bytes/s over time ({points} points{left_out})",
+        value_formatter=_axis_number, margin=6, show_dots=False,
         x_value_formatter=lambda moment: moment.strftime("%b %d %H:%M"),
         x_label_rotation=20, truncate_legend=28, legend_at_bottom=True)
     chart.uuid = "over-time"
