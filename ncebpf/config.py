@@ -571,17 +571,22 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
             resolved += found
         allow = tuple(dict.fromkeys(resolved))
 
-    history = "" if _value(settings, "no_history", False) else _value(settings, "history", "")
+    history = "off" if _value(settings, "no_history", False) else \
+        _value(settings, "history", "")
     if history == "off":
         history = ""
     elif not history:
         history = f"sqlite:///{instance.history_path}"
     else:
-        from ncebpf.history.store import HistoryError, database_url
+        from ncebpf.history.store import HistoryError, database_url, sqlite_path
         try:
             database_url(history)
         except HistoryError as exc:
             raise ConfigError(str(exc)) from None
+        path = sqlite_path(history)
+        if path is not None and not _writable_dir(Path(path).absolute().parent, Path()):
+            raise SETTING["history"].refuse(f"the directory of {path} is missing or not "
+                                            "writable")
     history_bin_s = _value(settings, "history_bin_s", DEFAULT_HISTORY_BIN_S)
     if 3600 % history_bin_s:
         raise SETTING["history_bin_s"].refuse(f"{history_bin_s} does not divide an hour")

@@ -320,3 +320,28 @@ def test_commands_without_a_run_check_the_directories_too(tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["status", "--config", str(path)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: config: sniffer: 5 is not a string"), result.output
+
+
+def test_history_is_on_by_default_beside_the_dumps(tmp_path: Path) -> None:
+    assert config(tmp_path, iface="eth1").history == f"sqlite:///{tmp_path}/test.db"
+    assert config(tmp_path, iface="eth1", no_history=True).history == ""
+    assert config(tmp_path, iface="eth1", history="off").history == ""
+    chosen = config(tmp_path, iface="eth1", history="postgresql://u@db.example/t",
+                    history_bin_s=60, keep_5m_days=2, history_queue=10)
+    assert (chosen.history, chosen.history_bin_s, chosen.keep_5m_days, chosen.history_queue) \
+        == ("postgresql://u@db.example/t", 60, 2, 10)
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(chosen))
+    assert build(read_file(path), "test", ADDRESSES, fake_resolve) == chosen
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"history": "/var/lib/x.db"}, "is not a database URL"),
+    ({"history": "oracle://u@h/d"}, "'oracle' databases are not supported"),
+    ({"history": "sqlite:////nonexistent/x.db"}, "the directory of /nonexistent/x.db is"),
+    ({"history_bin_s": 420}, "history_bin: 420 does not divide an hour"),
+    ({"keep_5m_days": 0}, "keep_5m: 0 is out of range"),
+])
+def test_bad_history_settings_say_what_to_give(tmp_path: Path, settings: dict[str, Any],
+                                               message: str) -> None:
+    assert message in refused(tmp_path, iface="eth1", **settings)
