@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,13 +64,21 @@ def sums(rows: list[tuple[int, int, str, int, int, int, int]]) -> dict[str, list
     return total
 
 
-def wait_for_rows(workdir: Path, expected: dict[str, list[int]]) -> dict[str, list[int]]:
-    deadline = time.monotonic() + 20 * TIME_SCALE
+def wait_for(read: Callable[[], dict[str, list[int]]], expected: dict[str, list[int]],
+             seconds: float = 90) -> dict[str, list[int]]:
+    """What read() returns once it is expected, or at the deadline (the history's writer
+    tries again every 60 s at most)."""
+    deadline = time.monotonic() + seconds * TIME_SCALE
     while True:
-        got = sums(database_rows(workdir)) if (workdir / "state" / "t.db").exists() else {}
+        got = read()
         if got == expected or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
+
+
+def wait_for_rows(workdir: Path, expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    return wait_for(lambda: sums(database_rows(workdir))
+                    if (workdir / "state" / "t.db").exists() else {}, expected, 20)
 
 
 def dump_counts(path: Path) -> dict[str, list[int]]:
@@ -157,12 +166,7 @@ def history_sums(url: str, instance: str = "t") -> dict[str, list[int]]:
 
 
 def wait_for_sums(url: str, expected: dict[str, list[int]]) -> dict[str, list[int]]:
-    deadline = time.monotonic() + 90 * TIME_SCALE  # the writer retries every 60 s at most
-    while True:
-        got = history_sums(url)
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
+    return wait_for(lambda: history_sums(url), expected)
 
 
 @pytest.fixture(params=["postgres", "mariadb"])

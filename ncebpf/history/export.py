@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from ncebpf.history import store
 
 FIELDS = ("host", "instance", "bin_start", "bin_start_utc", "bin_seconds", "peer",
@@ -66,17 +64,6 @@ def export_pieces(url: str, since: int, until: int, hosts: Sequence[str], fmt: s
                   ) -> Iterator[str]:
     """The export of [since, until) from the database at url, of the hosts named (HOST or
     HOST/NAME; all when none). Raises HistoryError when the database cannot be read."""
-    engine = store.connect(url)
-    try:
-        store.migrate(engine)
-        chosen = [s for s in store.sources(engine) if not hosts or s.host in hosts or
-                  f"{s.host}/{s.instance}" in hosts]
-        if hosts and not chosen:
-            raise store.HistoryError(f"--host {', '.join(hosts)}: not in the history")
-        yield from pieces(store.bin_rows_in(engine, since, until, chosen), fmt)
-    except sa.exc.SQLAlchemyError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise store.HistoryError(f"cannot read the history in {store.shown(engine.url)}: "
-                                 f"{first}") from None
-    finally:
-        engine.dispose()
+    with store.reading(url) as engine:
+        yield from pieces(store.bin_rows_in(engine, since, until,
+                                            store.chosen_sources(engine, hosts)), fmt)

@@ -19,8 +19,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-import sqlalchemy as sa
-
 from ncebpf.accounting import Others
 from ncebpf.dump import stats_header
 from ncebpf.errors import UsageError
@@ -89,24 +87,10 @@ def history_snapshot(url: str, since: int, until: int, hosts: Sequence[str] = ()
     if until <= since:
         raise UsageError(f"--until ({store.when(until)}) is not after --since "
                          f"({store.when(since)})")
-    engine = store.connect(url)
-    try:
-        store.migrate(engine)
-        known = store.sources(engine)
-        chosen = [s for s in known if not hosts or s.host in hosts or
-                  f"{s.host}/{s.instance}" in hosts]
-        if hosts and not chosen:
-            names = ", ".join(f"{s.host}/{s.instance}" for s in known) or "none yet"
-            raise UsageError(f"--host {', '.join(hosts)}: not in the history (it has: "
-                             f"{names})")
+    with store.reading(url) as engine:
+        chosen = store.chosen_sources(engine, hosts)
         sums = store.peer_sums(engine, since, until, chosen)
-        return range_snapshot(sums, since, until, store.shown(engine.url), chosen or known)
-    except sa.exc.SQLAlchemyError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise store.HistoryError(f"cannot read the history in {store.shown(engine.url)}: "
-                                 f"{first}") from None
-    finally:
-        engine.dispose()
+        return range_snapshot(sums, since, until, store.shown(engine.url), chosen)
 
 
 def drawn_groups(report: Report) -> tuple[list[Group], int]:
@@ -150,15 +134,7 @@ def with_time_series(report: Report, url: str, hosts: Sequence[str] = ()) -> Rep
     """The report of a range (history_snapshot) with its bytes/s over time."""
     since, until = report.snapshot.start, report.snapshot.current
     peers = [member.address for group in drawn_groups(report)[0] for member in group.members]
-    engine = store.connect(url)
-    try:
-        chosen = [s for s in store.sources(engine) if not hosts or s.host in hosts or
-                  f"{s.host}/{s.instance}" in hosts]
+    with store.reading(url) as engine:
+        chosen = store.chosen_sources(engine, hosts)
         width, totals, by_peer = store.bytes_over_time(engine, since, until, chosen, peers)
-    except sa.exc.SQLAlchemyError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise store.HistoryError(f"cannot read the history in {store.shown(engine.url)}: "
-                                 f"{first}") from None
-    finally:
-        engine.dispose()
     return replace(report, over_time=time_series(width, since, until, totals, by_peer, report))

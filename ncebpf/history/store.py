@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ncebpf.accounting import peer_text
-from ncebpf.errors import NcebpfError
+from ncebpf.errors import NcebpfError, UsageError
 from ncebpf.history.bins import ClosedBin
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,26 @@ meta = sa.Table(
     sa.Column("value", sa.String(255), nullable=False),
 )
 
+COUNT_COLUMNS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
+
+
+def _bin_key() -> list[sa.Column[Any]]:
+    """The key columns every table of bins starts with: whose bin, how wide, from when."""
+    return [sa.Column("host", sa.String(255), primary_key=True),
+            sa.Column("instance", sa.String(64), primary_key=True),
+            sa.Column("bin_seconds", sa.Integer, primary_key=True),
+            sa.Column("bin_start", sa.BigInteger, primary_key=True)]
+
+
+def _counts() -> list[sa.Column[Any]]:
+    return [sa.Column(name, sa.BigInteger, nullable=False) for name in COUNT_COLUMNS]
+
+
 peer_bins = sa.Table(
     "peer_bins", metadata,
-    sa.Column("host", sa.String(255), primary_key=True),
-    sa.Column("instance", sa.String(64), primary_key=True),
-    sa.Column("bin_seconds", sa.Integer, primary_key=True),
-    sa.Column("bin_start", sa.BigInteger, primary_key=True),
+    *_bin_key(),
     sa.Column("peer", sa.String(45), primary_key=True),
-    sa.Column("in_packets", sa.BigInteger, nullable=False),
-    sa.Column("in_bytes", sa.BigInteger, nullable=False),
-    sa.Column("out_packets", sa.BigInteger, nullable=False),
-    sa.Column("out_bytes", sa.BigInteger, nullable=False),
+    *_counts(),
     sa.Column("first_seen", sa.BigInteger, nullable=False),
     sa.Column("last_seen", sa.BigInteger, nullable=False),
     # The peer's reverse-DNS names when the bin closed, space-separated (a name that
@@ -78,15 +87,9 @@ BY_TIME = sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_s
 # Version 2: each bin's totals over its peers (charts over time read these, not the peers).
 host_bins = sa.Table(
     "host_bins", metadata,
-    sa.Column("host", sa.String(255), primary_key=True),
-    sa.Column("instance", sa.String(64), primary_key=True),
-    sa.Column("bin_seconds", sa.Integer, primary_key=True),
-    sa.Column("bin_start", sa.BigInteger, primary_key=True),
+    *_bin_key(),
     sa.Column("peers", sa.Integer, nullable=False),
-    sa.Column("in_packets", sa.BigInteger, nullable=False),
-    sa.Column("in_bytes", sa.BigInteger, nullable=False),
-    sa.Column("out_packets", sa.BigInteger, nullable=False),
-    sa.Column("out_bytes", sa.BigInteger, nullable=False),
+    *_counts(),
     sqlite_with_rowid=False,
 )
 # Version 2: one peer's bins found without reading the range's other peers (its history,
@@ -94,15 +97,7 @@ host_bins = sa.Table(
 BY_PEER = sa.Index("peer_bins_by_peer", peer_bins.c.peer, peer_bins.c.bin_start)
 
 # Hourly and daily bins whose finer bins changed since they were last summed (roll_up).
-rollup_pending = sa.Table(
-    "rollup_pending", metadata,
-    sa.Column("host", sa.String(255), primary_key=True),
-    sa.Column("instance", sa.String(64), primary_key=True),
-    sa.Column("bin_seconds", sa.Integer, primary_key=True),
-    sa.Column("bin_start", sa.BigInteger, primary_key=True),
-)
-
-COUNT_COLUMNS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
+rollup_pending = sa.Table("rollup_pending", metadata, *_bin_key())
 
 # The default driver of each database the history speaks to.
 _DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres":
@@ -671,6 +666,34 @@ def opened(text: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@contextmanager
+def reading(text: str) -> Iterator[Engine]:
+    """opened(), for the commands that read: a database error is a HistoryError, one line
+    naming the database."""
+    engine = connect(text)
+    try:
+        migrate(engine)
+        yield engine
+    except sa.exc.SQLAlchemyError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise HistoryError(f"cannot read the history in {shown(engine.url)}: {first}"
+                           ) from None
+    finally:
+        engine.dispose()
+
+
+def chosen_sources(engine: Engine, hosts: Sequence[str]) -> list[Source]:
+    """The sources --host names (HOST or HOST/NAME; every one when none). Raises
+    UsageError naming the sources there are when none matches."""
+    known = sources(engine)
+    chosen = [s for s in known if not hosts or s.host in hosts or
+              f"{s.host}/{s.instance}" in hosts]
+    if hosts and not chosen:
+        there = ", ".join(f"{s.host}/{s.instance}" for s in known) or "none yet"
+        raise UsageError(f"--host {', '.join(hosts)}: not in the history (it has: {there})")
+    return chosen
 
 
 def sqlite_path(text: str) -> str | None:
