@@ -109,9 +109,11 @@ def test_an_open_bin_comes_back_from_its_rows() -> None:
     again = OpenBin.resumed(ClosedBin.from_arrays(opened.closed().arrays()))
     again.add(keys_of("fd77::1"), counts((1, 1, 1, 1)), T0 + 9)
     result = again.closed()
-    assert result.counts.tolist() == [[5, 6, 7, 8], [2, 3, 4, 5]]  # key order: IPv4 first
-    assert result.first_seen.tolist() == [T0 + 3, T0 + 3]
-    assert result.last_seen.tolist() == [T0 + 3, T0 + 9]
+    by_key = {key: (counts, first, last) for key, counts, first, last in zip(
+        result.keys.tolist(), result.counts.tolist(), result.first_seen.tolist(),
+        result.last_seen.tolist(), strict=True)}
+    assert by_key == {peer_key("fd77::1"): ([2, 3, 4, 5], T0 + 3, T0 + 9),
+                      peer_key("10.77.0.9"): ([5, 6, 7, 8], T0 + 3, T0 + 3)}
 
 
 def test_bin_start() -> None:
