@@ -50,7 +50,7 @@ from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
 from ncebpf.filter.pcap import DLT_EN10MB
 from ncebpf.filter.translate import UnsupportedFilter
-from ncebpf.history.sink import HistoryOptions, HistorySink, open_bin_from
+from ncebpf.history.sink import HistoryOptions, HistorySink, resumed_from
 from ncebpf.history.store import DAY_S, Retention, Source
 from ncebpf.http import ReportServer, fetch_from_instance, is_loopback
 from ncebpf.kernel import pins
@@ -163,6 +163,7 @@ class Daemon:
         self._capture: PcapSource | None = None
         self._resolver: ReverseResolver | None = None
         self._history: HistorySink | None = None
+        self._reread = False  # the table resumed from a checkpoint reads its counts again
         self._match = fold(parse_needle(config.match))
         self._nomatch = fold(parse_needle(config.nomatch))
         self._writer = DumpWriter(self.instance, DumpContext(
@@ -279,6 +280,7 @@ class Daemon:
         self._mode = mode
         self._dataset = ""
         self._pinned = False
+        self._reread = False
         self._writer.context = replace(self._writer.context, mode=mode)
         prepared = self._prepared if mode != "pcap" else None
         self._filter_hosts = prepared.local_hosts if prepared else local_hosts(config.filter)
@@ -359,6 +361,10 @@ class Daemon:
                                        self._checkpoint_info, file_mode(config.umask),
                                        config.checkpoint_s,
                                        history.checkpoint_arrays if history else dict)
+            if history is not None:
+                # From the start: whatever this run writes into the history, a crash
+                # resumes from a checkpoint that knows it (sink.open_bin_arrays).
+                checkpoints.save()
             # An eviction deletes kernel counts the table alone then holds: on disk first.
             collector = Collector(source, table, before_evict=checkpoints.save_before_evict)
             dumps = DumpService(self._writer, worker, table, lambda: self._drain(collector),
@@ -481,6 +487,7 @@ class Daemon:
         if not new_maps and info.dataset == self._dataset:
             log.info("resumed %d peers from the checkpoint of %.0f s ago; the pinned maps "
                      "counted on meanwhile: no count lost", len(table.peers), age)
+            self._reread = True
             return table
         checkpoint.rebase(table)
         why = "pcap mode keeps no counters outside the process" if self._mode == "pcap" \
@@ -500,10 +507,8 @@ class Daemon:
                                 hours_s=round(config.keep_hourly_days * DAY_S)),
             queue_bins=config.history_queue, spool_dir=self.instance.history_spool,
             source=Source(socket.gethostname(), self.instance.name))
-        resumed = open_bin_from(extras)
-        sink = HistorySink(options, resumed, file_mode(config.umask), table.names_of)
-        if resumed is not None:
-            sink.forget_stopped_bin()
+        sink = HistorySink(options, resumed_from(extras), self._reread, file_mode(config.umask),
+                           table.names_of)
         log.info("history: %d-second bins in %s", config.history_bin_s,
                  sink.database_shown)
         return sink
@@ -651,6 +656,8 @@ class Daemon:
                     (bin_end := history.next_drain_at()) is not None and time.time() >= bin_end:
                 self._drain(collector)  # what the ending bin holds, to its end
                 history.tick(time.time())
+            if history and history.take_closed():
+                checkpoints.save()  # a crash from here on re-reads nothing into a new bin
             dumps.service(now)
             if checkpoints.due(now):
                 if not dumps.holding_drains:

@@ -140,6 +140,33 @@ def test_a_stop_and_start_within_a_bin_neither_loses_nor_doubles(pair: NetnsPair
     assert {peer: n for _, peer, n in rows} == {p: 2 * n for p, n in PEERS.items()}
 
 
+def test_a_kill_9_after_bins_closed_since_the_checkpoint(pair: NetnsPair, dirs: Path,
+                                                        bpffs: Path) -> None:  # noqa: F811
+    """Bins of 10 s, checkpoints every 60 s: the kill comes after a bin was written from
+    counts the next run reads again; and after a stop and start within a bin whose
+    stopped state (open-bin.npz) is older than the bin the next run finished."""
+    options = ("start", "--mode", "tc", "--history-bin", str(BIN_S), "--checkpoint", "60")
+    ncebpf(pair, dirs, bpffs, *options)
+    try:
+        send_round(pair, dirs)
+        next_bin()  # that bin is written; no checkpoint since the start's
+        send_round(pair, dirs)
+        os.kill(int((dirs / "run" / "t.pid").read_text()), signal.SIGKILL)
+        ncebpf(pair, dirs, bpffs, *options)
+        send_round(pair, dirs)
+        ncebpf(pair, dirs, bpffs, "stop")
+        ncebpf(pair, dirs, bpffs, *options)  # goes on with the stopped run's open bin
+        send_round(pair, dirs)
+        next_bin()  # ... which it finishes and writes
+        os.kill(int((dirs / "run" / "t.pid").read_text()), signal.SIGKILL)
+        ncebpf(pair, dirs, bpffs, *options)
+        send_round(pair, dirs)
+    finally:
+        ncebpf(pair, dirs, bpffs, "stop", check=False)
+    assert dump_counts(dirs / "state" / "t.json") == expected_after(2)  # since the stop
+    assert wait_for_rows(dirs, expected_after(5)) == expected_after(5)
+
+
 def test_a_kill_9_neither_loses_nor_doubles_a_bin(pair: NetnsPair, dirs: Path,
                                                  bpffs: Path) -> None:  # noqa: F811
     start(pair, dirs, bpffs)

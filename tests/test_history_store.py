@@ -301,3 +301,17 @@ def test_bad_database_urls_say_what_to_give(given: str, message: str) -> None:
 
 def test_passwords_stay_out_of_messages() -> None:
     assert "secret" not in store.shown(store.database_url("mysql://u:secret@h/d"))
+
+
+def test_a_retraction_takes_bins_out_and_their_hours_are_summed_anew(engine: sa.Engine) -> None:
+    for n in range(12):
+        store.write_bin(engine, HOST, closed(T0 + 300 * n, {"10.77.0.2": (1, 1, 1, 1)}),
+                        T0 + 3600)
+    store.roll_up(engine, HOST, T0 + 3600)
+    assert rows(engine, 3600) == [(3600, T0, "10.77.0.2", 12, 12, 12, 12)]
+    assert store.retract(engine, HOST, T0 + 300 * 8, T0 + 3600) == 4
+    assert len(rows(engine, 300)) == 8
+    store.roll_up(engine, HOST, T0 + DAY)
+    assert rows(engine, 3600) == [(3600, T0, "10.77.0.2", 8, 8, 8, 8)]
+    assert rows(engine, DAY) == [(DAY, T0, "10.77.0.2", 8, 8, 8, 8)]
+    assert host_totals(engine) == host_totals_from_peers(engine)

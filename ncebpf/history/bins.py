@@ -82,6 +82,18 @@ class ClosedBin:
         return replace(self, names=names)
 
 
+@dataclass(frozen=True)
+class Retraction:
+    """Bins from `since` on (epoch seconds) are to be taken out of the database: a run
+    resumed from a checkpoint reads again what was counted after it, and the bins written
+    from those counts would otherwise count twice (ncebpf.history.sink)."""
+
+    since: int
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {"retract_since": np.array([self.since], dtype=np.int64)}
+
+
 class OpenBin:
     """The bin being filled: a KeyIndex of its peers and their columns."""
 

@@ -30,14 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 
 from ncebpf.accounting import Counts
 from ncebpf.checkpoint import save_arrays
 from ncebpf.history import store
-from ncebpf.history.bins import Binner, ClosedBin, OpenBin
-from ncebpf.history.spool import Spool, SpoolError, read_bin
+from ncebpf.history.bins import Binner, ClosedBin, OpenBin, Retraction, bin_start
+from ncebpf.history.spool import Spool, SpoolError, read_entry
 from ncebpf.peerindex import Keys
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,38 @@ class HistoryStatus:
     error: str
 
 
-def open_bin_arrays(binner: Binner) -> dict[str, npt.NDArray[Any]]:
-    """The open bin as checkpoint members (prefixed), none when no bin is open. Pure."""
-    if binner.open is None:
-        return {}
-    return {CHECKPOINT_PREFIX + name: array
-            for name, array in binner.open.closed().arrays().items()}
+SINCE_MEMBER = "history_since"
 
 
-def open_bin_from(arrays: dict[str, npt.NDArray[Any]]) -> OpenBin | None:
-    """The open bin in checkpoint members (open_bin_arrays), or None."""
+def open_bin_arrays(binner: Binner, now: int) -> dict[str, npt.NDArray[Any]]:
+    """The history's state as checkpoint members: the open bin (prefixed members), and
+    `history_since`, the first second of the bins that only counts read after the
+    checkpoint can have gone into: the open bin's start, else the start of now's bin. Pure."""
+    since = binner.open.start if binner.open is not None else bin_start(now, binner.seconds)
+    members = {SINCE_MEMBER: np.array([since], dtype=np.int64)}
+    if binner.open is not None:
+        members |= {CHECKPOINT_PREFIX + name: array
+                    for name, array in binner.open.closed().arrays().items()}
+    return members
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The history's state in a checkpoint (open_bin_arrays): the open bin, if any, and
+    the first second of the bins written from counts the checkpoint had not read."""
+
+    open_bin: OpenBin | None
+    since: int
+
+
+def resumed_from(arrays: dict[str, npt.NDArray[Any]]) -> Resumed | None:
+    """The history's state in checkpoint members, or None (no history in that run)."""
+    if SINCE_MEMBER not in arrays:
+        return None
     members = {name[len(CHECKPOINT_PREFIX):]: array for name, array in arrays.items()
-               if name.startswith(CHECKPOINT_PREFIX)}
-    return OpenBin.resumed(ClosedBin.from_arrays(members)) if members else None
+               if name.startswith(CHECKPOINT_PREFIX) and name != SINCE_MEMBER}
+    open_bin = OpenBin.resumed(ClosedBin.from_arrays(members)) if members else None
+    return Resumed(open_bin, int(arrays[SINCE_MEMBER][0]))
 
 
 class HistorySink:
@@ -90,27 +110,38 @@ class HistorySink:
     writer thread sends them. A context manager: the thread runs inside it; on exit the
     thread gets a few seconds to send what waits (the rest stays spooled)."""
 
-    def __init__(self, options: HistoryOptions, resumed: OpenBin | None = None,
-                 mode: int = 0o600,
+    def __init__(self, options: HistoryOptions, resumed: Resumed | None = None,
+                 reread: bool = False, mode: int = 0o600,
                  names_of: Callable[[Keys], dict[int, Sequence[str]]] = lambda keys: {}
                  ) -> None:
-        """names_of: the names of a bin's peers when it closes (PeerTable.names_of)."""
+        """resumed: the history's state in the checkpoint the table resumed from (None
+        without one: the open bin a stopped run left, if any); reread: the counts after
+        that checkpoint will be read again (the pinned maps counted on), so the bins written
+        from them go (a Retraction, before anything this run spools). names_of: the names of
+        a bin's peers when it closes (PeerTable.names_of)."""
         self.options = options
         self._names_of = names_of
         self.spool = Spool(options.spool_dir, options.queue_bins, mode)
-        if resumed is None:
-            resumed = self._stopped_bin()
-        self.binner = Binner(options.bin_s, resumed)
+        if resumed is not None:
+            self.forget_stopped_bin()  # older than the checkpoint, which has the bin
+            if reread:
+                self.spool.put(Retraction(resumed.since))
+        open_bin = resumed.open_bin if resumed is not None else self._stopped_bin()
+        self.binner = Binner(options.bin_s, open_bin)
+        self.closed_bins = 0  # bins closed since the caller last looked (take_closed)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._error = ""
+        self._said_waiting = 0  # bins the last warning said were waiting
+        self._written = 0  # entries sent since the last failure
         self.spool_error = ""
 
     def _stopped_bin(self) -> OpenBin | None:
         path = self.spool.open_bin_path
         try:
-            return OpenBin.resumed(read_bin(path))
+            entry = read_entry(path)
+            return OpenBin.resumed(entry) if isinstance(entry, ClosedBin) else None
         except FileNotFoundError:
             return None
         except SpoolError as exc:
@@ -134,24 +165,29 @@ class HistorySink:
         return float(end) if end is not None else None
 
     def checkpoint_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return open_bin_arrays(self.binner)
+        return open_bin_arrays(self.binner, int(time.time()))
+
+    def take_closed(self) -> bool:
+        """Whether a bin closed since the last call: the daemon checkpoints then, so that a
+        crash re-reads as little as possible into a later bin."""
+        closed, self.closed_bins = self.closed_bins, 0
+        return closed > 0
 
     def spool_open_bin(self) -> None:
         """At a stop: send the open bin as far as it got, so the database has everything
         counted; it stays open, and the next run writes it again, whole, when it closes."""
         if self.binner.open is not None and len(self.binner.open):
             self._spool([self.binner.open.closed()])
+            self.closed_bins -= 1  # not closed: sent as far as it got
 
     def keep_open_bin(self) -> None:
         """At a plain stop (the checkpoint goes): keep the open bin for the next start."""
-        arrays = open_bin_arrays(self.binner)
         path = self.spool.open_bin_path
-        if not arrays:
+        if self.binner.open is None or not len(self.binner.open):
             path.unlink(missing_ok=True)
             return
         try:
-            save_arrays(path, {name[len(CHECKPOINT_PREFIX):]: array
-                               for name, array in arrays.items()}, self.spool.mode)
+            save_arrays(path, self.binner.open.closed().arrays(), self.spool.mode)
         except OSError as exc:
             log.warning("history: could not keep the open bin in %s, its counts are lost: %s",
                         path, exc)
@@ -172,6 +208,7 @@ class HistorySink:
 
     def _spool(self, closed: list[ClosedBin]) -> None:
         for done in closed:
+            self.closed_bins += 1
             done = done.with_names(self._names_of(done.keys))
             try:
                 self.spool.put(done)
@@ -200,10 +237,11 @@ class HistorySink:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.warning("history: the database did not take the waiting bins within %.0f s; "
-                        "%d wait in %s for the next start", timeout_s,
-                        len(self.spool.waiting()), self.spool.directory)
+        waiting = len(self.spool.waiting())
+        if waiting:
+            log.warning("history: %s did not take %s within %.0f s of the stop: %s in %s "
+                        "for the next start", self.database_shown, _bins(waiting), timeout_s,
+                        "they wait" if waiting > 1 else "it waits", self.spool.directory)
         self._thread = None
 
     def _run(self) -> None:
@@ -231,7 +269,7 @@ class HistorySink:
                     self._wake.wait(ROLL_UP_EVERY_S)
                     self._wake.clear()
                 except (sa.exc.SQLAlchemyError, store.HistoryError) as exc:
-                    self._failed(exc, delay)
+                    self._failed(exc)
                     if self._stopping.wait(delay):
                         return
                     delay = min(2 * delay, RETRY_MAX_S)
@@ -242,7 +280,7 @@ class HistorySink:
         options = self.options
         for path in self.spool.waiting():
             try:
-                closed = read_bin(path)
+                entry = read_entry(path)
             except FileNotFoundError:
                 continue  # dropped from a full queue meanwhile
             except SpoolError as exc:
@@ -250,23 +288,41 @@ class HistorySink:
                 log.error("history: %s; set aside as %s, not sent", exc, aside)
                 continue
             started = time.perf_counter()
-            store.write_bin(engine, options.source, closed, int(time.time()),
-                            options.retention)
+            if isinstance(entry, Retraction):
+                gone = store.retract(engine, options.source, entry.since, int(time.time()),
+                                     options.retention)
+                log.info("history: the bins from %s on were written from counts read again "
+                         "after the last checkpoint: taken out (%d rows), to be written once",
+                         store.when(entry.since), gone)
+            else:
+                store.write_bin(engine, options.source, entry, int(time.time()),
+                                options.retention)
+                log.debug("history: the bin of %s (%d peers) written in %.3f s",
+                          store.when(entry.start), len(entry), time.perf_counter() - started)
             self.spool.done(path)
-            log.debug("history: the bin of %s (%d peers) written in %.3f s",
-                      store.when(closed.start), len(closed), time.perf_counter() - started)
+            self._written += 1
 
-    def _failed(self, exc: Exception, delay: float) -> None:
+    def _failed(self, exc: Exception) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         text = f"{type(exc).__name__}: {first}"
-        if text != self._error:
-            log.warning("history: cannot write to %s (%s); %d bins wait in %s, trying again "
-                        "every %.0f s at most", self.database_shown, text,
-                        len(self.spool.waiting()), self.spool.directory, RETRY_MAX_S)
+        waiting = len(self.spool.waiting())
+        # Once per error, and again whenever the queue has grown by a day's worth of bins.
+        if text != self._error or waiting >= self._said_waiting + 86400 // self.options.bin_s:
+            log.warning("history: cannot write to %s (%s); %s in %s, trying again every "
+                        "%.0f s at most", self.database_shown, text,
+                        _bins(waiting, " wait"), self.spool.directory, RETRY_MAX_S)
+            self._said_waiting = waiting
         self._error = text
+        self._written = 0
 
     def _recovered(self) -> None:
         if self._error:
-            log.info("history: %s takes the bins again", self.database_shown)
+            log.info("history: %s takes the bins again: %s written", self.database_shown,
+                     _bins(self._written))
         self._error = ""
 
+
+
+def _bins(count: int, verb: str = "") -> str:
+    """'1 bin waits', '3 bins wait' (verb ' wait'), '1 bin', '0 bins'."""
+    return f"{count} bin{'s' * (count != 1)}" + (verb + "s" * (count == 1) if verb else "")

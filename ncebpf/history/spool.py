@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ncebpf.checkpoint import save_arrays
-from ncebpf.history.bins import ClosedBin
+from ncebpf.history.bins import ClosedBin, Retraction
+from ncebpf.history.store import when
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,29 @@ class SpoolError(Exception):
     """A spooled file cannot be read (damaged): it is set aside, not sent."""
 
 
-def read_bin(path: Path) -> ClosedBin:
-    """The closed bin in a spool file. Raises FileNotFoundError, or SpoolError."""
+def read_entry(path: Path) -> ClosedBin | Retraction:
+    """The closed bin or retraction in a spool file. Raises FileNotFoundError, SpoolError."""
     try:
         with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
-            return ClosedBin.from_arrays({name: archive[name] for name in archive.files})
+            arrays = {name: archive[name] for name in archive.files}
+        if "retract_since" in arrays:
+            return Retraction(int(arrays["retract_since"][0]))
+        return ClosedBin.from_arrays(arrays)
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise SpoolError(f"{path} is unreadable ({exc})") from exc
+
+
+def _span(path: Path) -> str:
+    """What a spooled file holds, for the log: 'the bin of 2026-11-30 14:05 UTC'."""
+    try:
+        entry = read_entry(path)
+    except (OSError, SpoolError):
+        return path.name
+    if isinstance(entry, Retraction):
+        return f"a retraction of the bins from {when(entry.since)}"
+    return f"the bin of {when(entry.start)} ({len(entry)} peers)"
 
 
 class Spool:
@@ -63,18 +78,22 @@ class Spool:
         """The spooled bins, oldest first."""
         return sorted(p for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit())
 
-    def put(self, closed: ClosedBin) -> None:
-        """Queue a closed bin (atomically, fsync'd: it outlives a crash from here on);
-        drop the oldest bins beyond the limit. Raises OSError when it cannot be written."""
+    def put(self, entry: ClosedBin | Retraction) -> None:
+        """Queue a closed bin or a retraction (atomically, fsync'd: it outlives a crash from
+        here on); drop the oldest bins beyond the limit. Raises OSError when it cannot be
+        written."""
         path = self.directory / f"{self._next:012d}{SUFFIX}"
         self._next += 1
-        save_arrays(path, closed.arrays(), self.mode)
+        save_arrays(path, entry.arrays(), self.mode)
         waiting = self.waiting()
         for old in waiting[:max(0, len(waiting) - self.limit)]:
-            old.unlink(missing_ok=True)
+            try:
+                span = _span(old)
+            finally:
+                old.unlink(missing_ok=True)
             self.dropped += 1
             log.warning("history: %d bins wait for the database, more than --history-queue "
-                        "%d: the oldest (%s) is dropped", len(waiting), self.limit, old.name)
+                        "%d: the oldest, %s, is dropped", len(waiting), self.limit, span)
 
     @staticmethod
     def done(path: Path) -> None:

@@ -379,6 +379,32 @@ def write_bin(engine: Engine, source: Source, closed: ClosedBin, now: int,
             _mark(connection, source, coarse, start - start % coarse)
 
 
+def retract(engine: Engine, source: Source, since: int, now: int,
+            retention: Retention = Retention()) -> int:
+    """Take source's finest bins from `since` on out (their counts are being read again:
+    ncebpf.history.sink), in one transaction, and note their hours and days to be summed
+    anew; never bins older than the finest are kept, whose hours could not be summed
+    again. Return how many peer rows went."""
+    kept_from = retention.kept_from(FIVE_MINUTES_S, now) or 0
+    since = max(since, kept_from)
+    with engine.begin() as connection:
+        h = host_bins.c
+        starts = [int(s) for s in connection.execute(sa.select(h.bin_start).where(
+            h.host == source.host, h.instance == source.instance, h.bin_seconds < HOUR_S,
+            h.bin_start >= since)).scalars()]
+        for start in starts:
+            for _fine, coarse in _chain(FIVE_MINUTES_S):
+                _mark(connection, source, coarse, start - start % coarse)
+        gone = 0
+        for table in (peer_bins, host_bins):
+            t = table.c
+            result = connection.execute(sa.delete(table).where(
+                t.host == source.host, t.instance == source.instance, t.bin_seconds < HOUR_S,
+                t.bin_start >= since))
+            gone += int(result.rowcount) if table is peer_bins else 0
+    return gone
+
+
 def roll_up(engine: Engine, source: Source, now: int, retention: Retention = Retention()
             ) -> tuple[int, int]:
     """Sum source's finer bins into the hourly and daily bins write_bin noted, once those
