@@ -532,12 +532,13 @@ def _history_url(history: str | None, name: str, config_file: Path | None,
     return f"sqlite:///{_instance(name, config_file, statedir, None).history_path}"
 
 
-def _history_snapshot(since: str | None, until: str | None, history: str | None,
-                      hosts: tuple[str, ...], name: str, config_file: Path | None,
-                      statedir: str | None) -> tuple[str, Any]:
+def _history_range(since: str | None, until: str | None, history: str | None, name: str,
+                   config_file: Path | None, statedir: str | None) -> tuple[str, int, int]:
+    """The database and the range [since, until) (epoch seconds) a command reads: --until
+    defaults to now, --since to a day before --until. Refuses a missing SQLite file."""
     import time
 
-    from ncebpf.history.query import history_snapshot, parse_time
+    from ncebpf.history.query import parse_time
     from ncebpf.history.store import sqlite_path
 
     now = time.time()
@@ -546,9 +547,18 @@ def _history_snapshot(since: str | None, until: str | None, history: str | None,
     if path is not None and not Path(path).is_file():
         raise NcebpfError(f"no history database {path}: ncebpf writes it while it counts "
                           "(unless --no-history); give --history URL for another")
-    return url, history_snapshot(url, parse_time(since or "24h", now, "--since"),
-                                 parse_time(until, now, "--until") if until else int(now),
-                                 hosts)
+    last = parse_time(until, now, "--until") if until else int(now)
+    first = parse_time(since, now, "--since") if since else last - 86400
+    return url, first, last
+
+
+def _history_snapshot(since: str | None, until: str | None, history: str | None,
+                      hosts: tuple[str, ...], name: str, config_file: Path | None,
+                      statedir: str | None) -> tuple[str, Any]:
+    from ncebpf.history.query import history_snapshot
+
+    url, first, last = _history_range(since, until, history, name, config_file, statedir)
+    return url, history_snapshot(url, first, last, hosts)
 
 
 @main.group()
@@ -570,23 +580,18 @@ def history_export(fmt: str, output: str, since: str | None, until: str | None,
                    bpffs: str | None) -> None:
     """Every peer's counts per bin over a range, for audits and other tools.
 
-    Rows at the finest resolution the database still keeps: 5-minute bins for
-    the last week (--keep-5m), hourly ones for 90 days, daily ones before.
-    Times are epoch seconds and UTC ISO 8601.
+    Rows at the finest resolution the database still keeps: the daemon's bins
+    (--history-bin, 5 minutes by default) for --keep-5m days, hourly ones for
+    --keep-hourly days, daily ones before. Times are epoch seconds; a bin's
+    start also in UTC ISO 8601.
 
     \b
       ncebpf history export --since 7d > week.csv
       ncebpf history export --since 2026-11-01 --until 2026-12-01 --format json -o nov.json
     """
-    import time
-
     from ncebpf.history.export import export_pieces
-    from ncebpf.history.query import parse_time
 
-    now = time.time()
-    url = _history_url(history, name, config_file, statedir)
-    first = parse_time(since or "24h", now, "--since")
-    last = parse_time(until, now, "--until") if until else int(now)
+    url, first, last = _history_range(since, until, history, name, config_file, statedir)
     _write_output(output, export_pieces(url, first, last, hosts, fmt))
 
 

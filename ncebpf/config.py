@@ -578,11 +578,12 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     elif not history:
         history = f"sqlite:///{instance.history_path}"
     else:
-        from ncebpf.history.store import HistoryError, database_url, sqlite_path
+        from ncebpf.history.store import HistoryUrlError, absolute, database_url, sqlite_path
         try:
             database_url(history)
-        except HistoryError as exc:
+        except HistoryUrlError as exc:
             raise ConfigError(str(exc)) from None
+        history = absolute(history)
         path = sqlite_path(history)
         if path is not None and not _writable_dir(Path(path).absolute().parent, Path()):
             raise SETTING["history"].refuse(f"the directory of {path} is missing or not "
@@ -590,6 +591,12 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     history_bin_s = _value(settings, "history_bin_s", DEFAULT_HISTORY_BIN_S)
     if 3600 % history_bin_s:
         raise SETTING["history_bin_s"].refuse(f"{history_bin_s} does not divide an hour")
+    keep_5m = _value(settings, "keep_5m_days", DEFAULT_KEEP_5M_DAYS)
+    keep_hourly = _value(settings, "keep_hourly_days", DEFAULT_KEEP_HOURLY_DAYS)
+    if keep_hourly < keep_5m:
+        raise SETTING["keep_hourly_days"].refuse(
+            f"{_figure(keep_hourly)} is less than keep_5m's {_figure(keep_5m)}: hourly bins "
+            "are summed from the finer ones, so they are kept at least as long")
 
     return RunConfig(
         iface=iface, instance=instance, filter=expression,
@@ -605,8 +612,7 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
         checkpoint_s=_value(settings, "checkpoint_s", DEFAULT_CHECKPOINT_S),
         history=history, history_bin_s=history_bin_s,
-        keep_5m_days=_value(settings, "keep_5m_days", DEFAULT_KEEP_5M_DAYS),
-        keep_hourly_days=_value(settings, "keep_hourly_days", DEFAULT_KEEP_HOURLY_DAYS),
+        keep_5m_days=keep_5m, keep_hourly_days=keep_hourly,
         history_queue=_value(settings, "history_queue", DEFAULT_HISTORY_QUEUE),
     )
 
@@ -626,11 +632,14 @@ def check_environment(config: RunConfig) -> None:
     the daemon compiles it (FilterSyntaxError, libpcap's own message). The
     filters only a capture runs (`inbound`, `outbound`, `ifindex N`: socket
     metadata) compile there; auto mode counts them with libpcap, and only an
-    explicit kernel mode refuses them, as the daemon does. Exit 2; reads the
-    interface table, needs no root. build() stays pure: this is its impure half.
+    explicit kernel mode refuses them, as the daemon does. An SQLite history file that
+    is there must be a history ncebpf can write (a server database is the daemon's to
+    reach: it may be down for now). Exit 2; reads the interface table, needs no root.
+    build() stays pure: this is its impure half.
     """
     from ncebpf.filter.pcap import compile_filter
     from ncebpf.filter.translate import translate
+    from ncebpf.history.store import check_sqlite
     from ncebpf.kernel.netif import ifindex_of, ipv4_netmask
 
     ifindex_of(config.iface)
@@ -643,6 +652,10 @@ def check_environment(config: RunConfig) -> None:
                                config.snaplen)
         if reason is not None:
             raise UsageError(reason)
+    if config.history:
+        problem = check_sqlite(config.history)
+        if problem:
+            raise SETTING["history"].refuse(problem)
 
 
 def _needle(settings: Mapping[str, Any], field: str) -> str:

@@ -345,3 +345,18 @@ def test_history_is_on_by_default_beside_the_dumps(tmp_path: Path) -> None:
 def test_bad_history_settings_say_what_to_give(tmp_path: Path, settings: dict[str, Any],
                                                message: str) -> None:
     assert message in refused(tmp_path, iface="eth1", **settings)
+
+
+def test_history_paths_and_files_are_checked_before_the_start(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert config(tmp_path, iface="eth1", history="sqlite:///rel.db").history == \
+        f"sqlite:///{tmp_path}/rel.db"  # the daemon runs from /
+    assert "less than keep_5m's 10" in refused(tmp_path, iface="eth1", keep_5m_days=10,
+                                               keep_hourly_days=5)
+    (tmp_path / "not.db").write_text("not a database")
+    result = CliRunner().invoke(main, ["config", "--iface", "lo", "--statedir", str(tmp_path),
+                                       "--piddir", str(tmp_path), "--history",
+                                       f"sqlite:///{tmp_path}/not.db"])
+    assert result.exit_code == 2 and "is not an SQLite database" in result.output

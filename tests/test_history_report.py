@@ -179,3 +179,35 @@ def test_a_chart_draws_the_busiest_groups_it_can_read() -> None:
     drawn, left_out = query.drawn_groups(report)
     assert left_out == 1  # fd77:1::/48, the busiest, has too many peers to read
     assert [g.key for g in drawn] == [f"10.77.{g}.0/24" for g in range(query.SERIES_GROUPS)]
+
+
+def test_more_history_errors_say_what_to_do(tmp_path: Path, database: Path) -> None:
+    url = f"sqlite:///{database}"
+    typo = cli("report", "--since", "7d", "--history", url, "--host", "h1", "--host", "h9",
+               check=False)
+    assert typo.returncode == 2 and "--host h9: not in the history" in typo.stderr
+    missing = cli("history", "export", "--statedir", str(tmp_path), "--name", "none",
+                  check=False)
+    assert missing.returncode == 1 and "no history database" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
+    empty = tmp_path / "empty.db"
+    sqlite3_connect(empty)
+    foreign = cli("report", "--since", "1h", "--history", f"sqlite:///{empty}", check=False)
+    assert foreign.returncode == 1 and "holds no ncebpf history" in foreign.stderr
+    ancient = cli("report", "--since", "99999999d", "--history", url, check=False)
+    assert ancient.returncode == 2 and "is before 1970" in ancient.stderr
+    bad_url = cli("history", "export", "--history", "foo://bar", check=False)
+    assert bad_url.returncode == 2 and "'foo' databases are not supported" in bad_url.stderr
+
+
+def sqlite3_connect(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE other (x)")
+
+
+def test_until_alone_reads_the_day_before_it(database: Path) -> None:
+    out = cli("report", "--until", "2026-09-22T00:00:00+00:00", "--history",
+              f"sqlite:///{database}", "--host", "h1", "--format", "json").stdout
+    assert json.loads(out)["dump"]["totals"]["bytes"] == 288 * 2500

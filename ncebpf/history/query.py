@@ -37,17 +37,21 @@ def parse_time(text: str, now: float, option: str) -> int:
     `2026-11-01T08:00`, `2026-11-01 08:00+01:00`. Raises UsageError naming option."""
     given = text.strip()
     span = _SPAN.fullmatch(given)
-    if span:
-        return int(now - float(span.group(1)) * _SPAN_S[span.group(2)])
     try:
-        moment = datetime.datetime.fromisoformat(given)
-    except ValueError:
+        if span:
+            epoch = int(now - float(span.group(1)) * _SPAN_S[span.group(2)])
+        else:
+            moment = datetime.datetime.fromisoformat(given)
+            if moment.tzinfo is None:
+                moment = moment.astimezone()  # local time, as date(1) reads it
+            epoch = int(moment.timestamp())
+    except (ValueError, OverflowError):
         raise UsageError(f"{option} {text!r}: give a date (2026-11-01), a date and time "
                          "(2026-11-01T08:00, local time unless an offset follows) or a span "
                          "back from now (90m, 24h, 7d, 2w)") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time, as date(1) reads it
-    return int(moment.timestamp())
+    if epoch < 0:
+        raise UsageError(f"{option} {text!r} is before 1970: nothing was counted then")
+    return epoch
 
 
 def range_snapshot(sums: Sequence[store.PeerSums], since: int, until: int, source: str,

@@ -27,6 +27,7 @@ one. Nothing is ever dropped.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -105,29 +106,45 @@ _DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres":
 
 
 class HistoryError(NcebpfError):
-    """The history database cannot be used as asked (a bad URL, a newer schema)."""
+    """The history database cannot be used as asked (a newer schema, unreadable)."""
+
+
+class HistoryUrlError(HistoryError, UsageError):
+    """A --history value that is no database URL ncebpf can use (exit status 2)."""
 
 
 def database_url(text: str) -> sa.URL:
     """The SQLAlchemy URL of a --history value: sqlite:///PATH, postgresql://… or
-    mysql://… (mariadb://…); a driver given (postgresql+psycopg2://) is kept.
-    Raises HistoryError for anything else."""
+    mysql://… (mariadb://…); a driver given (postgresql+psycopg2://) is kept; a relative
+    SQLite path is made absolute (the daemon runs from /). Raises HistoryUrlError for
+    anything else."""
     try:
         url = sa.make_url(text)
     except sa.exc.ArgumentError:
-        raise HistoryError(f"--history {text!r} is not a database URL: give "
+        raise HistoryUrlError(f"--history {text!r} is not a database URL: give "
                            "sqlite:///PATH, postgresql://USER@HOST/DB or "
                            "mysql://USER@HOST/DB") from None
     backend = url.get_backend_name()
     if backend not in _DRIVERS:
-        raise HistoryError(f"--history: {backend!r} databases are not supported: give "
+        raise HistoryUrlError(f"--history: {backend!r} databases are not supported: give "
                            "sqlite:///PATH, postgresql://… or mysql://…")
     if "+" not in url.drivername:
         url = url.set(drivername=_DRIVERS[url.drivername])
     if backend == "sqlite" and not url.database:
-        raise HistoryError("--history sqlite:///PATH needs a file (an in-memory database "
-                           "would forget everything at exit)")
+        raise HistoryUrlError("--history sqlite:///PATH needs a file (an in-memory database "
+                              "would forget everything at exit)")
+    if backend == "sqlite" and url.database and not url.database.startswith("/"):
+        url = url.set(database=os.path.abspath(url.database))
     return url
+
+
+def absolute(text: str) -> str:
+    """A --history value with a relative SQLite path made absolute, for the daemon, which
+    runs from /; other values as they are."""
+    path = sqlite_path(text)
+    if path is None or path.startswith("/"):
+        return text
+    return text[:len(text) - len(path)] + os.path.abspath(path)
 
 
 def shown(url: sa.URL) -> str:
@@ -205,7 +222,9 @@ def migrate(engine: Engine) -> tuple[int, int]:
             connection.execute(sa.delete(meta).where(meta.c.name == "schema_version"))
             connection.execute(sa.insert(meta).values(name="schema_version",
                                                       value=str(version)))
-        log.info("history database %s: schema version %d", shown(engine.url), version)
+    if found < SCHEMA_VERSION:
+        log.info("history database %s: %s schema version %d", shown(engine.url),
+                 f"upgraded from {found} to" if found else "created with", SCHEMA_VERSION)
     return found, SCHEMA_VERSION
 
 
@@ -700,6 +719,10 @@ def reading(text: str) -> Iterator[Engine]:
     naming the database."""
     engine = connect(text)
     try:
+        with engine.connect() as connection:
+            if schema_version(connection) == 0:
+                raise HistoryError(f"{shown(engine.url)} holds no ncebpf history (yet): "
+                                   "give --history the database the daemon writes")
         migrate(engine)
         yield engine
     except sa.exc.SQLAlchemyError as exc:
@@ -714,12 +737,34 @@ def chosen_sources(engine: Engine, hosts: Sequence[str]) -> list[Source]:
     """The sources --host names (HOST or HOST/NAME; every one when none). Raises
     UsageError naming the sources there are when none matches."""
     known = sources(engine)
-    chosen = [s for s in known if not hosts or s.host in hosts or
-              f"{s.host}/{s.instance}" in hosts]
-    if hosts and not chosen:
+    unknown = [h for h in hosts if not any(h in (s.host, f"{s.host}/{s.instance}")
+                                           for s in known)]
+    if unknown:
         there = ", ".join(f"{s.host}/{s.instance}" for s in known) or "none yet"
-        raise UsageError(f"--host {', '.join(hosts)}: not in the history (it has: {there})")
-    return chosen
+        raise UsageError(f"--host {', '.join(unknown)}: not in the history (it has: {there})")
+    return [s for s in known if not hosts or s.host in hosts or
+            f"{s.host}/{s.instance}" in hosts]
+
+
+def check_sqlite(text: str) -> str:
+    """What keeps an existing SQLite history file from being written ('' when nothing
+    does, or when the URL is not SQLite's or the file not there yet): not a database, a
+    schema newer than this ncebpf's. Opens it read-only; creates nothing."""
+    path = sqlite_path(text)
+    if path is None or not os.path.isfile(path):
+        return ""
+    engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        with engine.connect() as connection:
+            version = schema_version(connection)
+    except sa.exc.DatabaseError as exc:
+        return f"{path} is not an SQLite database ({str(exc.orig).strip()})"
+    finally:
+        engine.dispose()
+    if version > SCHEMA_VERSION:
+        return (f"{path} has history schema version {version}, newer than this ncebpf's "
+                f"{SCHEMA_VERSION}: upgrade ncebpf, or give another --history")
+    return ""
 
 
 def sqlite_path(text: str) -> str | None:
