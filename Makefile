@@ -79,6 +79,7 @@ bench: install-dev
 	$(PY) bench/loop_stall_bench.py
 	$(PY) bench/report_bench.py
 	$(PY) bench/report_html_bench.py --browser
+	$(PY) bench/history_bench.py
 
 # ncebpf@NAME.service runs $(PREFIX)/bin/ncebpf: its own venv (Debian's python3 with system
 # site-packages, for BCC) holding a plain, non-editable install of this source tree, so the

@@ -82,8 +82,6 @@ peer_bins = sa.Table(
     sa.Column("names", sa.String(1024), nullable=True),
     sqlite_with_rowid=False,  # the key is the table: stored once, not beside a rowid table
 )
-# Reports ask for a time range over every host: the key starts with the host.
-BY_TIME = sa.Index("peer_bins_by_time", peer_bins.c.bin_start, peer_bins.c.bin_seconds)
 
 # Version 2: each bin's totals over its peers (charts over time read these, not the peers).
 host_bins = sa.Table(
@@ -164,18 +162,17 @@ def connect(text: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash
+            cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bin's index pages stay
             cursor.close()
     return engine
 
 
 def _create_v1(connection: Connection) -> None:
-    """peer_bins with its time index, and rollup_pending (not the indexes of later versions,
-    which their migrations make)."""
-    for table, indexes in ((peer_bins, [BY_TIME]), (rollup_pending, [])):
+    """peer_bins and rollup_pending (not the indexes of later versions, which their
+    migrations make). Every query names its host and instance: the key's order serves."""
+    for table in (peer_bins, rollup_pending):
         if not sa.inspect(connection).has_table(table.name):
             connection.execute(sa.schema.CreateTable(table))
-            for index in indexes:
-                index.create(connection)
 
 
 def _host_bins_v2(connection: Connection) -> None:
