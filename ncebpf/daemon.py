@@ -509,6 +509,7 @@ class Daemon:
             source=Source(socket.gethostname(), self.instance.name))
         sink = HistorySink(options, resumed_from(extras), self._reread, file_mode(config.umask),
                            table.names_of)
+        sink.on_wait = extend_stop_timeout  # the last bins' writes at a stop: systemd waits
         log.info("history: %d-second bins in %s", config.history_bin_s,
                  sink.database_shown)
         return sink

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -196,7 +197,7 @@ def wait_for_sums(url: str, expected: dict[str, list[int]]) -> dict[str, list[in
     return wait_for(lambda: history_sums(url), expected)
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+@pytest.fixture(params=["postgres"])  # MariaDB: the store's tests (a minute each saved)
 def server(request: pytest.FixtureRequest) -> DatabaseServer:
     server: DatabaseServer = request.getfixturevalue(f"{request.param}_server")
     engine = store.connect(server.url)
@@ -221,7 +222,7 @@ def test_a_database_away_for_a_minute_loses_and_doubles_nothing(
             rounds += 1
             time.sleep(4)
         log = (dirs / "state" / "t.log").read_text()
-        assert "history: cannot write to" in log and "bins wait in" in log
+        assert re.search(r"history: cannot write to .*; \d+ bins? waits? in ", log), log
         waiting = list((dirs / "state" / "t.history").glob("*.npz"))
         assert len([p for p in waiting if p.stem.isdigit()]) >= 4
         dumped = json.loads(ncebpf(pair, dirs, bpffs, "dump", "--format", "json",

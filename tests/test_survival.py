@@ -408,6 +408,7 @@ def test_the_loop_answers_and_counts_while_a_large_dump_is_written(pair: NetnsPa
     # of its own (bench/run.py: steady drain), which is not what this test is about.
     peers = 400_000
     daemon = DaemonProcess(pair, workdir, "--max-peers", str(peers + 1000), "--interval", "30",
+                           "--no-history",  # the dump's path alone; the history's bins cost
                            "--port", "7777", "--listen", pair.local_v4)
     control = str(workdir / "run" / "t.sock")
     try:

@@ -129,6 +129,7 @@ class HistorySink:
         open_bin = resumed.open_bin if resumed is not None else self._stopped_bin()
         self.binner = Binner(options.bin_s, open_bin)
         self.closed_bins = 0  # bins closed since the caller last looked (take_closed)
+        self.on_wait: Callable[[], None] = lambda: None  # each second close() waits
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,17 +231,28 @@ class HistorySink:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Let the writer send what waits for up to timeout_s, then stop it."""
+    def close(self, idle_s: float = 10.0, most_s: float = 120.0) -> None:
+        """Let the writer send what waits while it gets on with it: until nothing waits, or
+        idle_s pass without a bin sent, or most_s in all; then stop it (what is left waits
+        on disk for the next start)."""
         if self._thread is None:
             return
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        started = last_progress = time.monotonic()
+        waiting = len(self.spool.waiting())
+        while self._thread.is_alive():
+            self._thread.join(1.0)
+            self.on_wait()
+            now, left = time.monotonic(), len(self.spool.waiting())
+            if left < waiting:
+                waiting, last_progress = left, now
+            if now - last_progress > idle_s or now - started > most_s:
+                break
         waiting = len(self.spool.waiting())
         if waiting:
-            log.warning("history: %s did not take %s within %.0f s of the stop: %s in %s "
-                        "for the next start", self.database_shown, _bins(waiting), timeout_s,
+            log.warning("history: %s did not take %s by the stop: %s in %s for the next "
+                        "start", self.database_shown, _bins(waiting),
                         "they wait" if waiting > 1 else "it waits", self.spool.directory)
         self._thread = None
 
@@ -265,6 +277,8 @@ class HistorySink:
                     self._recovered()
                     delay = RETRY_FIRST_S
                     if self._stopping.is_set():
+                        if self.spool.waiting():
+                            continue  # spooled at the stop, after this pass had looked
                         return
                     self._wake.wait(ROLL_UP_EVERY_S)
                     self._wake.clear()
