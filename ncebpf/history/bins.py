@@ -55,10 +55,6 @@ class ClosedBin:
     def __len__(self) -> int:
         return len(self.keys)
 
-    @property
-    def end(self) -> int:
-        return self.start + self.seconds
-
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         """Members of an .npz archive (ncebpf.history.spool); from_arrays reads them back."""
         names = json.dumps([[at, list(names)] for at, names in self.names.items()])

@@ -63,12 +63,11 @@ class HistoryOptions:
 
 @dataclass(frozen=True)
 class HistoryStatus:
-    """For the dump's totals and the log: bins waiting for the database, bins dropped
-    from a full queue, and the database's last error ('' when it is fine)."""
+    """For the dump's totals: bins waiting for the database, bins dropped from a full
+    queue."""
 
     pending_bins: int
     dropped_bins: int
-    error: str
 
 
 SINCE_MEMBER = "history_since"
@@ -136,7 +135,6 @@ class HistorySink:
         self._error = ""
         self._said_waiting = 0  # bins the last warning said were waiting
         self._written = 0  # entries sent since the last failure
-        self.spool_error = ""
 
     def _stopped_bin(self) -> OpenBin | None:
         path = self.spool.open_bin_path
@@ -204,8 +202,7 @@ class HistorySink:
         return store.shown(store.database_url(self.options.url))
 
     def status(self) -> HistoryStatus:
-        return HistoryStatus(len(self.spool.waiting()), self.spool.dropped,
-                             self._error or self.spool_error)
+        return HistoryStatus(len(self.spool.waiting()), self.spool.dropped)
 
     def _spool(self, closed: list[ClosedBin]) -> None:
         for done in closed:
@@ -213,9 +210,7 @@ class HistorySink:
             done = done.with_names(self._names_of(done.keys))
             try:
                 self.spool.put(done)
-                self.spool_error = ""
             except OSError as exc:
-                self.spool_error = str(exc)
                 log.warning("history: could not spool the bin of %s (%d peers) in %s, it is "
                             "lost: %s", store.when(done.start), len(done),
                             self.spool.directory, exc)
