@@ -233,8 +233,10 @@ def main(ctx: click.Context, debug: bool) -> None:
       ncebpf dump --format json                  # a fresh dump, once written
     """
     ctx.obj = {"debug": debug}
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format=_log_format(), datefmt="%Y-%m-%dT%H:%M:%S%z", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=_log_format(), datefmt="%Y-%m-%dT%H:%M:%S%z",
+                        stream=sys.stderr)
+    # ncebpf's own details only: pyroute2 logs every netlink message at DEBUG.
+    logging.getLogger("ncebpf").setLevel(logging.DEBUG if debug else logging.INFO)
     # A log on a full disk must not end the run: drop the line, keep counting.
     logging.raiseExceptions = False
 

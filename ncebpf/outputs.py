@@ -19,6 +19,9 @@ draining and answering signals, UDP and control requests. The rules:
 - Checkpoints are copied on the loop and saved by the same worker: never two
   at once, in the order taken, so none holds state older than the one before.
   One asked for while one is being saved is taken when that one is done.
+- Waiters hear how far a long dump got from the worker, as it writes, and from
+  the loop until the first piece is written: a turn of the loop that drains a
+  large table can take a second, longer than a client may wait for a line.
 """
 
 from __future__ import annotations
@@ -111,9 +114,6 @@ class _Flight:
     done: int = 0
     total: int = 0
 
-    def note(self, done: int, total: int) -> None:
-        """The writer's progress callback, on the worker's thread: two plain stores."""
-        self.done, self.total = done, total
 
 
 @dataclass
@@ -136,12 +136,16 @@ class DumpService:
     _reset_owed: bool = False
     _flight: _Flight | None = None
     _next_progress: float = 0.0  # time.monotonic()
+    # The loop and the worker both tell progress: one line at a time on a waiter's socket,
+    # and the lists of waiters never changed under the one telling.
+    _telling: threading.Lock = field(default_factory=threading.Lock)
 
     def ask(self, waiter: DumpWaiter | None = None, reset: bool = False) -> None:
         """Owe a dump taken from now on; waiter hears of it; reset: start over once it is
         written (HUP). service() starts it, at once or after the write in flight."""
         if waiter is not None:
-            self._waiting.append(waiter)
+            with self._telling:
+                self._waiting.append(waiter)
         self._owed = True
         self._reset_owed |= reset
 
@@ -183,16 +187,25 @@ class DumpService:
 
     def take_waiting(self) -> list[DumpWaiter]:
         """The waiters for a dump not started yet (a stop: the final dump answers them)."""
-        waiting, self._waiting, self._owed, self._reset_owed = self._waiting, [], False, False
+        with self._telling:
+            waiting, self._waiting = self._waiting, []
+        self._owed, self._reset_owed = False, False
         return waiting
 
     def _tell_progress(self) -> None:
-        self._next_progress = time.monotonic() + PROGRESS_EVERY_S
-        flight = self._flight
-        if flight is None or not flight.total:
-            return
-        for waiter in flight.waiters + self._waiting:
-            waiter.progress(flight.done, flight.total)
+        with self._telling:
+            self._next_progress = time.monotonic() + PROGRESS_EVERY_S
+            flight = self._flight
+            if flight is None or not flight.total:
+                return
+            for waiter in flight.waiters + self._waiting:
+                waiter.progress(flight.done, flight.total)
+
+    def _written_so_far(self, flight: _Flight, done: int, total: int) -> None:
+        """The writer's progress callback, on the worker's thread."""
+        flight.done, flight.total = done, total
+        if time.monotonic() >= self._next_progress:
+            self._tell_progress()
 
     def _start(self) -> None:
         self.drain()
@@ -200,15 +213,21 @@ class DumpService:
         snapshot = self.table.snapshot_unordered()
         # Its size is known now: until the writer's first piece (the key-order sort takes
         # seconds at 1 M peers on a loaded machine) waiters hear (0, total), not silence.
-        flight = self._flight = _Flight(self._waiting, self._reset_owed, current,
-                                        total=len(snapshot))
-        self._waiting, self._owed, self._reset_owed = [], False, False
+        with self._telling:
+            flight = self._flight = _Flight(self._waiting, self._reset_owed, current,
+                                            total=len(snapshot))
+            self._waiting = []
+        self._owed, self._reset_owed = False, False
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         writer = self.writer
-        self.worker.submit(lambda: writer.write(snapshot, current, flight.note), self._finished)
+        self.worker.submit(
+            lambda: writer.write(snapshot, current,
+                                 lambda done, total: self._written_so_far(flight, done, total)),
+            self._finished)
 
     def _finished(self, outcome: Outcome) -> None:
-        flight, self._flight = self._flight, None
+        with self._telling:  # the worker is done: nobody tells this flight's waiters any more
+            flight, self._flight = self._flight, None
         assert flight is not None
         if isinstance(outcome.error, OutputError):  # the writer logged it
             if flight.reset:
