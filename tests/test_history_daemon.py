@@ -49,6 +49,13 @@ def next_bin(seconds: int = BIN_S) -> None:
     time.sleep(seconds - time.time() % seconds + 1.5)
 
 
+def room_in_bin(seconds: int, needed: float) -> None:
+    """Be where the current bin of `seconds` has `needed` seconds left (times TIME_SCALE),
+    waiting into the next one only when it has not."""
+    if seconds - time.time() % seconds < needed * TIME_SCALE:
+        next_bin(seconds)
+
+
 def database_rows(workdir: Path) -> list[tuple[int, int, str, int, int, int, int]]:
     with sqlite3.connect(workdir / "state" / "t.db") as db:
         return db.execute(
@@ -125,18 +132,18 @@ def test_the_database_holds_the_dump_per_peer_per_bin(pair: NetnsPair, dirs: Pat
 
 def test_a_stop_and_start_within_a_bin_neither_loses_nor_doubles(pair: NetnsPair, dirs: Path,
                                                                 bpffs: Path) -> None:  # noqa: F811
-    next_bin(60)  # a whole minute for what follows: the same 60-second bin
-    ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "60")
+    room_in_bin(120, 50)  # what follows takes ~15 s: all of it in one 2-minute bin
+    ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "120")
     try:
         send_round(pair, dirs)
         ncebpf(pair, dirs, bpffs, "stop")
-        ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "60")
+        ncebpf(pair, dirs, bpffs, "start", "--mode", "tc", "--history-bin", "120")
         send_round(pair, dirs)
     finally:
         ncebpf(pair, dirs, bpffs, "stop", check=False)
     with sqlite3.connect(dirs / "state" / "t.db") as db:
         rows = db.execute("SELECT bin_start, peer, in_packets FROM peer_bins "
-                          "WHERE bin_seconds = 60 ORDER BY peer").fetchall()
+                          "WHERE bin_seconds = 120 ORDER BY peer").fetchall()
     assert len({start for start, _, _ in rows}) == 1, rows
     assert {peer: n for _, peer, n in rows} == {p: 2 * n for p, n in PEERS.items()}
 
