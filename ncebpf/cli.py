@@ -541,10 +541,11 @@ def _history_range(since: str | None, until: str | None, history: str | None, na
     import time
 
     from ncebpf.history.query import parse_time
-    from ncebpf.history.store import sqlite_path
+    from ncebpf.history.store import database_url, sqlite_path
 
     now = time.time()
     url = _history_url(history, name, config_file, statedir)
+    database_url(url)  # a URL it cannot use is a usage error before anything else
     path = sqlite_path(url)
     if path is not None and not Path(path).is_file():
         raise NcebpfError(f"no history database {path}: ncebpf writes it while it counts "

@@ -395,14 +395,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between checkpoints of the table (also at every dump and at stop).",
             minimum=1, maximum=86400, unit="seconds"),
     Setting("history", "history", "--history", "text",
-            "Keep each peer's counts per time bin in this database: sqlite:///PATH, "
-            "postgresql://USER@HOST/DB or mysql://USER@HOST/DB; \"off\" keeps none.",
+            "Keep each peer's counts per time bin in this database: sqlite:/// and an "
+            "absolute path (sqlite:////var/lib/x.db), postgresql://USER@HOST/DB or "
+            "mysql://USER@HOST/DB; \"off\" keeps none.",
             default_text="sqlite:///<statedir>/<name>.db",
             allowed_text='a database URL or "off", in quotes'),
     Setting("no_history", None, "--no-history", "boolean",
             "Keep no history (the same as --history off)."),
     Setting("history_bin_s", "history_bin", "--history-bin", "integer",
-            "Seconds in a history bin, aligned to the clock; must divide an hour.",
+            "Seconds in a history bin, aligned to the clock: 10 to 3600, dividing an hour.",
             minimum=10, maximum=3600, unit="seconds"),
     Setting("keep_5m_days", "keep_5m", "--keep-5m", "number",
             "Days the history keeps its finest bins; then only their hourly sums.",
@@ -578,14 +579,13 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     elif not history:
         history = f"sqlite:///{instance.history_path}"
     else:
-        from ncebpf.history.store import HistoryUrlError, absolute, database_url, sqlite_path
+        from ncebpf.history.store import HistoryUrlError, database_url, sqlite_path
         try:
             database_url(history)
         except HistoryUrlError as exc:
             raise ConfigError(str(exc)) from None
-        history = absolute(history)
         path = sqlite_path(history)
-        if path is not None and not _writable_dir(Path(path).absolute().parent, Path()):
+        if path is not None and not _writable_dir(Path(path).parent, Path()):
             raise SETTING["history"].refuse(f"the directory of {path} is missing or not "
                                             "writable")
     history_bin_s = _value(settings, "history_bin_s", DEFAULT_HISTORY_BIN_S)

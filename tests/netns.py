@@ -25,6 +25,9 @@ PREFIX = "nct"
 # an exit, a subprocess. scripts/vm-test sets it under TCG emulation, which runs the guest about
 # 10-20x slower. It never stretches what a test checks about ncebpf's own deadlines.
 TIME_SCALE = float(os.environ.get("NCEBPF_TEST_TIME_SCALE", "1"))
+# Daemons without the history (user space only, tested on the host): .ci/run's VM leg tests
+# the kernel's side, where every start and stop of the history costs seconds under TCG.
+NO_HISTORY = ["--no-history"] if os.environ.get("NCEBPF_TEST_NO_HISTORY") == "1" else []
 
 
 def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -155,8 +158,8 @@ class DaemonProcess:
         iface = ["--iface", pair.local_if] if with_iface else []
         # Tests never ask the machine's own DNS servers: only a test server, when asked to.
         names = [] if resolve else ["--no-resolve"]
-        self.proc = pair.popen(pair.local, *NCEBPF, "attach", *iface, *names, *self.args,
-                               *args)
+        self.proc = pair.popen(pair.local, *NCEBPF, "attach", *iface, *names, *NO_HISTORY,
+                               *self.args, *args)
         self.stderr = ""
         self._wait_ready()
 

@@ -7,7 +7,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,23 @@ def test_until_alone_reads_the_day_before_it(database: Path) -> None:
     out = cli("report", "--until", "2026-09-22T00:00:00+00:00", "--history",
               f"sqlite:///{database}", "--host", "h1", "--format", "json").stdout
     assert json.loads(out)["dump"]["totals"]["bytes"] == 288 * 2500
+
+
+def test_anyone_who_may_read_the_file_reads_the_history(database: Path,
+                                                        privileged: None) -> None:
+    """A report from cron as www-data: the file and its directory readable, not writable,
+    and no daemon has it open (no -wal or -shm to share)."""
+    shared = Path(tempfile.mkdtemp(prefix="ncebpf-history-", dir="/tmp"))  # pytest's is 0700
+    try:
+        os.chmod(shared, 0o755)
+        copy = shutil.copy(database, shared / "t.db")
+        os.chmod(copy, 0o644)
+        out = subprocess.run(["runuser", "-u", "nobody", "--", *NCEBPF, "report", "--since",
+                              "2026-09-21T00:00:00+00:00", "--until",
+                              "2026-09-22T00:00:00+00:00", "--history",
+                              f"sqlite:///{copy}", "--format", "json"],
+                             capture_output=True, text=True, check=False, cwd="/")
+    finally:
+        shutil.rmtree(shared)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["dump"]["totals"]["bytes"] == 300 * 2500

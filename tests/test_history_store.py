@@ -315,3 +315,32 @@ def test_a_retraction_takes_bins_out_and_their_hours_are_summed_anew(engine: sa.
     assert rows(engine, 3600) == [(3600, T0, "10.77.0.2", 8, 8, 8, 8)]
     assert rows(engine, DAY) == [(DAY, T0, "10.77.0.2", 8, 8, 8, 8)]
     assert host_totals(engine) == host_totals_from_peers(engine)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_server_that_never_answers_fails_a_connection_in_seconds(
+        tmp_path: Path, scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and says nothing (hung, a firewall's half-open
+    state) must not hold the writer for ever: it fails, and the sink logs it and retries.
+    PyMySQL reads the greeting under its read timeout (STATEMENT_TIMEOUT_S): shortened."""
+    import socket
+    import time
+
+    monkeypatch.setitem(store._TIMEOUTS["mysql"], "read_timeout", 3)
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = tmp_path / (".s.PGSQL.5432" if scheme == "postgresql" else "mysqld.sock")
+    listener.bind(str(path))
+    listener.listen(4)
+    url = f"postgresql://u@/db?host={tmp_path}" if scheme == "postgresql" else \
+        f"mysql://u@localhost/db?unix_socket={path}"
+    engine = store.connect(url)
+    began = time.monotonic()
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            with engine.connect():
+                pass
+    finally:
+        engine.dispose()
+        listener.close()
+    assert time.monotonic() - began < store.CONNECT_TIMEOUT_S + 5

@@ -207,13 +207,7 @@ class HistorySink:
     def _spool(self, closed: list[ClosedBin]) -> None:
         for done in closed:
             self.closed_bins += 1
-            done = done.with_names(self._names_of(done.keys))
-            try:
-                self.spool.put(done)
-            except OSError as exc:
-                log.warning("history: could not spool the bin of %s (%d peers) in %s, it is "
-                            "lost: %s", store.when(done.start), len(done),
-                            self.spool.directory, exc)
+            self.spool.put(done.with_names(self._names_of(done.keys)))
             self._wake.set()
 
     # -- the writer's side -------------------------------------------------------------
@@ -244,6 +238,7 @@ class HistorySink:
                 waiting, last_progress = left, now
             if now - last_progress > idle_s or now - started > most_s:
                 break
+        self.spool.keep_held()
         waiting = len(self.spool.waiting())
         if waiting:
             log.warning("history: %s did not take %s by the stop: %s in %s for the next "
@@ -287,13 +282,14 @@ class HistorySink:
 
     def _send(self, engine: sa.Engine) -> None:
         options = self.options
-        for path in self.spool.waiting():
+        for pending in self.spool.waiting():
             try:
-                entry = read_entry(path)
+                entry = self.spool.load(pending)
             except FileNotFoundError:
                 continue  # dropped from a full queue meanwhile
             except SpoolError as exc:
-                aside = self.spool.set_aside(path)
+                assert isinstance(pending, Path)  # what memory holds is whole
+                aside = self.spool.set_aside(pending)
                 log.error("history: %s; set aside as %s, not sent", exc, aside)
                 continue
             started = time.perf_counter()
@@ -308,7 +304,7 @@ class HistorySink:
                                 options.retention)
                 log.debug("history: the bin of %s (%d peers) written in %.3f s",
                           store.when(entry.start), len(entry), time.perf_counter() - started)
-            self.spool.done(path)
+            self.spool.done(pending)
             self._written += 1
 
     def _failed(self, exc: Exception) -> None:
@@ -333,5 +329,5 @@ class HistorySink:
 
 
 def _bins(count: int, verb: str = "") -> str:
-    """'1 bin waits', '3 bins wait' (verb ' wait'), '1 bin', '0 bins'."""
-    return f"{count} bin{'s' * (count != 1)}" + (verb + "s" * (count == 1) if verb else "")
+    """'1 bin waits', '3 bins wait', 'no bin waits' (verb ' wait'); '1 bin', 'no bin'."""
+    return f"{count or 'no'} bin{'s' * (count > 1)}" + (verb + "s" * (count <= 1) if verb else "")

@@ -27,6 +27,7 @@ one. Nothing is ever dropped.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import time
@@ -38,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ncebpf.accounting import peer_text
+from ncebpf.accounting import gc_paused, peer_text
 from ncebpf.errors import NcebpfError, UsageError
 from ncebpf.history.bins import ClosedBin
 
@@ -112,12 +113,14 @@ class HistoryUrlError(HistoryError, UsageError):
 
 
 def database_url(text: str) -> sa.URL:
-    """The SQLAlchemy URL of a --history value: sqlite:///PATH, postgresql://… or
-    mysql://… (mariadb://…); a driver given (postgresql+psycopg2://) is kept; a relative
-    SQLite path is made absolute (the daemon runs from /). Raises HistoryUrlError for
-    anything else."""
+    """The SQLAlchemy URL of a --history value: sqlite:////ABSOLUTE/PATH, postgresql://…
+    or mysql://… (mariadb://…), the scheme in any case; a driver given
+    (postgresql+psycopg2://) is kept. Raises HistoryUrlError for anything else, and for a
+    relative SQLite path: the daemon (run from /) and a report (run from anywhere) would
+    read different files."""
     try:
-        url = sa.make_url(text)
+        url = sa.make_url(text.strip())
+        url = url.set(drivername=url.drivername.lower())
     except sa.exc.ArgumentError:
         raise HistoryUrlError(f"--history {text!r} is not a database URL: give "
                            "sqlite:///PATH, postgresql://USER@HOST/DB or "
@@ -132,34 +135,62 @@ def database_url(text: str) -> sa.URL:
         raise HistoryUrlError("--history sqlite:///PATH needs a file (an in-memory database "
                               "would forget everything at exit)")
     if backend == "sqlite" and url.database and not url.database.startswith("/"):
-        url = url.set(database=os.path.abspath(url.database))
+        raise HistoryUrlError(f"--history {text!r} names {url.database!r}, a path relative "
+                              "to the working directory: give an absolute one after the "
+                              "three slashes, sqlite:////var/lib/ncebpf/NAME.db")
     return url
 
 
-def absolute(text: str) -> str:
-    """A --history value with a relative SQLite path made absolute, for the daemon, which
-    runs from /; other values as they are."""
-    path = sqlite_path(text)
-    if path is None or path.startswith("/"):
-        return text
-    return text[:len(text) - len(path)] + os.path.abspath(path)
-
-
 def shown(url: sa.URL) -> str:
-    """The URL for logs and messages, its password hidden."""
+    """The URL for logs and messages as the operator gives it: the password hidden, no
+    default driver, no read-only file: URI (_read_only)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite:///{str(url.database).removeprefix('file:')}"
+    if _DRIVERS.get(backend) == url.drivername:
+        url = url.set(drivername=backend)
     return url.render_as_string(hide_password=True)
 
 
-def connect(text: str) -> Engine:
-    """An engine for a --history URL (nothing is connected yet). SQLite gets WAL, so that
-    reports read while the daemon writes, and a wait for locks instead of an error."""
+# A server that takes the connection and never answers must not hold the writer for ever:
+# it fails, says so in the log, and is tried again (the bins wait in the spool).
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 300  # a bin of a million peers takes well under a minute
+_TIMEOUTS: dict[str, dict[str, Any]] = {
+    "postgresql": {"connect_timeout": CONNECT_TIMEOUT_S,
+                   "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"},
+    "mysql": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": STATEMENT_TIMEOUT_S,
+              "write_timeout": STATEMENT_TIMEOUT_S},
+}
+
+
+def _read_only(url: sa.URL) -> sa.URL:
+    """An SQLite URL opened read-only. A file in WAL mode that no one has open has no -wal
+    and -shm files, and a reader who may not write the directory cannot make them: it
+    reads the file as it is, immutable (sqlite3 URI filenames), which is what it is."""
+    path = str(url.database)
+    query = {"mode": "ro", "uri": "true"}
+    if not os.access(os.path.dirname(path), os.W_OK) and not os.path.exists(f"{path}-wal"):
+        query["immutable"] = "1"
+    return url.set(database=f"file:{path}", query=query)
+
+
+def connect(text: str, writing: bool = True) -> Engine:
+    """An engine for a --history URL (nothing is connected yet), with CONNECT_TIMEOUT_S and
+    STATEMENT_TIMEOUT_S. SQLite waits for locks instead of failing, and the writer puts it in
+    WAL mode (kept in the file) so that reports read while it writes; a reader changes
+    nothing, so that anyone who may read the file can (sqlite3(1): journal_mode)."""
     url = database_url(text)
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    if url.get_backend_name() == "sqlite":
+    backend = url.get_backend_name()
+    if backend == "sqlite" and not writing:
+        url = _read_only(url)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=_TIMEOUTS.get(backend, {}))
+    if backend == "sqlite":
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if writing:
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash
             cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bin's index pages stay
@@ -237,16 +268,24 @@ Row = tuple[Any, ...]  # peer_bins' columns in order: host, instance, ..., last_
 
 
 def bin_rows(source: Source, closed: ClosedBin) -> list[Row]:
-    """The rows of a closed bin, as tuples in peer_bins' column order. Pure."""
-    addresses = [peer_text(key) for key in closed.keys.tolist()]
+    """The rows of a closed bin, as tuples in peer_bins' column order, in the order of the
+    table's key (by peer text: the insert then appends to the bin's pages and walks the
+    by-peer index once, instead of splitting pages all over both). Pure."""
     host, instance, seconds, start = source.host, source.instance, closed.seconds, closed.start
-    names: list[str | None] = [None] * len(addresses)
-    for at, given in closed.names.items():
-        names[at] = " ".join(given)[:1024] or None
-    return [(host, instance, seconds, start, address, *counts, first, last, named)
-            for address, counts, first, last, named in zip(
-                addresses, closed.counts.tolist(), closed.first_seen.tolist(),
-                closed.last_seen.tolist(), names, strict=True)]
+    with gc_paused():
+        addresses = [peer_text(key) for key in closed.keys.tolist()]
+        names: list[str | None] = [None] * len(addresses)
+        for at, given in closed.names.items():
+            names[at] = " ".join(given)[:1024] or None
+        rows = [(host, instance, seconds, start, address, *counts, first, last, named)
+                for address, counts, first, last, named in zip(
+                    addresses, closed.counts.tolist(), closed.first_seen.tolist(),
+                    closed.last_seen.tolist(), names, strict=True)]
+        rows.sort(key=_peer_of)
+    return rows
+
+
+_peer_of = operator.itemgetter(4)  # a Row's peer column
 
 
 def _insert(connection: Connection, rows: Sequence[Row]) -> None:
@@ -714,7 +753,7 @@ def opened(text: str) -> Iterator[Engine]:
 def reading(text: str) -> Iterator[Engine]:
     """opened(), for the commands that read: a database error is a HistoryError, one line
     naming the database."""
-    engine = connect(text)
+    engine = connect(text, writing=False)
     try:
         with engine.connect() as connection:
             if schema_version(connection) == 0:
@@ -766,5 +805,5 @@ def check_sqlite(text: str) -> str:
 
 def sqlite_path(text: str) -> str | None:
     """The file of an sqlite:/// URL, None for other databases."""
-    match = re.match(r"sqlite(\+\w+)?:///(.+)$", text)
+    match = re.match(r"sqlite(\+\w+)?:///(.+)$", text.strip(), re.IGNORECASE)
     return match.group(2) if match else None
