@@ -156,7 +156,8 @@ history_range_options = _options(
     click.option("--since", metavar="TIME",
                  help="Read the history from TIME: 2026-11-01, 2026-11-01T08:00 (local time "
                       "unless an offset follows) or a span back from now, 24h, 7d "
-                      "[default for a range: 24h]."),
+                      "[default for a range: 24h]. A range holds the bins that start in it: "
+                      "past --keep-5m, whole hours."),
     click.option("--until", metavar="TIME", help="... up to TIME [default: now]."),
     click.option("--history", metavar="URL",
                  help="The history database [default: the instance's, "

@@ -233,3 +233,17 @@ def test_anyone_who_may_read_the_file_reads_the_history(database: Path,
         shutil.rmtree(shared)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["dump"]["totals"]["bytes"] == 300 * 2500
+
+
+def test_a_short_range_is_drawn_with_points_as_fine_as_its_bins(tmp_path: Path) -> None:
+    """Ten minutes of 60-second bins: ten points of 60 s, not one of five minutes."""
+    with store.opened(f"sqlite:///{tmp_path / 'short.db'}") as engine:
+        for n in range(10):
+            opened = OpenBin(T0 + 60 * n, 60)
+            opened.add(key_array(peer_key("10.77.1.1")), np.array([[1, 60 * (n + 1), 0, 0]],
+                                                                  dtype=np.uint64), T0 + 60 * n)
+            store.write_bin(engine, HOST, opened.closed(), T0 + 600)
+        width, totals, _ = store.bytes_over_time(engine, T0, T0 + 600, [HOST])
+    assert width == 60
+    assert totals == {T0 + 60 * n: 60 * (n + 1) for n in range(10)}
+    assert store.chart_width(T0, T0 + 7 * DAY) == 3600

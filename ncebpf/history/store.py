@@ -515,8 +515,9 @@ def refresh_statistics(engine: Engine) -> None:
 
 
 def when(epoch_s: int) -> str:
-    """A bin's start for the log: 2026-11-30 14:05 UTC."""
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_s))
+    """A bin's start for the log: 2026-11-30 14:05 UTC (14:05:10 UTC within a minute)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC" if epoch_s % 60 else "%Y-%m-%d %H:%M UTC",
+                         time.gmtime(epoch_s))
 
 
 def _width(seconds: int) -> str:
@@ -684,10 +685,15 @@ def bin_rows_in(engine: Engine, since: int, until: int, chosen: Sequence[Source]
             yield from (tuple(row) for row in connection.execute(query))
 
 
+# A chart's points: (their width, the longest range drawn with them), seconds; 60 to 600
+# points, as fine as the bins allow (bytes_over_time widens them to the bins it reads).
+_CHART_POINTS = ((10, 1800), (60, 6 * HOUR_S), (FIVE_MINUTES_S, 2 * DAY_S), (HOUR_S, 25 * DAY_S))
+
+
 def chart_width(since: int, until: int) -> int:
-    """The width of a chart's points over [since, until): some 100 to 600 of them."""
+    """The width of a chart's points over [since, until), seconds."""
     span = until - since
-    return FIVE_MINUTES_S if span <= 2 * DAY_S else HOUR_S if span <= 25 * DAY_S else DAY_S
+    return next((width for width, longest in _CHART_POINTS if span <= longest), DAY_S)
 
 
 def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Source],
