@@ -86,14 +86,14 @@ def test_a_range_is_a_snapshot_every_report_reads(database: Path) -> None:
 def test_the_chart_over_time_sums_what_the_report_counts(database: Path) -> None:
     with store.opened(f"sqlite:///{database}") as engine:
         sums = store.peer_sums(engine, T0, T0 + DAY, [HOST])
-        width, totals, by_peer = store.bytes_over_time(engine, T0, T0 + DAY, [HOST],
-                                                       list(TRAFFIC))
+        width, totals, (v6, v4) = store.bytes_over_time(
+            engine, T0, T0 + DAY, [HOST], [["fd77:1::1"], ["10.77.1.1", "10.77.1.2"]])
     assert width == 300
     assert sum(totals.values()) == sum(s.bytes for s in sums)
-    report = aggregate(range_snapshot(sums, T0, T0 + DAY, "test", [HOST]), Options(by="peer"))
-    series = time_series(width, T0, T0 + DAY, totals, by_peer, report)
+    series = time_series(width, T0, T0 + DAY, totals, [("fd77:1::1", v6), ("v4", v4)], 0)
     assert len(series.starts) == 288 and series.total[0] == pytest.approx(2500 / 300)
     assert series.groups[0] == ("fd77:1::1", tuple([1600 / 300] * 288))
+    assert series.groups[1] == ("v4", tuple([900 / 300] * 288))
 
 
 def test_an_export_is_the_rows_at_the_finest_resolution_kept(database: Path) -> None:

@@ -115,30 +115,27 @@ def drawn_groups(report: Report) -> tuple[list[Group], int]:
 
 
 def time_series(width: int, since: int, until: int, totals: dict[int, int],
-                by_peer: dict[str, dict[int, int]], report: Report) -> TimeSeries:
-    """Bytes per second at each point of [since, until) for the whole and for the
-    report's busiest groups (their members' sums; drawn_groups). Pure."""
+                groups: Sequence[tuple[str, dict[int, int]]], left_out: int) -> TimeSeries:
+    """Bytes per second at each point of [since, until) for the whole and for each
+    (label, bytes by point start) of groups; left_out: busier groups not drawn. Pure."""
     starts = tuple(range(since - since % width, until, width))
 
     def rates(values: dict[int, int]) -> tuple[float, ...]:
         return tuple(values.get(start, 0) / width for start in starts)
 
-    drawn, left_out = drawn_groups(report)
-    groups = []
-    for group in drawn:
-        summed: dict[int, int] = {}
-        for member in group.members:
-            for start, value in by_peer.get(member.address, {}).items():
-                summed[start] = summed.get(start, 0) + value
-        groups.append((group.label, rates(summed)))
-    return TimeSeries(width, starts, rates(totals), tuple(groups), left_out)
+    return TimeSeries(width, starts, rates(totals),
+                      tuple((label, rates(values)) for label, values in groups), left_out)
 
 
 def with_time_series(report: Report, url: str, hosts: Sequence[str] = ()) -> Report:
-    """The report of a range (history_snapshot) with its bytes/s over time."""
+    """The report of a range (history_snapshot) with its bytes/s over time: the total and
+    the busiest groups (drawn_groups)."""
     since, until = report.snapshot.start, report.snapshot.current
-    peers = [member.address for group in drawn_groups(report)[0] for member in group.members]
+    drawn, left_out = drawn_groups(report)
     with store.reading(url) as engine:
         chosen = store.chosen_sources(engine, hosts)
-        width, totals, by_peer = store.bytes_over_time(engine, since, until, chosen, peers)
-    return replace(report, over_time=time_series(width, since, until, totals, by_peer, report))
+        width, totals, by_group = store.bytes_over_time(
+            engine, since, until, chosen, [[m.address for m in g.members] for g in drawn])
+    groups = [(group.label, values) for group, values in zip(drawn, by_group, strict=True)]
+    return replace(report, over_time=time_series(width, since, until, totals, groups,
+                                                 left_out))

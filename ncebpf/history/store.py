@@ -697,15 +697,15 @@ def chart_width(since: int, until: int) -> int:
 
 
 def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Source],
-                    peers: Sequence[str] = ()
-                    ) -> tuple[int, dict[int, int], dict[str, dict[int, int]]]:
+                    groups: Sequence[Sequence[str]] = ()
+                    ) -> tuple[int, dict[int, int], list[dict[int, int]]]:
     """Bytes (both directions) per point over [since, until): (the points' width, the
-    total of each point's start, each of the peers' bytes by point). The points are
-    chart_width wide, or as wide as the coarsest bins the range still has; they are
-    read from the widest summed bins no wider than a point (an hourly chart of a week
-    reads 168 rows a peer, not 2016)."""
+    total by point start, each group's by point start: a group is a list of peers, summed
+    by the database). The points are chart_width wide, or as wide as the coarsest bins the
+    range still has; they are read from the widest summed bins no wider than a point (an
+    hourly chart of a week reads 168 rows a peer, not 2016)."""
     totals: dict[int, int] = {}
-    by_peer: dict[str, dict[int, int]] = {}
+    by_group: list[dict[int, int]] = [{} for _ in groups]
     with engine.connect() as connection:
         width = chart_width(since, until)
         chosen = chosen or sources(engine)
@@ -717,23 +717,27 @@ def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Sou
             width = max(width, int(coarsest or 0))
         plans = [(source, _segments(since, until, _pending(connection, source, since, until),
                                     width)) for source in chosen]
+
+        # One pass over the range for all the groups' peers (a pass per group reads the
+        # range's rows of every peer again), summed into their groups here.
+        group_of = {peer: by_group[at] for at, members in enumerate(groups) for peer in members}
+        peers = list(group_of)
+        h, c = host_bins.c, peer_bins.c
         for source, segments in plans:
-            h = host_bins.c
             point = (h.bin_start - h.bin_start % width).label("point")
             for start, value in connection.execute(
                     sa.select(point, sa.func.sum(h.in_bytes + h.out_bytes))
-                    .where(_read_where(source, segments, host_bins)).group_by(point)):
+                    .where(_read_where(source, segments, host_bins)).group_by(point)).all():
                 totals[int(start)] = totals.get(int(start), 0) + int(value)
-            c = peer_bins.c
             point = (c.bin_start - c.bin_start % width).label("point")
-            for at in range(0, len(peers), 500):
+            for at in range(0, len(peers), 500):  # bound the statement's parameters
                 for start, peer, value in connection.execute(
                         sa.select(point, c.peer, sa.func.sum(c.in_bytes + c.out_bytes))
                         .where(_read_where(source, segments), c.peer.in_(peers[at:at + 500]))
-                        .group_by(point, c.peer)):
-                    into = by_peer.setdefault(str(peer), {})
+                        .group_by(point, c.peer)).all():
+                    into = group_of[str(peer)]
                     into[int(start)] = into.get(int(start), 0) + int(value)
-    return width, totals, by_peer
+    return width, totals, by_group
 
 
 def sources(engine: Engine) -> list[Source]:
