@@ -551,8 +551,8 @@ def _history_range(since: str | None, until: str | None, history: str | None, na
     if path is not None and not Path(path).is_file():
         raise NcebpfError(f"no history database {path}: ncebpf writes it while it counts "
                           "(unless --no-history); give --history URL for another")
-    last = parse_time(until, now, "--until") if until else int(now)
-    first = parse_time(since, now, "--since") if since else last - 86400
+    last = parse_time(until, now, "--until") if until is not None else int(now)
+    first = parse_time(since, now, "--since") if since is not None else last - 86400
     return url, first, last
 
 

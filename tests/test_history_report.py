@@ -200,6 +200,10 @@ def test_more_history_errors_say_what_to_do(tmp_path: Path, database: Path) -> N
     assert ancient.returncode == 2 and "is before 1970" in ancient.stderr
     bad_url = cli("history", "export", "--history", "foo://bar", check=False)
     assert bad_url.returncode == 2 and "'foo' databases are not supported" in bad_url.stderr
+    empty_since = cli("report", "--since", "", "--history", url, check=False)
+    assert empty_since.returncode == 2 and "--since ''" in empty_since.stderr  # not 24h
+    relative = cli("report", "--since", "1h", "--history", "sqlite:///rel.db", check=False)
+    assert relative.returncode == 2 and "relative to the working directory" in relative.stderr
 
 
 def sqlite3_connect(path: Path) -> None:
