@@ -115,7 +115,6 @@ class _Flight:
     total: int = 0
 
 
-
 @dataclass
 class DumpService:
     """The loop's side of the dumps: ask() for one, service() every turn.

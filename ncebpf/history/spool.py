@@ -82,7 +82,7 @@ class Spool:
         self.dropped = 0  # bins dropped (a full queue, or held in memory at a stop), since start
         self._held: dict[int, Entry] = {}  # by number: what the disk refused
         self._lock = threading.Lock()
-        self._refused = ""  # why the disk refused the last entry ('' when it took it)
+        self._refusing = False  # the disk refused the last entry
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         files = self.waiting()
         self._next = _number(files[-1]) + 1 if files else 1
@@ -99,19 +99,19 @@ class Spool:
         crash from here on), else held in memory; drop the oldest beyond the limit."""
         number, self._next = self._next, self._next + 1
         try:
-            save_arrays(self.directory / f"{number:012d}{SUFFIX}", entry.arrays(), self.mode)
+            self._save(number, entry)
         except OSError as exc:
             with self._lock:
                 self._held[number] = entry
-            if not self._refused:
+            if not self._refusing:
                 log.warning("history: cannot queue closed bins in %s (%s): they are held in "
                             "memory until the database takes them (a crash would lose them)",
                             self.directory, exc.strerror or exc)
-            self._refused = str(exc)
+            self._refusing = True
         else:
-            if self._refused:
+            if self._refusing:
                 log.info("history: closed bins are queued in %s again", self.directory)
-            self._refused = ""
+            self._refusing = False
         with self._lock:
             held = [(at, len(entry)) for at, entry in self._held.items()
                     if isinstance(entry, ClosedBin)]
@@ -135,6 +135,8 @@ class Spool:
         self.dropped += 1
         log.warning("history: %s: the oldest, %s, is dropped", why, span)
 
+    def _save(self, number: int, entry: Entry) -> None:
+        save_arrays(self.directory / f"{number:012d}{SUFFIX}", entry.arrays(), self.mode)
 
     def load(self, pending: Pending) -> Entry:
         """The entry queued as pending. Raises FileNotFoundError when it is gone (dropped
@@ -161,8 +163,7 @@ class Spool:
             held, self._held = self._held, {}
         for number, entry in sorted(held.items()):
             try:
-                save_arrays(self.directory / f"{number:012d}{SUFFIX}", entry.arrays(),
-                            self.mode)
+                self._save(number, entry)
             except OSError as exc:
                 self.dropped += 1
                 log.error("history: %s waited in memory and cannot be queued in %s (%s): "
