@@ -131,6 +131,12 @@ class DrainReport:
     seconds: float
 
 
+# How often, and for how long a read of the peers, a drain tries again for peers and
+# totals that agree (Collector._read_at_one_moment): 3 reads of a map of 10 000 peers.
+_CONSISTENT_READ_TRIES = 3
+_CONSISTENT_READ_MAX_S = 0.02
+
+
 class Collector:
     """Drains a CounterSource into a PeerTable, whole batches at a time with numpy.
 
@@ -162,7 +168,7 @@ class Collector:
     def drain(self) -> DrainReport:
         started = time.perf_counter()
         now = self._clock()
-        batch = self._source.read_peers()
+        batch, totals = self._read_at_one_moment()
         totals_before = self._table.totals
         rows = self._rows_of(batch, int(now))
         changed = self._absorb(rows, batch.counts, int(now))
@@ -170,7 +176,7 @@ class Collector:
         if len(table.evicting):  # a run killed during an eviction: what went, goes
             table.retire_rows(np.setdiff1d(table.evicting, rows))
             table.evicting = np.zeros(0, dtype=np.int64)
-        table.totals = self._source.read_totals()
+        table.totals = totals
         # The global rates take the drain as one batch, as the peers take theirs.
         grown = table.totals
         table.rates.add(grown.packets - totals_before.packets,
@@ -191,6 +197,29 @@ class Collector:
             table.retire_rows(stale)
             table.evicting = np.zeros(0, dtype=np.int64)
         return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
+
+    def _read_at_one_moment(self) -> tuple[PeerBatch, Totals]:
+        """The peers and the totals as of one moment, when the traffic lets them be.
+
+        The two are separate maps, read one after the other. The program counts a frame
+        under its peer first and in the totals next (bpf/ncebpf.c count_peer), so totals
+        that did not move across the read of the peers mean no frame was counted during
+        it: then the matched totals equal the sum of the peers exactly, as a dump taken
+        on a quiet link must show (a stray frame, such as an MLD report, would otherwise
+        land in one and not yet in the other). Under steady traffic they never stand
+        still; the read is tried again only while it is cheap, and what arrived during
+        the last read is in the next drain's peers.
+        """
+        before = self._source.read_totals()
+        for _ in range(_CONSISTENT_READ_TRIES):
+            started = time.perf_counter()
+            batch = self._source.read_peers()
+            after = self._source.read_totals()
+            if (after.packets == before.packets
+                    or time.perf_counter() - started > _CONSISTENT_READ_MAX_S):
+                break
+            before = after
+        return batch, after
 
     def _rows_of(self, batch: PeerBatch, now: int) -> Rows:
         digest, generation, known = self._last_read

@@ -98,14 +98,21 @@ def _ncebpf_programs() -> list[str]:
             if p.get("name", "").startswith("ncebpf_")]
 
 
+def _test_namespaces() -> set[str]:
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout
+    return {line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
+    # A run killed before its clean-up (a session's end, a CI time limit) leaves its
+    # namespaces; this run answers for its own only.
+    before = _test_namespaces()
     yield
     if os.geteuid() != 0:
         return
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                text=True).stdout
-    left = [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
+    left = sorted(_test_namespaces() - before)
     assert not left, f"test namespaces left behind: {left}"
     if shutil.which("bpftool"):
         deadline = time.monotonic() + 15  # namespaces are torn down asynchronously

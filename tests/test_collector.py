@@ -117,6 +117,47 @@ def test_in_and_out_are_counted_apart() -> None:
         (3, 300, 7, 780)
 
 
+class StrayFrameSource(DictSource):
+    """A frame counted under its peer just after the peers were read, and in the totals
+    before they are (the program counts the peer first, then the totals)."""
+
+    def __init__(self, strays: int) -> None:
+        super().__init__()
+        self.strays = strays
+        self.reads = 0
+
+    def read_peers(self) -> PeerBatch:
+        self.reads += 1
+        batch = super().read_peers()
+        if self.strays:
+            self.strays -= 1
+            self.count("::", 1, 90)
+        return batch
+
+
+def test_peers_and_totals_agree_when_a_stray_frame_lands_between_their_reads() -> None:
+    source = StrayFrameSource(strays=1)
+    table = PeerTable(start=0)
+    collector = Collector(source, table, clock=Clock())
+    source.count("10.77.0.2", 3, 300)
+    collector.drain()
+    assert source.reads == 2
+    assert table.totals.packets == sum(r.packets for r in table.peers.values()) == 4
+    assert table.totals.bytes == sum(r.bytes for r in table.peers.values()) == 390
+
+
+def test_steady_traffic_gives_up_on_agreement_and_the_next_drain_counts_the_rest() -> None:
+    source = StrayFrameSource(strays=100)
+    table = PeerTable(start=0)
+    collector = Collector(source, table, clock=Clock())
+    collector.drain()
+    assert source.reads == 3
+    assert table.totals.packets == sum(r.packets for r in table.peers.values()) + 1
+    source.strays = 0
+    collector.drain()
+    assert table.totals.packets == sum(r.packets for r in table.peers.values()) == 3
+
+
 def test_idle_entries_are_evicted_with_their_last_increments() -> None:
     source, table, collector, clock = make(idle_s=60)
     source.count("10.77.0.3", 2, 200)
