@@ -257,6 +257,25 @@ def test_the_schema_is_versioned_and_a_newer_one_refused(database_url: str) -> N
     engine.dispose()
 
 
+def test_a_version_2_database_loses_its_index_by_peer(database_url: str) -> None:
+    engine = store.connect(database_url)
+    with engine.begin() as connection:  # what ncebpf's second history schema made
+        store.meta.create(connection)
+        store.MIGRATIONS[1](connection)
+        store.MIGRATIONS[2](connection)
+        connection.execute(sa.text("CREATE INDEX peer_bins_by_peer ON peer_bins "
+                                   "(peer, bin_start)"))
+        connection.execute(sa.insert(store.meta).values(name="schema_version", value="2"))
+    store.write_bin(engine, HOST, closed(T0, {"10.77.0.2": (1, 2, 3, 4)}), T0 + 300)
+    assert store.migrate(engine) == (2, store.SCHEMA_VERSION)
+    with engine.connect() as connection:
+        indexes = sa.inspect(connection).get_indexes("peer_bins")
+    assert [index["name"] for index in indexes] == []
+    [sums] = store.peer_sums(engine, T0, T0 + 300)
+    assert (sums.peer, sums.packets, sums.bytes) == ("10.77.0.2", 4, 6)
+    engine.dispose()
+
+
 def test_a_version_1_database_is_upgraded_in_place(database_url: str) -> None:
     engine = store.connect(database_url)
     with engine.begin() as connection:  # what ncebpf's first history schema made
