@@ -96,6 +96,23 @@ def test_the_chart_over_time_sums_what_the_report_counts(database: Path) -> None
     assert series.groups[1] == ("v4", tuple([900 / 300] * 288))
 
 
+def test_a_chart_reads_each_part_of_a_range_from_its_own_bins(database: Path) -> None:
+    """A week's hourly chart over a summed day (hourly bins) and a day not yet summed
+    (5-minute bins): the groups' points come from the bins of both widths."""
+    with store.opened(f"sqlite:///{database}") as engine:
+        write_day(engine, start=T0 + DAY)  # its hours wait to be summed
+        sums = store.peer_sums(engine, T0, T0 + 7 * DAY, [HOST])
+        width, totals, (v6, v4) = store.bytes_over_time(
+            engine, T0, T0 + 7 * DAY, [HOST], [["fd77:1::1"], ["10.77.1.1", "10.77.1.2"]])
+    by_peer = {s.peer: s.bytes for s in sums}
+    assert width == 3600
+    assert sum(totals.values()) == sum(by_peer.values()) == 2 * 288 * 2500
+    assert sum(v6.values()) == by_peer["fd77:1::1"] == 2 * 288 * 1600
+    assert sum(v4.values()) == by_peer["10.77.1.1"] + by_peer["10.77.1.2"]
+    assert sorted(v4) == sorted(totals) == [T0 + 3600 * h for h in range(48)]
+    assert set(v4.values()) == {12 * 900}
+
+
 def test_an_export_is_the_rows_at_the_finest_resolution_kept(database: Path) -> None:
     with store.opened(f"sqlite:///{database}") as engine:
         rows = list(store.bin_rows_in(engine, T0, T0 + DAY, [HOST]))

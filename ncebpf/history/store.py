@@ -739,25 +739,32 @@ def bytes_over_time(engine: Engine, since: int, until: int, chosen: Sequence[Sou
         plans = [(source, _segments(since, until, _pending(connection, source, since, until),
                                     width)) for source in chosen]
 
-        # One pass over the range for all the groups' peers (a pass per group reads the
-        # range's rows of every peer again), summed into their groups here.
         group_of = {peer: by_group[at] for at, members in enumerate(groups) for peer in members}
         peers = list(group_of)
         h, c = host_bins.c, peer_bins.c
         for source, segments in plans:
-            point = (h.bin_start - h.bin_start % width).label("point")
-            for start, value in connection.execute(
-                    sa.select(point, sa.func.sum(h.in_bytes + h.out_bytes))
-                    .where(_read_where(source, segments, host_bins)).group_by(point)).all():
-                totals[int(start)] = totals.get(int(start), 0) + int(value)
-            point = (c.bin_start - c.bin_start % width).label("point")
-            for at in range(0, len(peers), 500):  # bound the statement's parameters
-                for start, peer, value in connection.execute(
-                        sa.select(point, c.peer, sa.func.sum(c.in_bytes + c.out_bytes))
-                        .where(_read_where(source, segments), c.peer.in_(peers[at:at + 500]))
-                        .group_by(point, c.peer)).all():
-                    into = group_of[str(peer)]
-                    into[int(start)] = into.get(int(start), 0) + int(value)
+            # The range's bins, by width, from their totals (a row a bin)...
+            starts: dict[int, list[int]] = {}
+            for seconds, start, value in connection.execute(
+                    sa.select(h.bin_seconds, h.bin_start, h.in_bytes + h.out_bytes)
+                    .where(_read_where(source, segments, host_bins))):
+                point = int(start) - int(start) % width
+                totals[point] = totals.get(point, 0) + int(value)
+                starts.setdefault(int(seconds), []).append(int(start))
+            # ... then the groups' peers in exactly those bins: every column of the key
+            # given, the database seeks each (bin, peer) row instead of scanning the
+            # range's rows of every peer (a week's hourly chart of 500 peers out of
+            # 10 000: 84 000 rows read, not 1.7 million).
+            point_of = (c.bin_start - c.bin_start % width).label("point")
+            for seconds, in_width in starts.items():
+                for at in range(0, len(peers), 500):  # bound the statement's parameters
+                    for start, peer, value in connection.execute(
+                            sa.select(point_of, c.peer, sa.func.sum(c.in_bytes + c.out_bytes))
+                            .where(_of(source), c.bin_seconds == seconds,
+                                   c.bin_start.in_(in_width), c.peer.in_(peers[at:at + 500]))
+                            .group_by(point_of, c.peer)).all():
+                        into = group_of[str(peer)]
+                        into[int(start)] = into.get(int(start), 0) + int(value)
     return width, totals, by_group
 
 
