@@ -90,12 +90,15 @@ def silent_pair(privileged: None) -> Iterator[NetnsPair]:
         yield made
 
 
-def _ncebpf_programs() -> list[str]:
+def _ncebpf_programs() -> dict[int, str]:
+    """The loaded ncebpf programs, name by id ({} without bpftool)."""
+    if not shutil.which("bpftool"):
+        return {}
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
-        return []
-    return [p.get("name", "") for p in json.loads(out.stdout or "[]")
-            if p.get("name", "").startswith("ncebpf_")]
+        return {}
+    return {int(p["id"]): p.get("name", "") for p in json.loads(out.stdout or "[]")
+            if p.get("name", "").startswith("ncebpf_")}
 
 
 def _test_namespaces() -> set[str]:
@@ -107,18 +110,23 @@ def _test_namespaces() -> set[str]:
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     # A run killed before its clean-up (a session's end, a CI time limit) leaves its
-    # namespaces; this run answers for its own only.
-    before = _test_namespaces()
+    # namespaces and programs, and an instance may count on the host: this run answers
+    # for its own only.
+    namespaces, programs = _test_namespaces(), set(_ncebpf_programs())
+
+    def programs_left() -> list[str]:
+        return [name for id_, name in _ncebpf_programs().items() if id_ not in programs]
+
     yield
     if os.geteuid() != 0:
         return
-    left = sorted(_test_namespaces() - before)
+    left = sorted(_test_namespaces() - namespaces)
     assert not left, f"test namespaces left behind: {left}"
-    if shutil.which("bpftool"):
-        deadline = time.monotonic() + 15  # namespaces are torn down asynchronously
-        while _ncebpf_programs() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _ncebpf_programs(), "ncebpf programs still loaded after the suite"
+    deadline = time.monotonic() + 15  # namespaces are torn down asynchronously
+    while programs_left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not programs_left(), f"ncebpf programs still loaded after the suite: " \
+        f"{programs_left()}"
 
 
 @pytest.fixture

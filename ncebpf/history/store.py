@@ -306,17 +306,25 @@ def _insert(connection: Connection, source: Source, seconds: int, start: int,
     """INSERT the rows of source's bin (seconds, start) into peer_bins with the driver's
     own executemany: SQLAlchemy's parameter processing would cost more than the database
     (1.5 s of 2 s for 100 000 rows into SQLite). The bin's key goes into the statement
-    as literals, bound once rather than on every row (a fifth of SQLite's time)."""
+    as literals, bound once rather than on every row (about a tenth of SQLite's time).
+    PostgreSQL through psycopg takes them with COPY, its bulk load."""
     if not rows:
+        return
+    columns = ", ".join(column.name for column in peer_bins.columns)
+    if connection.dialect.driver == "psycopg":
+        bin_key = (source.host, source.instance, int(seconds), int(start))
+        with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+            with cursor.copy(f"COPY {peer_bins.name} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(bin_key + row)
         return
     qmark = connection.dialect.paramstyle == "qmark"
     key = ", ".join(str(sa.literal(value).compile(dialect=connection.dialect,
                                                   compile_kwargs={"literal_binds": True}))
                     for value in (source.host, source.instance, int(seconds), int(start)))
-    if not qmark:  # psycopg and PyMySQL read % in the statement as their markers' start
+    if not qmark:  # psycopg2 and PyMySQL read % in the statement as their markers' start
         key = key.replace("%", "%%")
     marker = "?" if qmark else "%s"
-    columns = ", ".join(column.name for column in peer_bins.columns)
     markers = ", ".join([marker] * (len(peer_bins.columns) - _BIN_KEY_COLUMNS))
     connection.exec_driver_sql(
         f"INSERT INTO {peer_bins.name} ({columns}) VALUES ({key}, {markers})", list(rows))
