@@ -160,8 +160,9 @@ history_range_options = _options(
                       "past --keep-5m, whole hours."),
     click.option("--until", metavar="TIME", help="... up to TIME [default: now]."),
     click.option("--history", metavar="URL",
-                 help="The history database [default: the instance's, "
-                      "sqlite:///<statedir>/<name>.db unless its configuration names one]."),
+                 help="The history database [default: the instance's: the one its last "
+                      "run wrote to, else its configuration's, else "
+                      "sqlite:///<statedir>/<name>.db]."),
     click.option("--host", "hosts", multiple=True, metavar="HOST[/NAME]",
                  help="Only this host's rows (repeatable) of a database several hosts "
                       "share [default: all]."),
@@ -519,12 +520,17 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
 
 def _history_url(history: str | None, name: str, config_file: Path | None,
                  statedir: str | None) -> str:
-    """The history database to read: --history, else the instance's configured one, else
-    the default beside its dumps."""
+    """The history database to read: --history, else the one the instance's last run
+    wrote to, else its configured one, else the default beside its dumps."""
     from ncebpf.errors import UsageError
+    from ncebpf.history.spool import noted_database
 
     if history:
         return history
+    instance = _instance(name, config_file, statedir, None)
+    noted = noted_database(instance.history_spool)
+    if noted:
+        return noted
     settings = _file_settings(name, config_file)
     configured = settings.get("history")
     if configured == "off" or settings.get("no_history"):
@@ -532,7 +538,7 @@ def _history_url(history: str | None, name: str, config_file: Path | None,
                          "--history URL")
     if isinstance(configured, str) and configured:
         return configured
-    return f"sqlite:///{_instance(name, config_file, statedir, None).history_path}"
+    return f"sqlite:///{instance.history_path}"
 
 
 def _history_range(since: str | None, until: str | None, history: str | None, name: str,

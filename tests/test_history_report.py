@@ -22,6 +22,7 @@ from ncebpf.history import store
 from ncebpf.history.bins import OpenBin
 from ncebpf.history.export import pieces
 from ncebpf.history.query import parse_time, range_snapshot, time_series
+from ncebpf.history.spool import Spool
 from ncebpf.peerindex import key_array
 from ncebpf.report.aggregate import aggregate
 from ncebpf.report.model import Options
@@ -158,6 +159,19 @@ def test_report_since_reads_the_instances_history(database: Path) -> None:
     both = json.loads(cli("report", "--since", iso, "--until", "2026-09-22T00:00:00+00:00",
                           "--history", f"sqlite:///{database}", "--format", "json").stdout)
     assert both["dump"]["totals"]["bytes"] == 300 * 2500  # h2's hour too
+
+
+def test_a_report_reads_the_database_the_instance_last_wrote_to(tmp_path: Path,
+                                                               database: Path) -> None:
+    """An instance given --history on its command line: its spool notes the URL, and a
+    report of the instance needs no --history."""
+    statedir = tmp_path / "state"
+    Spool(statedir / "t.history", 10).note_database(f"sqlite:///{database}")
+    assert (statedir / "t.history" / "database").stat().st_mode & 0o777 == 0o600
+    out = cli("report", "--since", "2026-09-21T00:00:00+00:00", "--until",
+              "2026-09-22T00:00:00+00:00", "--statedir", str(statedir), "--name", "t",
+              "--host", "h1", "--format", "json").stdout
+    assert json.loads(out)["dump"]["totals"]["bytes"] == 288 * 2500
 
 
 def test_history_errors_say_what_to_do(tmp_path: Path, database: Path) -> None:

@@ -121,6 +121,7 @@ class HistorySink:
         self.options = options
         self._names_of = names_of
         self.spool = Spool(options.spool_dir, options.queue_bins, mode)
+        self.spool.note_database(options.url)
         if resumed is not None:
             self.forget_stopped_bin()  # older than the checkpoint, which has the bin
             if reread:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ncebpf.checkpoint import save_arrays
+from ncebpf.dump import write_atomically
 from ncebpf.history.bins import ClosedBin, Retraction
 from ncebpf.history.store import when
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".npz"
 OPEN_BIN = "open-bin.npz"
+DATABASE = "database"  # the URL of the database the last run wrote to
 # What memory holds when the disk refuses bins: about 60 B a peer (ClosedBin's columns), so
 # 60 MiB at most; beyond it the oldest held bins go, as beyond --history-queue.
 HELD_PEERS_MAX = 1_000_000
@@ -70,6 +72,15 @@ def described(entry: Entry) -> str:
     return f"the bin of {when(entry.start)} ({len(entry)} peers)"
 
 
+def noted_database(directory: Path) -> str | None:
+    """The URL of the database the instance whose spool is `directory` last wrote to
+    (Spool.note_database), or None: no run noted one, or this user may not read it."""
+    try:
+        return (directory / DATABASE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 class Spool:
     """The queue of waiting bins: put() on the daemon's loop; waiting(), load() and done()
     on the writer's thread. Files appear by rename and go by unlink, so a listing is
@@ -86,6 +97,16 @@ class Spool:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         files = self.waiting()
         self._next = _number(files[-1]) + 1 if files else 1
+
+    def note_database(self, url: str) -> None:
+        """Leave the URL the bins go to beside them (readable by this user only: it may
+        hold a password), so that `ncebpf report` and `history export` find an
+        instance's database without --history, however the daemon was given it."""
+        try:
+            write_atomically(self.directory / DATABASE, url + "\n", 0o600)
+        except OSError as exc:
+            log.warning("history: cannot note the database in %s (%s): reports of this "
+                        "instance need --history", self.directory, exc.strerror or exc)
 
     def waiting(self) -> list[Pending]:
         """Everything queued, oldest first: spooled files and entries held in memory."""
