@@ -201,9 +201,12 @@ def _run_config(ctx: click.Context) -> RunConfig:
 
     params = ctx.params
     settings = _file_settings(params["name"], params["config_file"])
+    given = {setting.field for setting in SETTINGS if setting.flag and
+             ctx.get_parameter_source(setting.field) == ParameterSource.COMMANDLINE}
+    if {"history", "no_history"} <= given:
+        raise click.UsageError("give --history URL or --no-history, not both")
     for setting in SETTINGS:
-        if setting.flag and ctx.get_parameter_source(setting.field) == \
-                ParameterSource.COMMANDLINE:
+        if setting.field in given:
             settings[setting.field] = setting.from_flag(params[setting.field])
     words = " ".join(params["expression"])
     if words:
@@ -544,11 +547,14 @@ def _history_url(history: str | None, name: str, config_file: Path | None,
 def _history_range(since: str | None, until: str | None, history: str | None, name: str,
                    config_file: Path | None, statedir: str | None) -> tuple[str, int, int]:
     """The database and the range [since, until) (epoch seconds) a command reads: --until
-    defaults to now, --since to a day before --until. Refuses a missing SQLite file."""
+    defaults to now, and ends there at the latest (seconds to come hold no counts, and
+    would thin the range's rates); --since defaults to a day before --until. Refuses a
+    missing SQLite file and a --since in the future."""
     import time
 
+    from ncebpf.errors import UsageError
     from ncebpf.history.query import parse_time
-    from ncebpf.history.store import database_url, sqlite_path
+    from ncebpf.history.store import database_url, sqlite_path, when
 
     now = time.time()
     url = _history_url(history, name, config_file, statedir)
@@ -557,8 +563,10 @@ def _history_range(since: str | None, until: str | None, history: str | None, na
     if path is not None and not Path(path).is_file():
         raise NcebpfError(f"no history database {path}: ncebpf writes it while it counts "
                           "(unless --no-history); give --history URL for another")
-    last = parse_time(until, now, "--until") if until is not None else int(now)
+    last = min(parse_time(until, now, "--until"), int(now)) if until is not None else int(now)
     first = parse_time(since, now, "--since") if since is not None else last - 86400
+    if first >= int(now):
+        raise UsageError(f"--since {since!r} ({when(first)}) is in the future")
     return url, first, last
 
 

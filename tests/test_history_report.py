@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,18 @@ def test_more_history_errors_say_what_to_do(tmp_path: Path, database: Path) -> N
     assert empty_since.returncode == 2 and "--since ''" in empty_since.stderr  # not 24h
     relative = cli("report", "--since", "1h", "--history", "sqlite:///rel.db", check=False)
     assert relative.returncode == 2 and "relative to the working directory" in relative.stderr
+    future = cli("report", "--since", "2099-01-01", "--history", url, check=False)
+    assert future.returncode == 2 and "--since '2099-01-01'" in future.stderr and \
+        "is in the future" in future.stderr
+    ahead = json.loads(cli("report", "--since", "2026-09-21", "--until", "2099-01-01",
+                           "--history", url, "--format", "json").stdout)
+    assert ahead["dump"]["current"] <= time.time() + 5  # the range ends now
+
+
+def test_history_and_no_history_together_are_refused() -> None:
+    both = cli("config", "--no-history", "--history", "sqlite:////tmp/ncebpf-t.db",
+               check=False)
+    assert both.returncode == 2 and "--history URL or --no-history, not both" in both.stderr
 
 
 def sqlite3_connect(path: Path) -> None:
@@ -282,3 +295,17 @@ def test_a_short_range_is_drawn_with_points_as_fine_as_its_bins(tmp_path: Path) 
     assert width == 60
     assert totals == {T0 + 60 * n: 60 * (n + 1) for n in range(10)}
     assert store.chart_width(T0, T0 + 7 * DAY) == 3600
+
+
+def test_a_chart_of_bins_under_a_minute_names_its_points_in_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "fine.db"
+    with store.opened(f"sqlite:///{path}") as engine:
+        for n in range(12):
+            opened = OpenBin(T0 + 10 * n, 10)
+            opened.add(key_array(peer_key("10.77.1.1")), np.array([[1, 100, 0, 0]],
+                                                                  dtype=np.uint64), T0 + 10 * n)
+            store.write_bin(engine, HOST, opened.closed(), T0 + 120)
+    html = cli("report", "--since", "2026-09-21T00:00:00+00:00", "--until",
+               "2026-09-21T00:02:00+00:00", "--history", f"sqlite:///{path}",
+               "--format", "html").stdout
+    assert "Bytes/s over time (10-second points)" in html

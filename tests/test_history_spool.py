@@ -54,6 +54,8 @@ def test_a_bin_the_disk_refuses_is_held_in_memory_in_its_place_and_sent(
     queue.put(Retraction(0))
     queue.put(a_bin(300))
     assert "held in memory" in caplog.text and caplog.text.count("cannot queue") == 1
+    assert queue.held() == 2 and queue.where() == \
+        f"in {directory} and memory (2: the disk refuses them)"
     directory.unlink()
     directory.mkdir()
     kept[0].write_bytes(kept[1])  # the file that was there before the disk refused

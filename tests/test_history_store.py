@@ -267,6 +267,11 @@ def test_a_version_2_database_loses_its_index_by_peer(database_url: str) -> None
                                    "(peer, bin_start)"))
         connection.execute(sa.insert(store.meta).values(name="schema_version", value="2"))
     store.write_bin(engine, HOST, closed(T0, {"10.77.0.2": (1, 2, 3, 4)}), T0 + 300)
+    with store.reading(database_url) as reader:  # a report reads it as it is
+        [sums] = store.peer_sums(reader, T0, T0 + 300)
+        assert sums.packets == 4
+    with engine.connect() as connection:
+        assert store.schema_version(connection) == 2
     assert store.migrate(engine) == (2, store.SCHEMA_VERSION)
     with engine.connect() as connection:
         indexes = sa.inspect(connection).get_indexes("peer_bins")
@@ -288,6 +293,9 @@ def test_a_version_1_database_is_upgraded_in_place(database_url: str) -> None:
              "out_bytes": v[3], "first_seen": T0, "last_seen": T0, "names": None}
             for peer, v in {"10.77.1.1": (1, 100, 2, 300), "10.77.1.2": (3, 500, 0, 0),
                             "fd77:1::1": (5, 700, 5, 900)}.items()])
+    with pytest.raises(store.HistoryError, match="start the instance that writes it once"):
+        with store.reading(database_url):
+            pass
     assert store.migrate(engine) == (1, store.SCHEMA_VERSION)
     with engine.connect() as connection:
         totals = connection.execute(sa.select(store.host_bins)).one()

@@ -251,14 +251,21 @@ class HistorySink:
         options = self.options
         engine = store.connect(options.url)
         migrated = False
+        opened_file = None
         delay = RETRY_FIRST_S
         next_roll_up = 0.0
         try:
             while True:
                 try:
+                    if migrated and store.sqlite_file(options.url) != opened_file:
+                        log.warning("history: %s was removed or replaced while ncebpf wrote "
+                                    "to it: the next bins go to a new file (what the old "
+                                    "one held is gone with it)", self.database_shown)
+                        engine.dispose()
+                        engine, migrated = store.connect(options.url), False
                     if not migrated:
                         store.migrate(engine)
-                        migrated = True
+                        migrated, opened_file = True, store.sqlite_file(options.url)
                     self._send(engine)
                     if time.monotonic() >= next_roll_up or self._stopping.is_set():
                         store.roll_up(engine, options.source, int(time.time()),
@@ -314,9 +321,9 @@ class HistorySink:
         waiting = len(self.spool.waiting())
         # Once per error, and again whenever the queue has grown by a day's worth of bins.
         if text != self._error or waiting >= self._said_waiting + 86400 // self.options.bin_s:
-            log.warning("history: cannot write to %s (%s); %s in %s, trying again every "
+            log.warning("history: cannot write to %s (%s); %s %s, trying again every "
                         "%.0f s at most", self.database_shown, text,
-                        _bins(waiting, " wait"), self.spool.directory, RETRY_MAX_S)
+                        _bins(waiting, " wait"), self.spool.where(), RETRY_MAX_S)
             self._said_waiting = waiting
         self._error = text
         self._written = 0

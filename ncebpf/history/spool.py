@@ -108,6 +108,18 @@ class Spool:
             log.warning("history: cannot note the database in %s (%s): reports of this "
                         "instance need --history", self.directory, exc.strerror or exc)
 
+    def held(self) -> int:
+        """How many waiting entries are in memory (the disk refused them)."""
+        with self._lock:
+            return len(self._held)
+
+    def where(self) -> str:
+        """Where the waiting entries are, for the log: 'in DIR', or 'in DIR and memory (2:
+        the disk refuses them)'."""
+        held = self.held()
+        return f"in {self.directory}" + (
+            f" and memory ({held}: the disk refuses them)" if held else "")
+
     def waiting(self) -> list[Pending]:
         """Everything queued, oldest first: spooled files and entries held in memory."""
         files = [p for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit()]

@@ -46,6 +46,7 @@ from ncebpf.history.bins import ClosedBin
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
+READABLE_FROM = 2  # the oldest schema the readers' queries work on (host_bins came in 2)
 FIVE_MINUTES_S, HOUR_S, DAY_S = 300, 3600, 86400
 
 metadata = sa.MetaData()
@@ -244,6 +245,13 @@ def schema_version(connection: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+def _refuse_newer(engine: Engine, found: int) -> None:
+    if found > SCHEMA_VERSION:
+        raise HistoryError(f"the history database {shown(engine.url)} has schema version "
+                           f"{found}, newer than this ncebpf's {SCHEMA_VERSION}: upgrade "
+                           "ncebpf, or give another --history")
+
+
 def migrate(engine: Engine) -> tuple[int, int]:
     """Bring the database's schema to SCHEMA_VERSION, each step in a transaction; return
     (version found, version now). Raises HistoryError for a newer schema."""
@@ -251,10 +259,7 @@ def migrate(engine: Engine) -> tuple[int, int]:
         meta.create(connection, checkfirst=True)
     with engine.begin() as connection:
         found = schema_version(connection)
-    if found > SCHEMA_VERSION:
-        raise HistoryError(f"the history database {shown(engine.url)} has schema version "
-                           f"{found}, newer than this ncebpf's {SCHEMA_VERSION}: upgrade "
-                           "ncebpf, or give another --history")
+    _refuse_newer(engine, found)
     for version in range(found + 1, SCHEMA_VERSION + 1):
         with engine.begin() as connection:
             if schema_version(connection) >= version:  # another host got there first
@@ -802,10 +807,18 @@ def reading(text: str) -> Iterator[Engine]:
     engine = connect(text, writing=False)
     try:
         with engine.connect() as connection:
-            if schema_version(connection) == 0:
-                raise HistoryError(f"{shown(engine.url)} holds no ncebpf history (yet): "
-                                   "give --history the database the daemon writes")
-        migrate(engine)
+            found = schema_version(connection)
+        if found == 0:
+            raise HistoryError(f"{shown(engine.url)} holds no ncebpf history (yet): "
+                               "give --history the database the daemon writes")
+        _refuse_newer(engine, found)
+        # A reader never upgrades: it may only select (a report run as another user, or a
+        # read-only file), and old daemons of other hosts may still write a shared
+        # database. What it reads is in every version from READABLE_FROM on.
+        if found < READABLE_FROM:
+            raise HistoryError(f"{shown(engine.url)} has history schema version {found}, "
+                               f"which reports no longer read: start the instance that "
+                               "writes it once (it upgrades the database in place)")
         yield engine
     except sa.exc.SQLAlchemyError as exc:
         first = str(exc).strip().splitlines()[0]
@@ -847,6 +860,18 @@ def check_sqlite(text: str) -> str:
         return (f"{path} has history schema version {version}, newer than this ncebpf's "
                 f"{SCHEMA_VERSION}: upgrade ncebpf, or give another --history")
     return ""
+
+
+def sqlite_file(text: str) -> tuple[int, int] | None:
+    """The (device, inode) of an sqlite:/// URL's file: None for other databases and for
+    a file that is not there. A writer holds its file open: one removed or replaced
+    under it would take its rows into a file nobody can read."""
+    path = sqlite_path(text)
+    try:
+        found = os.stat(path) if path is not None else None
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino) if found is not None else None
 
 
 def sqlite_path(text: str) -> str | None:

@@ -140,18 +140,23 @@ def _bar_chart(chart_id: str, chart_title: str, bars: list[tuple[str, int]]) -> 
     return svg
 
 
+_POINT_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 def _time_chart(series: TimeSeries) -> str:
     """Bytes/s over a history report's range: the total and the busiest groups, as an
     inline SVG line chart (no script, nothing fetched)."""
-    points = f"{series.width // 60}-minute" if series.width < 3600 else \
-        f"{series.width // 3600}-hour"
+    unit, per = next((name, seconds) for name, seconds in _POINT_UNITS
+                     if series.width % seconds == 0)
+    points = f"{series.width // per}-{unit}"
     left_out = f"; {series.left_out} busier group{'s' * (series.left_out > 1)} of many " \
         "peers not drawn" if series.left_out else ""
     chart = pygal.DateTimeLine(
         style=_CHART_STYLE, js=[], disable_xml_declaration=True, explicit_size=False,
         width=1040, height=320, title=f"Bytes/s over time ({points} points{left_out})",
         value_formatter=_axis_number, margin=6, show_dots=False,
-        x_value_formatter=lambda moment: moment.strftime("%b %d %H:%M"),
+        x_value_formatter=lambda moment: moment.strftime(
+            "%b %d %H:%M" if series.width % 60 == 0 else "%H:%M:%S"),
         x_label_rotation=20, truncate_legend=28, legend_at_bottom=True)
     chart.uuid = "over-time"
     chart.add_xml_filter(_without_scripts)
