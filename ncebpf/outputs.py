@@ -19,9 +19,11 @@ draining and answering signals, UDP and control requests. The rules:
 - Checkpoints are copied on the loop and saved by the same worker: never two
   at once, in the order taken, so none holds state older than the one before.
   One asked for while one is being saved is taken when that one is done.
-- Waiters hear how far a long dump got from the worker, as it writes, and from
-  the loop until the first piece is written: a turn of the loop that drains a
-  large table can take a second, longer than a client may wait for a line.
+- Waiters hear how far a long dump got every PROGRESS_EVERY_S, whatever the
+  loop is doing: a turn of the loop that drains a large table (before the next
+  dump's snapshot, or between dumps) can take a second, longer than a client
+  may wait for a line. The worker tells them as it writes, the loop on its
+  turns, and a small thread that lives while anyone waits covers the rest.
 """
 
 from __future__ import annotations
@@ -135,9 +137,10 @@ class DumpService:
     _reset_owed: bool = False
     _flight: _Flight | None = None
     _next_progress: float = 0.0  # time.monotonic()
-    # The loop and the worker both tell progress: one line at a time on a waiter's socket,
-    # and the lists of waiters never changed under the one telling.
+    # The loop, the worker and the keep-alive thread all tell progress: one line at a time
+    # on a waiter's socket, and the lists of waiters never changed under the one telling.
     _telling: threading.Lock = field(default_factory=threading.Lock)
+    _keeping_alive: threading.Thread | None = None  # while anyone waits (under _telling)
 
     def ask(self, waiter: DumpWaiter | None = None, reset: bool = False) -> None:
         """Owe a dump taken from now on; waiter hears of it; reset: start over once it is
@@ -145,6 +148,10 @@ class DumpService:
         if waiter is not None:
             with self._telling:
                 self._waiting.append(waiter)
+                if self._keeping_alive is None:
+                    self._keeping_alive = threading.Thread(
+                        target=self._keep_alive, name="ncebpf-dump-waiters", daemon=True)
+                    self._keeping_alive.start()
         self._owed = True
         self._reset_owed |= reset
 
@@ -192,13 +199,29 @@ class DumpService:
         return waiting
 
     def _tell_progress(self) -> None:
+        """Every waiter hears how far the dump in flight got; (0, 0) between dumps."""
         with self._telling:
             self._next_progress = time.monotonic() + PROGRESS_EVERY_S
             flight = self._flight
-            if flight is None or not flight.total:
-                return
-            for waiter in flight.waiters + self._waiting:
-                waiter.progress(flight.done, flight.total)
+            done, total = (flight.done, flight.total) if flight is not None else (0, 0)
+            for waiter in self._waiters():
+                waiter.progress(done, total)
+
+    def _waiters(self) -> list[DumpWaiter]:
+        """Everyone waiting, for the dump in flight or the next (under _telling)."""
+        return (self._flight.waiters if self._flight is not None else []) + self._waiting
+
+    def _keep_alive(self) -> None:
+        """The keep-alive thread: a line every PROGRESS_EVERY_S to the waiters when neither
+        the loop nor the worker told them one; it ends when nobody waits."""
+        while True:
+            time.sleep(PROGRESS_EVERY_S / 2)
+            with self._telling:
+                if not self._waiters():
+                    self._keeping_alive = None
+                    return
+            if time.monotonic() >= self._next_progress:
+                self._tell_progress()
 
     def _written_so_far(self, flight: _Flight, done: int, total: int) -> None:
         """The writer's progress callback, on the worker's thread."""
