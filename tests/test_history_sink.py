@@ -33,22 +33,51 @@ def sent(sink: HistorySink, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def a_sink(url: str, spool: Path) -> HistorySink:
+    """A sink of 10-s bins; write_bin's own clock decides retention, so bins are recent."""
+    return HistorySink(HistoryOptions(url, 10, store.Retention(), 100, spool, SOURCE))
+
+
+def count_bin(sink: HistorySink, start: int, packets: int) -> None:
+    """The loop's side: a drain counts packets in the bin at start, the next closes it."""
+    sink.observe(KEYS, np.array([[packets, 100 * packets, 0, 0]], dtype=np.uint64), start + 1)
+    sink.tick(start + 10)
+
+
+START = int(time.time()) // 10 * 10 - 60
+
+
 def test_a_database_file_removed_under_the_writer_is_made_anew(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "h.db"
     url = f"sqlite:///{path}"
-    options = HistoryOptions(url, 10, store.Retention(), 100, tmp_path / "q", SOURCE)
-    start = int(time.time()) // 10 * 10 - 60
-    with HistorySink(options) as sink:
-        sink.observe(KEYS, np.array([[3, 300, 0, 0]], dtype=np.uint64), start + 1)
-        sink.tick(start + 10)
+    with a_sink(url, tmp_path / "q") as sink:
+        count_bin(sink, START, 3)
         sent(sink)
-        assert written(url) == {start: 3}
+        assert written(url) == {START: 3}
         for leftover in tmp_path.glob("h.db*"):
             leftover.unlink()  # an operator's rm of the file the writer holds open
-        sink.observe(KEYS, np.array([[5, 500, 0, 0]], dtype=np.uint64), start + 11)
-        sink.tick(start + 20)
+        count_bin(sink, START + 10, 5)
         sent(sink)
         assert path.is_file(), "the bin went into the removed file"
-        assert written(url) == {start + 10: 5}
+        assert written(url) == {START + 10: 5}
     assert "was removed or replaced while ncebpf wrote to it" in caplog.text
+
+
+def test_a_stop_during_the_back_off_tries_the_database_once_more(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The database came back while the writer waited to try again: a stop sends the
+    bins instead of leaving them for a next run that may never come."""
+    directory = tmp_path / "gone"  # no directory: SQLite cannot open the file
+    url = f"sqlite:///{directory / 'h.db'}"
+    with a_sink(url, tmp_path / "q") as sink:
+        count_bin(sink, START, 3)
+        deadline = time.monotonic() + 30
+        while "cannot write to" not in caplog.text:
+            assert time.monotonic() < deadline, "the writer never tried"
+            time.sleep(0.05)
+        directory.mkdir()  # back; the writer waits 5 s before it tries again
+        began = time.monotonic()
+    assert time.monotonic() - began < 4, "the stop waited for the back-off"
+    assert not sink.spool.waiting()
+    assert written(url) == {START: 3}

@@ -252,6 +252,7 @@ class HistorySink:
         engine = store.connect(options.url)
         migrated = False
         opened_file = None
+        last_try = False  # the stop came during a back-off: one more try, then no more
         delay = RETRY_FIRST_S
         next_roll_up = 0.0
         try:
@@ -283,7 +284,12 @@ class HistorySink:
                 except (sa.exc.SQLAlchemyError, store.HistoryError) as exc:
                     self._failed(exc)
                     if self._stopping.wait(delay):
-                        return
+                        if last_try:
+                            return
+                        # A stop ends the back-off: the database may be back, and a plain
+                        # stop may be the last run (close() bounds the wait).
+                        last_try = True
+                        continue
                     delay = min(2 * delay, RETRY_MAX_S)
         finally:
             engine.dispose()
