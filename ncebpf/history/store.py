@@ -316,8 +316,8 @@ def _insert(connection: Connection, source: Source, seconds: int, start: int,
     if not rows:
         return
     columns = ", ".join(column.name for column in peer_bins.columns)
+    bin_key = (source.host, source.instance, int(seconds), int(start))
     if connection.dialect.driver == "psycopg":
-        bin_key = (source.host, source.instance, int(seconds), int(start))
         with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
             with cursor.copy(f"COPY {peer_bins.name} ({columns}) FROM STDIN") as copy:
                 for row in rows:
@@ -326,7 +326,7 @@ def _insert(connection: Connection, source: Source, seconds: int, start: int,
     qmark = connection.dialect.paramstyle == "qmark"
     key = ", ".join(str(sa.literal(value).compile(dialect=connection.dialect,
                                                   compile_kwargs={"literal_binds": True}))
-                    for value in (source.host, source.instance, int(seconds), int(start)))
+                    for value in bin_key)
     if not qmark:  # psycopg2 and PyMySQL read % in the statement as their markers' start
         key = key.replace("%", "%%")
     marker = "?" if qmark else "%s"
@@ -867,11 +867,13 @@ def sqlite_file(text: str) -> tuple[int, int] | None:
     a file that is not there. A writer holds its file open: one removed or replaced
     under it would take its rows into a file nobody can read."""
     path = sqlite_path(text)
+    if path is None:
+        return None
     try:
-        found = os.stat(path) if path is not None else None
+        found = os.stat(path)
     except FileNotFoundError:
         return None
-    return (found.st_dev, found.st_ino) if found is not None else None
+    return found.st_dev, found.st_ino
 
 
 def sqlite_path(text: str) -> str | None:
