@@ -164,6 +164,9 @@ class Collector:
         # order, and then the rows are known without a lookup.
         self._last_read: tuple[bytes, int, npt.NDArray[np.int32]] = (
             b"", -1, np.zeros(0, dtype=np.int32))
+        # The outputs that take each drain's result (design §1, stage 2: sinks of the
+        # drain), called at its end on the loop's thread: the Prometheus metrics.
+        self.sinks: list[Callable[[DrainReport], None]] = []
 
     def drain(self) -> DrainReport:
         started = time.perf_counter()
@@ -196,7 +199,10 @@ class Collector:
             # Out of the map, out of the table: the daemon is bounded as the map is.
             table.retire_rows(stale)
             table.evicting = np.zeros(0, dtype=np.int64)
-        return DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
+        report = DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
+        for sink in self.sinks:
+            sink(report)
+        return report
 
     def _read_at_one_moment(self) -> tuple[PeerBatch, Totals]:
         """The peers and the totals as of one moment, when the traffic lets them be.

@@ -38,6 +38,7 @@ from ncebpf.payload import fold, kernel_limits, parse_needle
 Direction = Literal["both", "ingress", "egress"]
 Mode = Literal["auto", "xdp", "tc", "pcap"]
 XdpModeName = Literal["auto", "native", "generic"]
+MetricsBy = Literal["peer", "cidr"]
 
 DEFAULT_NAME = "ncebpf"
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -53,6 +54,7 @@ MAX_SNAPLEN = 65535
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_UMASK = 0o022
 DEFAULT_HTTP_REFRESH_S = 60  # upstream's CGI cached its report this long
+DEFAULT_METRICS_TOP = 50  # per-peer metric series (ncebpf.export.prometheus)
 DEFAULT_HISTORY_BIN_S = 300
 DEFAULT_KEEP_5M_DAYS = 7.0  # vnstat's tiers: 5-minute bins a week, hours 90 days, days forever
 DEFAULT_KEEP_HOURLY_DAYS = 90.0
@@ -310,6 +312,9 @@ class RunConfig:
     resolvers: tuple[str, ...] = ()  # DNS servers, ADDR[:PORT]; empty = /etc/resolv.conf
     http: str = ""  # the report server's ADDR:PORT or [V6ADDR]:PORT (http_endpoint); "" = off
     http_refresh_s: int = DEFAULT_HTTP_REFRESH_S  # served reports are at most this old
+    metrics: str = ""  # the Prometheus endpoint's ADDR:PORT (http_endpoint); "" = off
+    metrics_top: int = DEFAULT_METRICS_TOP  # per-peer (or per-prefix) series: the top N
+    metrics_by: MetricsBy = "peer"
     dns_rate: float = 20.0  # PTR queries per second at most
     umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # seconds between checkpoints of the table
@@ -381,6 +386,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_refresh_s", "http_refresh", "--http-refresh", "integer",
             "Served reports come from a dump at most this many seconds old.",
             minimum=1, maximum=86400, unit="seconds"),
+    Setting("metrics", "metrics", "--metrics", "text",
+            "Serve Prometheus metrics at ADDR:PORT/metrics (PORT alone: 127.0.0.1:PORT); "
+            "other than loopback, only to --allow'ed clients. --http serves /metrics too.",
+            default_text="off",
+            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    Setting("metrics_top", "metrics_top", "--metrics-top", "integer",
+            "Per-peer (or per-prefix) metric series for the top N by bytes only: a bound on "
+            "the series a spoofed-source flood makes; 0 = none.", minimum=0, maximum=10000),
+    Setting("metrics_by", "metrics_by", "--metrics-by", "choice",
+            "Top series per peer, or per prefix (cidr: IPv4 /24, IPv6 /48, as reports "
+            "--by cidr).", choices=("peer", "cidr")),
     Setting("statedir", "sniffer", "--statedir", "text",
             f"Directory for dumps <name>.stats and <name>.json [default: {DEFAULT_STATEDIR}].",
             allowed_text="a directory, in quotes"),
@@ -556,14 +572,15 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     port = _port(settings.get("port"))
     requested = _value(settings, "listen", DEFAULT_LISTEN)
     allowed = _value(settings, "allow", ())
-    http = _http(_value(settings, "http", ""))
+    http = _endpoint("http", _value(settings, "http", ""))
+    metrics = _endpoint("metrics", _value(settings, "metrics", ""))
     listen, allow = DEFAULT_LISTEN, tuple[str, ...]()
     if port:  # upstream examines host and allowed only for a listener
         listen_addresses = resolve(SPECIAL_HOSTS.get(requested, requested))
         if not listen_addresses:
             raise ConfigError(f"bad dump host '{requested}'")
         listen = listen_addresses[0]
-    if port or http:  # the report server answers the same allowed list
+    if port or http or metrics:  # the HTTP servers answer the same allowed list
         resolved: list[str] = []
         for entry in allowed:
             found = resolve(entry)
@@ -610,6 +627,8 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         dns_rate=_value(settings, "dns_rate", 20.0),
         umask=_value(settings, "umask", DEFAULT_UMASK), http=http,
         http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
+        metrics=metrics, metrics_top=_value(settings, "metrics_top", DEFAULT_METRICS_TOP),
+        metrics_by=_value(settings, "metrics_by", "peer"),
         checkpoint_s=_value(settings, "checkpoint_s", DEFAULT_CHECKPOINT_S),
         history=history, history_bin_s=history_bin_s,
         keep_5m_days=keep_5m, keep_hourly_days=keep_hourly,
@@ -690,14 +709,15 @@ def http_endpoint(text: str) -> tuple[str, int]:
     return str(ipaddress.ip_address(host)), int(port_text)
 
 
-def _http(text: str) -> str:
-    """The report server's endpoint, checked and written as `http_endpoint` reads it."""
+def _endpoint(field: str, text: str) -> str:
+    """An HTTP server's endpoint (--http, --metrics), checked and written as
+    `http_endpoint` reads it."""
     if not text:
         return ""
     try:
         host, port = http_endpoint(text)
     except ValueError:
-        raise SETTING["http"].refuse(f"{_toml(text)} is not an address and port") from None
+        raise SETTING[field].refuse(f"{_toml(text)} is not an address and port") from None
     return endpoint_text(host, port)
 
 
@@ -731,6 +751,8 @@ def to_toml(config: RunConfig) -> str:
         "resolve": config.resolve, "resolver": list(config.resolvers),
         "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
         "http": config.http, "http_refresh": config.http_refresh_s,
+        "metrics": config.metrics, "metrics_top": config.metrics_top,
+        "metrics_by": config.metrics_by,
         "checkpoint": config.checkpoint_s, "bpffs": str(config.instance.bpffs),
         "history": config.history or "off", "history_bin": config.history_bin_s,
         "keep_5m": config.keep_5m_days, "keep_hourly": config.keep_hourly_days,

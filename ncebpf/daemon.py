@@ -26,7 +26,7 @@ from types import FrameType
 
 from ncebpf import checkpoint
 from ncebpf.accounting import PeerTable
-from ncebpf.collector import Collector
+from ncebpf.collector import Collector, DrainReport
 from ncebpf.config import Instance, RunConfig, http_endpoint
 from ncebpf.control import ControlServer
 from ncebpf.dump import DumpContext, write_atomically
@@ -45,6 +45,7 @@ from ncebpf.errors import (
     PrivilegeError,
     UsageError,
 )
+from ncebpf.export.prometheus import Metrics
 from ncebpf.files import read_small_file
 from ncebpf.filter import PreparedFilter, prepare
 from ncebpf.filter.host import local_hosts
@@ -369,6 +370,8 @@ class Daemon:
             collector = Collector(source, table, before_evict=checkpoints.save_before_evict)
             dumps = DumpService(self._writer, worker, table, lambda: self._drain(collector),
                                 after=checkpoints.save)
+            metrics = self._metrics(collector, table, source, dumps) \
+                if config.metrics or config.http else None
             with ExitStack() as attached:
                 hooks = attached.enter_context(ExitStack())  # what stop --keep leaves
                 if programs is not None and held is not None:
@@ -382,7 +385,12 @@ class Daemon:
                 # Listening on the control socket is the sign that we are counting.
                 control = attached.enter_context(ControlServer(self.instance))
                 if config.http:  # a client of the control socket: after it listens
-                    attached.enter_context(self._report_server())
+                    attached.enter_context(self._report_server(metrics))
+                if config.metrics and metrics is not None:
+                    address, port = http_endpoint(config.metrics)
+                    attached.enter_context(ReportServer(
+                        address, port, None, 0, self._http_allowed(address),
+                        scrape=metrics.exposition))
                 if self._on_ready:
                     self._on_ready()
                 # `systemctl status` shows it: a run whose restart would lose counts says so.
@@ -583,20 +591,38 @@ class Daemon:
         return DumpListener(self.config.listen, self.config.port,
                             allowed_or_default(self.config.allow))
 
-    def _report_server(self) -> ReportServer:
-        """The --http server; its fetch asks this daemon for dumps as `ncebpf dump` does.
-
-        Who may read (README "Serving reports"): an explicit --allow, on any address;
-        without one, everyone on a loopback address (only this host can reach it),
-        loopback and this host's addresses on any other.
-        """
+    def _report_server(self, metrics: Metrics | None) -> ReportServer:
+        """The --http server; its fetch asks this daemon for dumps as `ncebpf dump` does;
+        it serves /metrics too."""
         config, instance = self.config, self.instance
         address, port = http_endpoint(config.http)
-        allowed = None if is_loopback(address) and not config.allow else \
-            allowed_or_default(config.allow)
         return ReportServer(address, port,
                             lambda: fetch_from_instance(instance, HTTP_FETCH_TIMEOUT_S),
-                            config.http_refresh_s, allowed)
+                            config.http_refresh_s, self._http_allowed(address),
+                            scrape=metrics.exposition if metrics else None)
+
+    def _http_allowed(self, address: str) -> tuple[str, ...] | None:
+        """Who may read what an HTTP server (--http, --metrics) bound to address serves
+        (README "Serving reports"): an explicit --allow, on any address; without one,
+        everyone on a loopback address (only this host can reach it), loopback and this
+        host's addresses on any other. None: everyone."""
+        allow = self.config.allow
+        return None if is_loopback(address) and not allow else allowed_or_default(allow)
+
+    def _metrics(self, collector: Collector, table: PeerTable,
+                 source: KernelCounterSource | PcapSource, dumps: DumpService) -> Metrics:
+        """The Prometheus metrics (--metrics, --http's /metrics): a sink of every drain."""
+        config = self.config
+        metrics = Metrics({"name": self.instance.name, "interface": config.iface,
+                           "mode": self._mode, "filter": config.filter},
+                          config.metrics_top, config.metrics_by)
+
+        def drained(report: DrainReport) -> None:
+            resolver = self._resolver
+            metrics.drained(report, table, source.capacity, dumps.written, dumps.requests,
+                            resolver.results if resolver is not None else None)
+        collector.sinks.append(drained)
+        return metrics
 
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,

@@ -3,7 +3,9 @@
 Routes (README "Serving reports"): `/` and `/index.html` the HTML report,
 `/report.txt` the text report in upstream's layout, `/report.json` the JSON
 report, each taking `by`, `sort`, `top`, `cidr4`, `cidr6`, `domain_rule`;
-`/dump.json` the JSON dump the reports were cut from. GET and HEAD only.
+`/dump.json` the JSON dump the reports were cut from; `/metrics` the
+Prometheus metrics (ncebpf.export.prometheus). GET and HEAD only. The same server,
+without the reports, is `--metrics`'s.
 
 The standard library's ThreadingHTTPServer parses HTTP, in a thread of its
 own; the counting loop never waits for it: a fresh dump is asked of the
@@ -57,6 +59,9 @@ HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsaf
 REPORT_ROUTES = {"/": "html", "/index.html": "html", "/report.txt": "text",
                  "/report.json": "json"}
 DUMP_ROUTE = "/dump.json"
+METRICS_ROUTE = "/metrics"
+# A scrape: the Accept header in, the body and its Content-Type out (Metrics.exposition).
+Scrape = Callable[[str], tuple[bytes, str]]
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True  # a slow client never holds up the daemon's exit
     request_queue_size = LISTEN_BACKLOG
-    cache: PageCache
+    cache: PageCache | None  # None: no reports, /metrics alone (--metrics)
+    scrape: Scrape | None
     allowed: frozenset[str] | None  # None: everyone who can connect
     denied: DeniedLog  # only verify_request uses it, in the one accepting thread: no lock
     slots: threading.BoundedSemaphore
@@ -347,17 +353,24 @@ class _Handler(BaseHTTPRequestHandler):
         client = normalise(self.client_address[0])
         url = urlsplit(self.path)
         try:
-            if url.path in REPORT_ROUTES:
+            if url.path == METRICS_ROUTE and server.scrape is not None:
+                data, media_type = server.scrape(self.headers.get("Accept", ""))
+                self._send(data, media_type, body, ("Cache-Control", "no-store"))
+                return
+            if url.path in REPORT_ROUTES and server.cache is not None:
                 fmt = REPORT_ROUTES[url.path]
                 options = report_options(url.query)
                 served = server.cache.serve((fmt, options), report_page(fmt, options))
-            elif url.path == DUMP_ROUTE:
+            elif url.path == DUMP_ROUTE and server.cache is not None:
                 if url.query:
                     raise BadRequest(f"{DUMP_ROUTE} takes no parameters")
                 served = server.cache.serve(DUMP_ROUTE, dump_page)
             else:
-                self._plain(HTTPStatus.NOT_FOUND, f"no page {url.path[:80]!r}: /, "
-                            "/report.txt, /report.json or /dump.json\n", body)
+                routes = ["/", "/report.txt", "/report.json", DUMP_ROUTE] \
+                    if server.cache is not None else []
+                routes += [METRICS_ROUTE] if server.scrape is not None else []
+                self._plain(HTTPStatus.NOT_FOUND,
+                            f"no page {url.path[:80]!r}: {', '.join(routes)}\n", body)
                 return
         except BadRequest as exc:
             self._plain(HTTPStatus.BAD_REQUEST, f"{exc}\n", body)
@@ -371,17 +384,23 @@ class _Handler(BaseHTTPRequestHandler):
                         "the report failed: see the instance's log\n", body)
             return
         page = served.page
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", page.media_type)
-        self.send_header("Content-Length", str(len(page.body)))
-        self.send_header("Cache-Control", f"max-age={served.max_age}")
-        self.send_header("Last-Modified", email.utils.formatdate(served.current, usegmt=True))
-        self.send_header("X-Content-Type-Options", "nosniff")
+        headers = [("Cache-Control", f"max-age={served.max_age}"),
+                   ("Last-Modified", email.utils.formatdate(served.current, usegmt=True))]
         if page.media_type.startswith("text/html"):
-            self.send_header("Content-Security-Policy", HTML_POLICY)
+            headers.append(("Content-Security-Policy", HTML_POLICY))
+        self._send(page.body, page.media_type, body, *headers)
+
+    def _send(self, data: bytes, media_type: str, body: bool,
+              *headers: tuple[str, str]) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(data)))
+        for header in headers:
+            self.send_header(*header)
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         if body:
-            self.wfile.write(page.body)
+            self.wfile.write(data)
 
     def _plain(self, status: HTTPStatus, text: str, body: bool,
                *headers: tuple[str, str]) -> None:
@@ -414,18 +433,21 @@ class ReportServer:
     header_deadline_s of being accepted and is dropped after
     REQUEST_TIMEOUT_S of silence. fetch gives a fresh dump
     (`Fetched`); it is called at most every refresh_s seconds, from a
-    request's thread. Entering raises NcebpfError when the address cannot
-    be bound.
+    request's thread; None serves no reports (`--metrics`). scrape, when
+    given, answers /metrics. Entering raises NcebpfError when the address
+    cannot be bound.
     """
 
-    def __init__(self, address: str, port: int, fetch: Callable[[], Fetched],
+    def __init__(self, address: str, port: int, fetch: Callable[[], Fetched] | None,
                  refresh_s: float, allowed: Iterable[str] | None,
                  max_clients: int = MAX_CLIENTS,
-                 header_deadline_s: float = HEADER_DEADLINE_S) -> None:
+                 header_deadline_s: float = HEADER_DEADLINE_S,
+                 scrape: Scrape | None = None) -> None:
         self.address, self.port = address, port
         self.max_clients = max_clients
         self.header_deadline_s = header_deadline_s
-        self.cache = PageCache(fetch, refresh_s)
+        self.cache = PageCache(fetch, refresh_s) if fetch is not None else None
+        self.scrape = scrape
         self.allowed = None if allowed is None else frozenset(map(normalise, allowed))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -435,11 +457,14 @@ class ReportServer:
         try:
             server = server_class((self.address, self.port), _Handler)
         except OSError as exc:
-            raise NcebpfError(f"could not serve reports on "
+            what, flag = ("reports", "--http") if self.cache is not None else \
+                ("metrics", "--metrics")
+            raise NcebpfError(f"could not serve {what} on "
                               f"{endpoint_text(self.address, self.port)}: "
-                              f"{exc.strerror or exc} (choose another --http)") from None
-        server.cache, server.allowed = self.cache, self.allowed
-        server.denied = DeniedLog(what="report request")
+                              f"{exc.strerror or exc} (choose another {flag})") from None
+        server.cache, server.scrape, server.allowed = self.cache, self.scrape, self.allowed
+        server.denied = DeniedLog(what="report request" if self.cache is not None else
+                                  "metrics request")
         server.slots = threading.BoundedSemaphore(self.max_clients)
         server.header_deadline_s = self.header_deadline_s
         self._server = server
@@ -447,10 +472,14 @@ class ReportServer:
         self._thread = threading.Thread(target=server.serve_forever, name="ncebpf-http",
                                         daemon=True)
         self._thread.start()
-        log.info("serving reports on %s, from a dump at most %g s old; %s", self.url,
-                 self.cache.refresh_s,
-                 "everyone who can connect" if self.allowed is None else
-                 "allowed: " + ", ".join(sorted(self.allowed)))
+        who = "everyone who can connect" if self.allowed is None else \
+            "allowed: " + ", ".join(sorted(self.allowed))
+        if self.cache is not None:
+            log.info("serving reports%s on %s, from a dump at most %g s old; %s",
+                     " and metrics" if self.scrape else "", self.url, self.cache.refresh_s, who)
+        else:
+            log.info("serving Prometheus metrics on %s%s; %s", self.url,
+                     METRICS_ROUTE.lstrip("/"), who)
         return self
 
     @property

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,10 @@ class WrittenDump:
 
 
 class DumpWaiter(Protocol):
-    """Someone waiting for a dump; called on the loop's thread."""
+    """Someone waiting for a dump; called on the loop's thread. via: who asked, as the
+    metrics count requests (control, udp)."""
+
+    via: str
 
     def progress(self, done: int, total: int) -> None:
         """The dump being written has done of total peers in its current file."""
@@ -77,6 +81,7 @@ class ControlWaiter:
 
     client: DumpClient
     instance: Instance
+    via = "control"
 
     def progress(self, done: int, total: int) -> None:
         self.client.progress(done, total)
@@ -95,6 +100,7 @@ class UdpWaiter:
 
     listener: DumpListener
     sender: tuple[object, ...]
+    via = "udp"
 
     def progress(self, done: int, total: int) -> None:
         pass  # the protocol has no such line
@@ -115,6 +121,7 @@ class _Flight:
     current: float
     done: int = 0
     total: int = 0
+    signalled: int = 0  # requests without a waiter (USR1, HUP) this dump answers
 
 
 @dataclass
@@ -132,6 +139,10 @@ class DumpService:
     drain: Callable[[], None]
     after: Callable[[], None] = lambda: None
     last_written: float = 0.0  # `current` of the last dump written, epoch seconds; 0 = none
+    written: int = 0  # dumps written since the start
+    # Requests answered, by (via, result): control, udp or signal; written or failed.
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _signalled: int = 0  # requests without a waiter since the last dump started
     _waiting: list[DumpWaiter] = field(default_factory=list)
     _owed: bool = False  # asked for without a waiter (USR1, HUP)
     _reset_owed: bool = False
@@ -152,6 +163,8 @@ class DumpService:
                     self._keeping_alive = threading.Thread(
                         target=self._keep_alive, name="ncebpf-dump-waiters", daemon=True)
                     self._keeping_alive.start()
+        else:
+            self._signalled += 1
         self._owed = True
         self._reset_owed |= reset
 
@@ -237,8 +250,9 @@ class DumpService:
         # seconds at 1 M peers on a loaded machine) waiters hear (0, total), not silence.
         with self._telling:
             flight = self._flight = _Flight(self._waiting, self._reset_owed, current,
-                                            total=len(snapshot))
+                                            total=len(snapshot), signalled=self._signalled)
             self._waiting = []
+        self._signalled = 0
         self._owed, self._reset_owed = False, False
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         writer = self.writer
@@ -251,6 +265,9 @@ class DumpService:
         with self._telling:  # the worker is done: nobody tells this flight's waiters any more
             flight, self._flight = self._flight, None
         assert flight is not None
+        result = "failed" if outcome.error is not None else "written"
+        self.requests.update([(waiter.via, result) for waiter in flight.waiters]
+                             + [("signal", result)] * flight.signalled)
         if isinstance(outcome.error, OutputError):  # the writer logged it
             if flight.reset:
                 log.warning("HUP: the dump was not written, so the table was not reset: "
@@ -261,6 +278,7 @@ class DumpService:
         if outcome.error is not None:
             raise outcome.error
         self.last_written = flight.current
+        self.written += 1
         if flight.reset:
             self.table.reset(int(flight.current))
         written = WrittenDump(Path(outcome.value).parent, flight.current)

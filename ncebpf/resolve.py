@@ -21,7 +21,7 @@ import heapq
 import logging
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,6 +146,13 @@ def interpret(response: dns.message.Message) -> Outcome | None:
     return Outcome(named or names, max(min(ttls), MIN_TTL_S))
 
 
+def lookup_result(outcome: Outcome | None) -> str:
+    """A finished lookup as the metrics count it: name, no_name or no_answer."""
+    if outcome is None:
+        return "no_answer"
+    return "name" if outcome.names and not outcome.names[0].startswith(":") else "no_name"
+
+
 class RateLimit:
     """A token bucket: `rate` per second, bursts of at most `burst`."""
 
@@ -190,6 +197,9 @@ class ReverseResolver:
         self._pending: set[bytes] = set()  # waiting or in flight
         self._flying: dict[int, _Query] = {}  # by socket fd
         self._refresh: list[tuple[int, bytes]] = []  # (T, key) heap
+        # Lookups finished, by result (the Prometheus metrics): name, no_name (NXDOMAIN or
+        # no PTR), no_answer (no server answered within MAX_TRIES).
+        self.results: Counter[str] = Counter()
 
     def want(self, key: bytes) -> None:
         if key not in self._pending:
@@ -287,6 +297,7 @@ class ReverseResolver:
                 now: float) -> None:
         self._close(query)
         self._pending.discard(query.key)
+        self.results[lookup_result(outcome)] += 1
         record = table.peers.get(query.key)
         if record is None:
             return

@@ -17,10 +17,11 @@ SCRIPT = ROOT / "scripts" / "install-system-deps"
 # Debian packages only the tests and benchmarks use (nsd is a DNS server: on an operator's
 # machine it would be one more service to keep from starting, as would pmacct's daemons and
 # darkstat, the peers of the CPU benchmark; chromium is a browser; postgresql and
-# mariadb-server are the history tests' database servers).
+# mariadb-server are the history tests' database servers, prometheus the metrics test's
+# scraper).
 TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "pmacct", "darkstat",
                       "bpftool", "ethtool", "chromium", "vagrant", "vagrant-libvirt",
-                      "postgresql", "mariadb-server"}
+                      "postgresql", "mariadb-server", "prometheus"}
 DEBIAN_RUNTIME_PACKAGES = {"python3", "python3-venv", "python3-bpfcc", "libbpf1",
                            "linux-libc-dev", "libpcap0.8", "iproute2"}
 # What only `make vm-test` uses on the host.

@@ -69,6 +69,8 @@ class PausingWriter(DumpWriter):
 class Waiter:
     """Records what a DumpWaiter hears, in order."""
 
+    via = "control"
+
     def __init__(self) -> None:
         self.heard: list[tuple[str, Any]] = []
 
@@ -285,6 +287,25 @@ def test_a_failed_dump_answers_its_waiters_in_one_line_and_is_retried_after_a_ba
     assert dumps.writing  # the retry, owed to nobody in particular
     finish(worker)
     assert writer.failures == 0 and peers_in(instance) == {"10.77.0.1": 2}
+
+
+def test_requests_are_counted_by_who_asked_and_how_they_ended(
+        instance: Instance, worker: Worker, tmp_path: Path) -> None:
+    """What the metrics show (ncebpf_dump_requests_total, ncebpf_dumps_written_total)."""
+    dumps = DumpService(DumpWriter(instance, DumpContext("t", "veth0", "xdp")), worker,
+                        table_of(("10.77.0.1", 2)), Drains())
+    dumps.ask(Waiter())
+    dumps.ask(Waiter())
+    dumps.ask()  # USR1
+    dumps.service(0.0)
+    finish(worker)
+    instance.statedir.rename(tmp_path / "moved")
+    dumps.ask(Waiter())
+    dumps.service(0.0)
+    finish(worker)
+    assert dumps.written == 1
+    assert dumps.requests == {("control", "written"): 2, ("signal", "written"): 1,
+                              ("control", "failed"): 1}
 
 
 def test_hup_resets_only_once_its_dump_is_written_and_drains_wait_till_then(

@@ -1,0 +1,2 @@
+"""What leaves the process for other systems after each drain: Prometheus metrics (prometheus).
+"""
