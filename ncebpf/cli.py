@@ -143,6 +143,8 @@ run_options = _options(
     _setting_option("metrics", metavar="ADDR:PORT"),
     _setting_option("metrics_top", metavar="N"),
     _setting_option("metrics_by"),
+    _setting_option("ipfix", metavar="ADDR:PORT"),
+    _setting_option("ipfix_domain", metavar="ID"),
     _setting_option("checkpoint_s", metavar="SECONDS"),
     _setting_option("history", metavar="URL"),
     _setting_option("no_history"),

@@ -55,6 +55,7 @@ DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_UMASK = 0o022
 DEFAULT_HTTP_REFRESH_S = 60  # upstream's CGI cached its report this long
 DEFAULT_METRICS_TOP = 50  # per-peer metric series (ncebpf.export.prometheus)
+DEFAULT_IPFIX_DOMAIN = 1  # RFC 7011 section 3.1: 0 means no particular domain
 DEFAULT_HISTORY_BIN_S = 300
 DEFAULT_KEEP_5M_DAYS = 7.0  # vnstat's tiers: 5-minute bins a week, hours 90 days, days forever
 DEFAULT_KEEP_HOURLY_DAYS = 90.0
@@ -315,6 +316,8 @@ class RunConfig:
     metrics: str = ""  # the Prometheus endpoint's ADDR:PORT (http_endpoint); "" = off
     metrics_top: int = DEFAULT_METRICS_TOP  # per-peer (or per-prefix) series: the top N
     metrics_by: MetricsBy = "peer"
+    ipfix: str = ""  # the IPFIX collector's ADDR:PORT (http_endpoint's syntax); "" = off
+    ipfix_domain: int = DEFAULT_IPFIX_DOMAIN  # observationDomainId of the records
     dns_rate: float = 20.0  # PTR queries per second at most
     umask: int = DEFAULT_UMASK  # for the files the daemon creates: dumps, log
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # seconds between checkpoints of the table
@@ -397,6 +400,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_by", "metrics_by", "--metrics-by", "choice",
             "Top series per peer, or per prefix (cidr: IPv4 /24, IPv6 /48, as reports "
             "--by cidr).", choices=("peer", "cidr")),
+    Setting("ipfix", "ipfix", "--ipfix", "text",
+            "After each drain, send an IPFIX record per peer and direction that moved to the "
+            "collector at ADDR:PORT over UDP (PORT alone: 127.0.0.1:PORT; 4739 is IPFIX's).",
+            default_text="off",
+            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    Setting("ipfix_domain", "ipfix_domain", "--ipfix-domain", "integer",
+            "The IPFIX observationDomainId of the records: one per exporting instance.",
+            minimum=0, maximum=2**32 - 1),
     Setting("statedir", "sniffer", "--statedir", "text",
             f"Directory for dumps <name>.stats and <name>.json [default: {DEFAULT_STATEDIR}].",
             allowed_text="a directory, in quotes"),
@@ -574,6 +585,7 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     allowed = _value(settings, "allow", ())
     http = _endpoint("http", _value(settings, "http", ""))
     metrics = _endpoint("metrics", _value(settings, "metrics", ""))
+    ipfix = _endpoint("ipfix", _value(settings, "ipfix", ""))
     listen, allow = DEFAULT_LISTEN, tuple[str, ...]()
     if port:  # upstream examines host and allowed only for a listener
         listen_addresses = resolve(SPECIAL_HOSTS.get(requested, requested))
@@ -629,6 +641,7 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
         http_refresh_s=_value(settings, "http_refresh_s", DEFAULT_HTTP_REFRESH_S),
         metrics=metrics, metrics_top=_value(settings, "metrics_top", DEFAULT_METRICS_TOP),
         metrics_by=_value(settings, "metrics_by", "peer"),
+        ipfix=ipfix, ipfix_domain=_value(settings, "ipfix_domain", DEFAULT_IPFIX_DOMAIN),
         checkpoint_s=_value(settings, "checkpoint_s", DEFAULT_CHECKPOINT_S),
         history=history, history_bin_s=history_bin_s,
         keep_5m_days=keep_5m, keep_hourly_days=keep_hourly,
@@ -752,7 +765,8 @@ def to_toml(config: RunConfig) -> str:
         "dns_rate": config.dns_rate, "umask": f"{config.umask:03o}",
         "http": config.http, "http_refresh": config.http_refresh_s,
         "metrics": config.metrics, "metrics_top": config.metrics_top,
-        "metrics_by": config.metrics_by,
+        "metrics_by": config.metrics_by, "ipfix": config.ipfix,
+        "ipfix_domain": config.ipfix_domain,
         "checkpoint": config.checkpoint_s, "bpffs": str(config.instance.bpffs),
         "history": config.history or "off", "history_bin": config.history_bin_s,
         "keep_5m": config.keep_5m_days, "keep_hourly": config.keep_hourly_days,

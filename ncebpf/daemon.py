@@ -45,6 +45,7 @@ from ncebpf.errors import (
     PrivilegeError,
     UsageError,
 )
+from ncebpf.export.ipfix import IpfixExporter
 from ncebpf.export.prometheus import Metrics
 from ncebpf.files import read_small_file
 from ncebpf.filter import PreparedFilter, prepare
@@ -175,6 +176,7 @@ class Daemon:
         self._hooks: HookPlan | None = None
         self._features = KernelFeatures()  # probed by _choose_mode for the kernel path
         self._local_reason = ""
+        self._local_now: list[str] = []  # the last _local_addresses(): the IPFIX local side
         self._keep = False  # asked to stop with the programs left counting (KEEP_SIGNAL)
         self._programs_kept = False  # and they were: their maps are pinned
         self._pinned = False  # the counting maps are pinned in bpffs
@@ -372,6 +374,13 @@ class Daemon:
                                 after=checkpoints.save)
             metrics = self._metrics(collector, table, source, dumps) \
                 if config.metrics or config.http else None
+            if config.ipfix:
+                exporter = stack.enter_context(IpfixExporter(
+                    http_endpoint(config.ipfix), config.ipfix_domain, lambda: self._local_now))
+                table.observers.append(exporter.observe)
+                log.info("ipfix: a record per peer and direction that moved, after each "
+                         "drain, to %s (observation domain %d, messages up to %d bytes)",
+                         config.ipfix, config.ipfix_domain, exporter.max_size)
             with ExitStack() as attached:
                 hooks = attached.enter_context(ExitStack())  # what stop --keep leaves
                 if programs is not None and held is not None:
@@ -721,7 +730,8 @@ class Daemon:
             self._local_reason = side.reason
             log.info("local side of the peer rule: %s (%s)", side.reason,
                      ", ".join(side.addresses) or "none yet")
-        return [*side.addresses, *self._filter_hosts]
+        self._local_now = [*side.addresses, *self._filter_hosts]
+        return self._local_now
 
     def _answer(self, listener: DumpListener, dumps: DumpService) -> None:
         request = listener.receive(time.time())
