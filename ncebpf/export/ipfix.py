@@ -47,6 +47,7 @@ TEMPLATE_V4, TEMPLATE_V6 = 256, 257
 DEFAULT_TEMPLATE_INTERVAL_S = 60.0
 FLOW_INGRESS, FLOW_EGRESS = 0, 1  # flowDirection (IE 61)
 LOG_EVERY_S = 60.0
+SEND_BUFFER = 4 << 20  # bytes asked for (the kernel caps it at net.core.wmem_max)
 
 # (IANA element id, length in bytes, numpy field): IPFIX Information Elements registry.
 _COMMON = ((1, 8, ("octets", ">u8")),           # octetDeltaCount
@@ -168,6 +169,9 @@ class IpfixExporter:
         family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        # A drain of a million peers is tens of megabytes of records sent at once: room
+        # for bursts, so that EAGAIN means a collector path that is really too slow.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._sock.connect(endpoint)
         self.max_size = max_message_size(self._sock)
         self.sequence = 0
