@@ -337,6 +337,15 @@ class RunConfig:
 
 
 _KERNEL_MODES = ("auto", "xdp", "tc", "pcap")
+_ENDPOINT_TEXT = 'PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'
+
+
+def _endpoint_setting(field: str, help_text: str) -> Setting:
+    """An ADDR:PORT setting (--http, --metrics, --ipfix): checked by _endpoint."""
+    return Setting(field, field, f"--{field}", "text", help_text, default_text="off",
+                   allowed_text=_ENDPOINT_TEXT)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("filter", "bpf", "--filter", "text",
             "tcpdump filter expression; or give it as trailing arguments.",
@@ -382,29 +391,23 @@ SETTINGS: tuple[Setting, ...] = (
             "default, loopback and this host's addresses [default: those; on a loopback "
             "--http, everyone].",
             allowed_text="an array of host names or IP addresses, in quotes"),
-    Setting("http", "http", "--http", "text",
-            "Serve the reports over HTTP at ADDR:PORT (PORT alone: 127.0.0.1:PORT); "
-            "other than loopback, only to --allow'ed clients.", default_text="off",
-            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    _endpoint_setting("http", "Serve the reports over HTTP at ADDR:PORT (PORT alone: "
+                      "127.0.0.1:PORT); other than loopback, only to --allow'ed clients."),
     Setting("http_refresh_s", "http_refresh", "--http-refresh", "integer",
             "Served reports come from a dump at most this many seconds old.",
             minimum=1, maximum=86400, unit="seconds"),
-    Setting("metrics", "metrics", "--metrics", "text",
-            "Serve Prometheus metrics at ADDR:PORT/metrics (PORT alone: 127.0.0.1:PORT); "
-            "other than loopback, only to --allow'ed clients. --http serves /metrics too.",
-            default_text="off",
-            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    _endpoint_setting("metrics", "Serve Prometheus metrics at ADDR:PORT/metrics (PORT alone: "
+                      "127.0.0.1:PORT); other than loopback, only to --allow'ed clients. "
+                      "--http serves /metrics too."),
     Setting("metrics_top", "metrics_top", "--metrics-top", "integer",
             "Per-peer (or per-prefix) metric series for the top N by bytes only: a bound on "
             "the series a spoofed-source flood makes; 0 = none.", minimum=0, maximum=10000),
     Setting("metrics_by", "metrics_by", "--metrics-by", "choice",
             "Top series per peer, or per prefix (cidr: IPv4 /24, IPv6 /48, as reports "
             "--by cidr).", choices=("peer", "cidr")),
-    Setting("ipfix", "ipfix", "--ipfix", "text",
-            "After each drain, send an IPFIX record per peer and direction that moved to the "
-            "collector at ADDR:PORT over UDP (PORT alone: 127.0.0.1:PORT; 4739 is IPFIX's).",
-            default_text="off",
-            allowed_text='PORT, ADDR:PORT or [V6ADDR]:PORT with an IP address, in quotes'),
+    _endpoint_setting("ipfix", "After each drain, send an IPFIX record per peer and direction "
+                      "that moved to the collector at ADDR:PORT over UDP (PORT alone: "
+                      "127.0.0.1:PORT; 4739 is IPFIX's)."),
     Setting("ipfix_domain", "ipfix_domain", "--ipfix-domain", "integer",
             "The IPFIX observationDomainId of the records: one per exporting instance.",
             minimum=0, maximum=2**32 - 1),
