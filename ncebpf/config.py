@@ -387,7 +387,8 @@ SETTINGS: tuple[Setting, ...] = (
             f"Address the dump listener binds [default: {DEFAULT_LISTEN}].",
             allowed_text="a host name or an IP address in quotes, or \"INADDR_ANY\""),
     Setting("allow", "allowed", "--allow", "strings",
-            "Host allowed to request dumps and read --http reports; repeatable; replaces the "
+            "Host allowed to request dumps and read --http reports and --metrics; "
+            "repeatable; replaces the "
             "default, loopback and this host's addresses [default: those; on a loopback "
             "--http, everyone].",
             allowed_text="an array of host names or IP addresses, in quotes"),
@@ -401,7 +402,7 @@ SETTINGS: tuple[Setting, ...] = (
                       "--http serves /metrics too."),
     Setting("metrics_top", "metrics_top", "--metrics-top", "integer",
             "Per-peer (or per-prefix) metric series for the top N by bytes only: a bound on "
-            "the series a spoofed-source flood makes; 0 = none.", minimum=0, maximum=10000),
+            "the series a spoofed-source flood makes; 0 = none.", minimum=0, maximum=1000),
     Setting("metrics_by", "metrics_by", "--metrics-by", "choice",
             "Top series per peer, or per prefix (cidr: IPv4 /24, IPv6 /48, as reports "
             "--by cidr).", choices=("peer", "cidr")),
@@ -589,6 +590,9 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     http = _endpoint("http", _value(settings, "http", ""))
     metrics = _endpoint("metrics", _value(settings, "metrics", ""))
     ipfix = _endpoint("ipfix", _value(settings, "ipfix", ""))
+    if metrics and metrics == http:
+        raise SETTING["metrics"].refuse(f"{_toml(metrics)} is --http's too: --http serves "
+                                        "/metrics itself, or give another port")
     listen, allow = DEFAULT_LISTEN, tuple[str, ...]()
     if port:  # upstream examines host and allowed only for a listener
         listen_addresses = resolve(SPECIAL_HOSTS.get(requested, requested))

@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -26,7 +27,7 @@ from types import FrameType
 
 from ncebpf import checkpoint
 from ncebpf.accounting import PeerTable
-from ncebpf.collector import Collector, DrainReport
+from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig, http_endpoint
 from ncebpf.control import ControlServer
 from ncebpf.dump import DumpContext, write_atomically
@@ -616,6 +617,9 @@ class Daemon:
         everyone on a loopback address (only this host can reach it), loopback and this
         host's addresses on any other. None: everyone."""
         allow = self.config.allow
+        if is_loopback(address) and allow and not any(is_loopback(a) for a in allow):
+            log.warning("%s is a loopback address, and --allow lists none: nobody can "
+                        "connect to it; add --allow 127.0.0.1 (or ::1)", address)
         return None if is_loopback(address) and not allow else allowed_or_default(allow)
 
     def _metrics(self, collector: Collector, table: PeerTable,
@@ -626,11 +630,12 @@ class Daemon:
                            "mode": self._mode, "filter": config.filter},
                           config.metrics_top, config.metrics_by)
 
-        def drained(report: DrainReport) -> None:
+        def state() -> tuple[int, int, Counter[tuple[str, str]], Counter[str] | None]:
             resolver = self._resolver
-            metrics.drained(report, table, source.capacity, dumps.written, dumps.requests,
-                            resolver.results if resolver is not None else None)
-        collector.sinks.append(drained)
+            return (source.capacity, dumps.written, dumps.requests,
+                    resolver.results if resolver is not None else None)
+        metrics.take(table, *state())
+        collector.sinks.append(lambda report: metrics.drained(report, table, *state()))
         return metrics
 
     def _loop(self, control: ControlServer, signals: socket.socket,

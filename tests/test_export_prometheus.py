@@ -133,9 +133,22 @@ def test_per_prefix_series_when_asked() -> None:
     assert not any(name.startswith("ncebpf_peer_bytes") for name, _ in got)
 
 
-def test_before_the_first_drain_a_scrape_shows_the_instance_only() -> None:
+def test_before_any_sample_a_scrape_shows_the_instance_only() -> None:
     got = scraped(Metrics(LABELS))
     assert list(got) == [("ncebpf_info", tuple(sorted(LABELS.items())))]
+
+
+def test_a_sample_at_the_start_has_every_series_and_every_known_label_at_0() -> None:
+    table = table_of({"10.77.1.1": (2, 120, 0, 0)})  # resumed from a checkpoint, say
+    table.totals = Totals(packets=2, bytes=120)
+    metrics = Metrics(LABELS)
+    metrics.take(table, 100)
+    got = scraped(metrics)
+    assert got[("ncebpf_frames_total", (("direction", "in"), ("outcome", "matched")))] == 2
+    assert {dict(labels)["result"]: v for (name, labels), v in got.items()
+            if name == "ncebpf_dns_lookups_total"} == {"name": 0, "no_name": 0, "no_answer": 0}
+    assert len([name for name, _ in got if name == "ncebpf_dump_requests_total"]) == 6
+    assert got[("ncebpf_drain_duration_seconds_count", ())] == 0
 
 
 def test_openmetrics_when_the_scraper_asks_for_it() -> None:
@@ -202,6 +215,10 @@ def test_metrics_settings_are_checked_and_read_back(tmp_path: Path) -> None:
         _build(tmp_path, metrics_by="domain")
     with pytest.raises(ConfigError, match="metrics_top: -1 is out of range"):
         _build(tmp_path, metrics_top=-1)
+    with pytest.raises(ConfigError, match="metrics_top: 1001 is out of range"):
+        _build(tmp_path, metrics_top=1001)
+    with pytest.raises(ConfigError, match="is --http's too"):
+        _build(tmp_path, metrics="9464", http="127.0.0.1:9464")
     assert _build(tmp_path, allow=["10.77.0.9"], metrics="10.77.0.1:9464").allow == \
         ("10.77.0.9",)
     path = tmp_path / "web.toml"

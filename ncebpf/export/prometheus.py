@@ -44,6 +44,9 @@ CIDR4, CIDR6 = 24, 48  # the reports' --by cidr defaults (ncebpf.report.model.Op
 # A drain of 100 peers takes milliseconds, one of a million peers about a second.
 DRAIN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DIRECTIONS = ("in", "out")  # the dump's in_/out_ fields: in = the peer sent it
+DUMP_REQUEST_LABELS = tuple((via, result) for via in ("control", "udp", "signal")
+                            for result in ("written", "failed"))
+DNS_RESULTS = ("name", "no_name", "no_answer")  # ncebpf.resolve.lookup_result
 # Totals fields that count frames not under a peer, by the outcome label they get.
 UNMATCHED_OUTCOMES = ("filtered_out", "unparsed", "unattributed", "overflow", "dropped")
 
@@ -230,12 +233,23 @@ class Metrics:
     def drained(self, report: DrainReport, table: PeerTable, capacity: int,
                 dumps_written: int = 0, dumps: Mapping[tuple[str, str], int] | None = None,
                 dns: Mapping[str, int] | None = None) -> None:
+        """After a drain: its duration, and a new sample."""
         self.drain_seconds.observe(report.seconds)
+        self.take(table, capacity, dumps_written, dumps, dns)
+
+    def take(self, table: PeerTable, capacity: int, dumps_written: int = 0,
+             dumps: Mapping[tuple[str, str], int] | None = None,
+             dns: Mapping[str, int] | None = None) -> None:
+        """A sample of the table as it is (at the start too: a restart's table comes from
+        its checkpoint, and its series must not vanish until the first drain)."""
         top = top_peers(table, self.top) if self.by == "peer" else \
             top_prefixes(table, self.top)
+        # Every known label pair from the start, at 0: increase() sees the first event.
+        requests = dict.fromkeys(DUMP_REQUEST_LABELS, 0) | dict(dumps or {})
+        lookups = dict.fromkeys(DNS_RESULTS, 0) | dict(dns or {})
         # One assignment: a scrape reads the old sample or the new one, never a mix.
         self._sample = Sample(table.totals, table.listed_count, capacity, table.start, top,
-                              dumps_written, dict(dumps or {}), dict(dns or {}))
+                              dumps_written, requests, lookups)
 
     def collect(self) -> Iterator[Metric]:
         sample = self._sample
