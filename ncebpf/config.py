@@ -590,6 +590,9 @@ def build(settings: Mapping[str, Any], name: str, addresses: list[InterfaceAddre
     http = _endpoint("http", _value(settings, "http", ""))
     metrics = _endpoint("metrics", _value(settings, "metrics", ""))
     ipfix = _endpoint("ipfix", _value(settings, "ipfix", ""))
+    if ipfix and ipaddress.ip_address(http_endpoint(ipfix)[0]).is_unspecified:
+        raise SETTING["ipfix"].refuse(f"{_toml(ipfix)} names no host: give the collector's "
+                                      "address")
     if metrics and metrics == http:
         raise SETTING["metrics"].refuse(f"{_toml(metrics)} is --http's too: --http serves "
                                         "/metrics itself, or give another port")

@@ -167,6 +167,7 @@ class Daemon:
         self._resolver: ReverseResolver | None = None
         self._history: HistorySink | None = None
         self._reread = False  # the table resumed from a checkpoint reads its counts again
+        self._after_crash = False  # the last run of this instance did not end
         self._match = fold(parse_needle(config.match))
         self._nomatch = fold(parse_needle(config.nomatch))
         self._writer = DumpWriter(self.instance, DumpContext(
@@ -203,6 +204,8 @@ class Daemon:
                             "its own", what, directory, why)
         # First of all: a second run of this name must fail before it touches anything.
         with InstanceLock(self.instance):
+            # A pid file nobody removed: the last run did not end (kill -9, OOM, power).
+            self._after_crash = self.instance.pid_path.exists()
             for scratch in [*scratch_files(self.instance),  # a killed run's half-written files
                             *checkpoint.scratch_files(self.instance.checkpoint_path)]:
                 with contextlib.suppress(OSError):
@@ -379,6 +382,9 @@ class Daemon:
                 exporter = stack.enter_context(IpfixExporter(
                     http_endpoint(config.ipfix), config.ipfix_domain, lambda: self._local_now))
                 table.observers.append(exporter.observe)
+                collector.sinks.append(exporter.drained)
+                # After a crash the checkpoint is older than what the last run sent.
+                exporter.skip_next = self._reread and self._after_crash
                 log.info("ipfix: a record per peer and direction that moved, after each "
                          "drain, to %s (observation domain %d, messages up to %d bytes)",
                          config.ipfix, config.ipfix_domain, exporter.max_size)

@@ -8,11 +8,13 @@ import logging
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ncebpf.accounting import peer_key
+from ncebpf.config import ConfigError, read_file, to_toml
 from ncebpf.export.ipfix import (
     FLOW_EGRESS,
     FLOW_INGRESS,
@@ -27,6 +29,7 @@ from ncebpf.export.ipfix import (
     template_set,
 )
 from ncebpf.peerindex import key_array
+from tests.test_http import _build
 
 LOCAL = {4: bytes([10, 77, 0, 1]), 6: socket.inet_pton(socket.AF_INET6, "fd77::1")}
 
@@ -140,22 +143,60 @@ def test_the_exporter_sends_templates_first_and_again_at_their_interval(
     clock = Clock()
     keys, deltas = keys_of("10.77.3.1"), np.array([[3, 180, 0, 0]], dtype=np.uint64)
     with IpfixExporter(collector.getsockname(), 9, lambda: ["10.77.0.1"], 60, clock) as sink:
-        sink.observe(keys, deltas, int(clock.now))
+        clock.now += 5
+        sink.observe(keys, deltas, int(clock.now))  # a drain: its records, then its end
+        sink.drained()
         first = received(collector)
         clock.now += 10
+        sink.drained()  # nothing moved
+        clock.now += 10
         sink.observe(keys, deltas, int(clock.now))
+        sink.drained()
         second = received(collector)
         clock.now += 60
-        sink.observe(keys, np.zeros((1, 4), np.uint64), int(clock.now))  # nothing moved
+        sink.drained()
         third = received(collector)
         assert sink.records_sent == 2 and sink.sequence == 2
     assert [[s for s, _ in sets_of(m)] for m in first] == [[2], [TEMPLATE_V4]]
     assert [[s for s, _ in sets_of(m)] for m in second] == [[TEMPLATE_V4]]
     assert [[s for s, _ in sets_of(m)] for m in third] == [[2]]  # the templates, on time
     (record,) = np.frombuffer(sets_of(second[0])[0][1], dtype=RECORD_DTYPES[TEMPLATE_V4])
+    # The flow spans the last drain's interval, not the time since something last moved.
     assert (int(record["start_ms"]), int(record["end_ms"])) == \
-        (1_700_000_000_000, 1_700_000_010_000)
+        (1_700_000_015_000, 1_700_000_025_000)
     assert MESSAGE_HEADER.unpack_from(second[0])[3] == 1  # one data record before it
+
+
+def test_after_a_crash_the_first_drain_is_not_sent_again(
+        collector: socket.socket, caplog: pytest.LogCaptureFixture) -> None:
+    keys, deltas = keys_of("10.77.3.1"), np.array([[3, 180, 1, 60]], dtype=np.uint64)
+    with caplog.at_level(logging.WARNING), \
+            IpfixExporter(collector.getsockname(), 9, lambda: ["10.77.0.1"]) as sink:
+        sink.skip_next = True
+        sink.observe(keys, deltas, 0)
+        sink.drained()
+        sink.observe(keys, deltas, 0)
+        sink.drained()
+        assert sink.records_sent == 2 and sink.sequence == 2
+    assert "the 2 records of the first drain are not sent" in caplog.text
+
+
+def test_a_collector_the_kernel_will_not_send_to_costs_records_not_the_run(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Broadcast without SO_BROADCAST: refused at connect, before anything is sent."""
+    keys, deltas = keys_of("10.77.3.1"), np.array([[3, 180, 0, 0]], dtype=np.uint64)
+    with caplog.at_level(logging.WARNING), \
+            IpfixExporter(("255.255.255.255", 4739), 9, lambda: ["10.77.0.1"]) as sink:
+        sink.observe(keys, deltas, 0)
+        sink.drained()
+        assert (sink.records_sent, sink.records_dropped) == (0, 1)
+    assert caplog.text.count("cannot send to the collector at 255.255.255.255:4739") == 1
+
+
+def test_messages_are_at_most_an_ethernet_datagram_even_on_loopback(
+        collector: socket.socket) -> None:
+    with IpfixExporter(collector.getsockname(), 9, lambda: []) as sink:
+        assert sink.max_size == 1472
 
 
 def test_a_collector_that_is_not_there_costs_a_log_line_and_the_records(
@@ -169,7 +210,22 @@ def test_a_collector_that_is_not_there_costs_a_log_line_and_the_records(
             IpfixExporter(address, 9, lambda: ["10.77.0.1"], 60, clock) as sink:
         for _ in range(4):
             sink.observe(keys, deltas, int(clock.now))
+            sink.drained()
             clock.now += 1
     # A send finds nobody; the ICMP refusal surfaces on a later send, which is dropped.
     assert sink.records_dropped > 0 and sink.records_sent + sink.records_dropped == 8
-    assert caplog.text.count("took not every message") == 1
+    assert caplog.text.count("cannot send to the collector") == 1
+
+
+def test_ipfix_settings_are_checked_and_read_back(tmp_path: Path) -> None:
+    config = _build(tmp_path, ipfix="[fd77::5]:4739", ipfix_domain=77)
+    assert (config.ipfix, config.ipfix_domain) == ("[fd77::5]:4739", 77)
+    assert _build(tmp_path).ipfix == "" and _build(tmp_path).ipfix_domain == 1
+    for unspecified in ("0.0.0.0:4739", "[::]:4739"):
+        with pytest.raises(ConfigError, match="names no host"):
+            _build(tmp_path, ipfix=unspecified)
+    with pytest.raises(ConfigError, match="ipfix_domain: 4294967296 is out of range"):
+        _build(tmp_path, ipfix_domain=2**32)
+    path = tmp_path / "t.toml"
+    path.write_text(to_toml(config))
+    assert read_file(path)["ipfix"] == "[fd77::5]:4739"

@@ -48,6 +48,7 @@ DEFAULT_TEMPLATE_INTERVAL_S = 60.0
 FLOW_INGRESS, FLOW_EGRESS = 0, 1  # flowDirection (IE 61)
 LOG_EVERY_S = 60.0
 SEND_BUFFER = 4 << 20  # bytes asked for (the kernel caps it at net.core.wmem_max)
+MAX_MESSAGE = 1472  # an Ethernet MTU's datagram: collectors' buffers take it
 
 # (IANA element id, length in bytes, numpy field): IPFIX Information Elements registry.
 _COMMON = ((1, 8, ("octets", ">u8")),           # octetDeltaCount
@@ -139,9 +140,10 @@ def flow_records(keys: Keys, deltas: npt.NDArray[np.uint64], local: dict[int, by
 
 
 def max_message_size(sock: socket.socket) -> int:
-    """The largest IPFIX message that fits the path MTU the kernel knows for the connected
-    socket, less the IP and UDP headers (RFC 7011 section 10.3.3); 512 bytes when it does
-    not say (RFC 7011 section 10.3.3's floor for an unknown path)."""
+    """The largest IPFIX message for the connected socket: what fits the path MTU the kernel
+    knows for the collector, less the IP and UDP headers (RFC 7011 section 10.3.3), and never
+    more than MAX_MESSAGE (a loopback's 64 KiB datagrams overflow collectors' buffers, and
+    some read at most 9000 bytes); 512 bytes when the kernel does not say."""
     v6 = sock.family == socket.AF_INET6
     try:
         mtu = sock.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
@@ -149,14 +151,17 @@ def max_message_size(sock: socket.socket) -> int:
                               getattr(socket, "IP_MTU", 14))
     except OSError:
         return 512
-    return min(65_535, mtu - (40 if v6 else 20) - 8)
+    return max(512, min(MAX_MESSAGE, mtu - (40 if v6 else 20) - 8))
 
 
 class IpfixExporter:
-    """The `--ipfix` sink: a PeerTable delta observer (observe) and a drain sink (sent).
+    """The `--ipfix` sink: a PeerTable delta observer (observe: the records of a drain) and
+    a drain sink (drained: the drain's end, the templates when due).
 
     endpoint: (IP address, port) of the collector; domain: observationDomainId;
-    local_addresses: the host's addresses now (for the local side of the records)."""
+    local_addresses: the host's addresses now (for the local side of the records). Nothing
+    here raises for the network: an unreachable collector, an ICMP error or a full buffer
+    drops the records, counts them and says so in the log at most once a minute."""
 
     def __init__(self, endpoint: tuple[str, int], domain: int,
                  local_addresses: Callable[[], Sequence[str]],
@@ -172,13 +177,15 @@ class IpfixExporter:
         # A drain of a million peers is tens of megabytes of records sent at once: room
         # for bursts, so that EAGAIN means a collector path that is really too slow.
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        self._sock.connect(endpoint)
-        self.max_size = max_message_size(self._sock)
+        self._connected = False
+        self.max_size = 512
         self.sequence = 0
         self.records_sent = self.records_dropped = 0
+        self.skip_next = False  # the next drain's records are not sent (resume after a crash)
         self._last_ms = int(clock() * 1000)
         self._templates_due = 0.0  # at once
         self._next_log = 0.0  # when a failed send may be logged again
+        self._connect()
 
     def close(self) -> None:
         self._sock.close()
@@ -190,11 +197,25 @@ class IpfixExporter:
         self.close()
 
     def observe(self, keys: Keys, deltas: npt.NDArray[np.uint64], now: int) -> None:
-        """PeerTable's delta observer: the peers whose counters moved in this drain."""
+        """PeerTable's delta observer: the peers whose counters moved in this drain, as
+        flows from the end of the last drain to now."""
         end_ms = max(int(self._clock() * 1000), self._last_ms)
         records = flow_records(keys, deltas, self._local(), self._last_ms, end_ms)
-        self._last_ms = end_ms
+        if self.skip_next:
+            self.skip_next = False
+            withheld = sum(len(r) for r in records.values())
+            log.warning("ipfix: resumed after a crash: the %d records of the first drain are "
+                        "not sent, as the last run may have sent part of them (what arrived "
+                        "between the crash and this start is not at the collector)", withheld)
+            records = {}
         self._send(records)
+
+    def drained(self, report: object = None) -> None:
+        """Collector sink, after each drain (something moved or not): the next records'
+        flows start here; the templates go when due."""
+        self._last_ms = max(int(self._clock() * 1000), self._last_ms)
+        self.skip_next = False
+        self._send({})
 
     def _local(self) -> dict[int, bytes]:
         local: dict[int, bytes] = {}
@@ -203,32 +224,51 @@ class IpfixExporter:
             local.setdefault(address.version, address.packed)
         return local
 
+    def _connect(self) -> bool:
+        """Connect the socket to the collector (a route is needed, and may come later)."""
+        if not self._connected:
+            try:
+                self._sock.connect(self.endpoint)
+            except OSError as exc:
+                self._failed(0, exc)
+                return False
+            self._connected = True
+            self.max_size = max_message_size(self._sock)
+        return True
+
     def _send(self, records: dict[int, npt.NDArray[np.void]]) -> None:
         now = self._clock()
         templates = now >= self._templates_due
         if not records and not templates:
+            return
+        total = sum(len(r) for r in records.values())
+        if not self._connect():
+            self.records_dropped += total
             return
         encoded = encode(records, int(now), self.sequence, self.domain, self.max_size,
                          templates)
         self.sequence = encoded.sequence
         if templates:
             self._templates_due = now + self.template_interval_s
-        dropped = 0
         for message, count in zip(encoded.messages, encoded.records, strict=True):
             try:
                 self._sock.send(message)
                 self.records_sent += count
             except OSError as exc:
-                # EAGAIN: the socket's buffer is full (UDP drops here as on the wire);
-                # ECONNREFUSED: an ICMP port unreachable came back, nobody listens.
-                if exc.errno not in (errno.EAGAIN, errno.ECONNREFUSED):
-                    raise
-                dropped += count
-                if templates and count == 0:
+                # An error the network reported for an earlier datagram (ICMP: port or host
+                # unreachable, administratively prohibited, fragmentation needed) or a full
+                # buffer: this message is lost, as it would be on the wire.
+                if exc.errno == errno.EMSGSIZE:  # the path MTU shrank: smaller from now on
+                    self.max_size = max_message_size(self._sock)
+                if count == 0:
                     self._templates_due = now  # the templates again with the next drain
-        self.records_dropped += dropped
-        if dropped and now >= self._next_log:
+                self._failed(count, exc)
+
+    def _failed(self, records: int, exc: OSError) -> None:
+        self.records_dropped += records
+        now = self._clock()
+        if now >= self._next_log:
             self._next_log = now + LOG_EVERY_S
-            log.warning("ipfix: the collector at %s took not every message (not listening, "
-                        "or too slow): %d records dropped so far; counting goes on",
-                        endpoint_text(*self.endpoint), self.records_dropped)
+            log.warning("ipfix: cannot send to the collector at %s (%s): %d records dropped "
+                        "so far; counting goes on", endpoint_text(*self.endpoint),
+                        exc.strerror or exc, self.records_dropped)
