@@ -23,7 +23,7 @@ from tests.db_servers import (
     PostgresServer,
     servers_available,
 )
-from tests.netns import PREFIX, NetnsPair
+from tests.netns import CREATED, PREFIX, NetnsPair
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -107,20 +107,35 @@ def _test_namespaces() -> set[str]:
     return {line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)}
 
 
+def _attached_in(namespace: str) -> set[int]:
+    """Ids of the BPF programs attached to the interfaces of a namespace."""
+    out = subprocess.run(["ip", "netns", "exec", namespace, "bpftool", "-j", "net", "show"],
+                         capture_output=True, text=True)
+    ids: set[int] = set()
+    for device in json.loads(out.stdout or "[]") if out.returncode == 0 else []:
+        for hook in ("xdp", "tc"):
+            ids |= {int(entry["id"]) for entry in device.get(hook, []) if "id" in entry}
+    return ids
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     # A run killed before its clean-up (a session's end, a CI time limit) leaves its
-    # namespaces and programs, and an instance may count on the host: this run answers
-    # for its own only.
-    namespaces, programs = _test_namespaces(), set(_ncebpf_programs())
+    # namespaces and programs, and another run (or a developer's experiment) may count on
+    # the same machine meanwhile: this run answers for its own only, the namespaces it
+    # made (CREATED) and programs other than those loaded before it or attached in
+    # namespaces not its own.
+    programs = set(_ncebpf_programs())
 
     def programs_left() -> list[str]:
-        return [name for id_, name in _ncebpf_programs().items() if id_ not in programs]
+        others = set().union(*map(_attached_in, _test_namespaces() - CREATED))
+        return [name for id_, name in _ncebpf_programs().items()
+                if id_ not in programs and id_ not in others]
 
     yield
     if os.geteuid() != 0:
         return
-    left = sorted(_test_namespaces() - namespaces)
+    left = sorted(_test_namespaces() & CREATED)
     assert not left, f"test namespaces left behind: {left}"
     deadline = time.monotonic() + 15  # namespaces are torn down asynchronously
     while programs_left() and time.monotonic() < deadline:

@@ -36,6 +36,11 @@ def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
                           timeout=timeout * TIME_SCALE)
 
 
+# Every namespace this process made: the suite answers for these, not for those of another
+# run on the same machine (tests/conftest.py, nothing_left_behind).
+CREATED: set[str] = set()
+
+
 class NetnsPair:
     local_v4, remote_v4 = "10.77.0.1", "10.77.0.2"
     local_v6, remote_v6 = "fd77::1", "fd77::2"
@@ -56,6 +61,7 @@ class NetnsPair:
         return self
 
     def _build(self) -> None:
+        CREATED.update((self.local, self.remote))
         run("ip", "netns", "add", self.local)
         run("ip", "netns", "add", self.remote)
         run("ip", "link", "add", "name", self.local_if, "netns", self.local, "type", "veth",
