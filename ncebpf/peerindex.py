@@ -46,6 +46,13 @@ def key_array(keys: bytes | bytearray | memoryview) -> Keys:
     return np.frombuffer(keys, dtype=KEY_DTYPE)
 
 
+def key_bytes(keys: Keys) -> npt.NDArray[np.uint8]:
+    """The keys as an (n, KEY_SIZE) array of their bytes (a view when contiguous): the
+    family byte, 3 pad bytes, the 16 address bytes (bpf/ncebpf_kern_user.h)."""
+    raw: npt.NDArray[np.uint8] = np.ascontiguousarray(keys).view(np.uint8).reshape(-1, KEY_SIZE)
+    return raw
+
+
 # Peers are whatever source addresses arrive, spoofed ones too: with a hash anyone can
 # compute, a flood of addresses chosen to share a slot would make every drain probe
 # quadratically. A secret start, drawn per process, keeps the slots unpredictable.

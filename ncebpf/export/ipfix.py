@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ncebpf.config import endpoint_text
-from ncebpf.peerindex import Keys
+from ncebpf.peerindex import Keys, key_bytes
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def flow_records(keys: Keys, deltas: npt.NDArray[np.uint64], local: dict[int, by
     """Data records of one drain: per peer key (n,) V20 and its (n, 4) deltas (in packets,
     in bytes, out packets, out bytes), a record for each direction that moved, by template.
     local: family (4, 6) -> the local address's bytes standing for this host. Pure."""
-    raw = np.frombuffer(keys.tobytes(), dtype=np.uint8).reshape(len(keys), -1)
+    raw = key_bytes(keys)
     records: dict[int, npt.NDArray[np.void]] = {}
     for tid, family, first, width in ((TEMPLATE_V4, 4, 16, 4), (TEMPLATE_V6, 6, 4, 16)):
         ours = raw[:, 0] == family

@@ -36,9 +36,10 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from ncebpf.accounting import PeerTable, Totals, peer_text
+from ncebpf.accounting import PeerTable, Totals, bytes_of, peer_text
 from ncebpf.collector import DrainReport
 from ncebpf.config import DEFAULT_METRICS_TOP, MetricsBy
+from ncebpf.peerindex import key_bytes
 
 CIDR4, CIDR6 = 24, 48  # the reports' --by cidr defaults (ncebpf.report.model.Options)
 # A drain of 100 peers takes milliseconds, one of a million peers about a second.
@@ -82,7 +83,7 @@ def top_peers(table: PeerTable, n: int) -> tuple[Ranked, ...]:
     if n <= 0 or not len(rows):
         return ()
     counts = table.counts[rows]
-    order = _largest(counts[:, 1] + counts[:, 3], n)
+    order = _largest(bytes_of(counts), n)
     counts = counts[order]
     keys = table.index.keys[rows[order]].tolist()
     return tuple(Ranked(peer_text(key), _four(row))
@@ -114,9 +115,7 @@ def top_prefixes(table: PeerTable, n: int, cidr4: int = CIDR4, cidr6: int = CIDR
     rows = table.listed_rows()
     if n <= 0 or not len(rows):
         return ()
-    # Keys: family byte, 3 pad bytes, 16 address bytes, IPv4 as ::ffff:a.b.c.d
-    # (bpf/ncebpf_kern_user.h).
-    raw = np.frombuffer(table.index.keys[rows].tobytes(), dtype=np.uint8).reshape(len(rows), -1)
+    raw = key_bytes(table.index.keys[rows])  # IPv4 as ::ffff:a.b.c.d
     is_v4 = raw[:, 0] == 4
     ranked: list[tuple[int, str, tuple[int, int, int, int]]] = []
     for members, first, width, length in ((is_v4, 16, 4, cidr4), (~is_v4, 4, 8, cidr6)):
@@ -126,7 +125,7 @@ def top_prefixes(table: PeerTable, n: int, cidr4: int = CIDR4, cidr6: int = CIDR
             f">u{width}").ravel().astype(np.uint64)
         keep = (1 << (8 * width)) - (1 << (8 * width - length)) if length else 0
         prefixes, sums = _sums_by(addresses & np.uint64(keep), table.counts[rows[members]])
-        best = _largest(sums[:, 1] + sums[:, 3], n)
+        best = _largest(bytes_of(sums), n)
         for prefix, counts in zip(prefixes[best].tolist(), sums[best].tolist(), strict=True):
             address = ipaddress.IPv4Address(prefix) if width == 4 else \
                 ipaddress.IPv6Address(prefix << 64)
