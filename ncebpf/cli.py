@@ -447,7 +447,7 @@ def _write_output(output: str, pieces: Iterable[str]) -> None:
 
 
 @main.command()
-@click.argument("sources", nargs=-1, metavar="[SOURCE]")
+@click.argument("sources", nargs=-1, metavar="[SOURCE]...")
 @click.option("--by", type=click.Choice(BY_CHOICES), default="cidr",
               show_default=True,
               help="Group peers by prefix (--cidr4/--cidr6), by registrable domain of their "
@@ -475,15 +475,27 @@ def _write_output(output: str, pieces: Iterable[str]) -> None:
               help="--by domain: the registrable domain from the Public Suffix List, or "
                    "upstream's key and its /24 rows (every *.co.uk in one row).")
 @click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
-              help="Without SOURCE: give up after this many seconds without an answer or "
-                   "progress from the instance.")
+              help="Give up after this many seconds: without SOURCE, of silence from the "
+                   "instance; with ssh:// sources, for all of them together.")
+@click.option("--hosts", "hosts_file", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="FILE", help="Read more SOURCEs from FILE, one a line (# comments).")
+@click.option("--partial-ok", is_flag=True,
+              help="Exit 0 when some sources gave no dump (the report names them and says "
+                   "it is partial) [default: exit 1].")
+@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              metavar="FILE", help="ssh_config(5) file for ssh:// sources: keys, known "
+                                   "hosts, jump hosts [default: ~/.ssh/config].")
+@click.option("--remote-ncebpf", default="ncebpf", show_default=True, metavar="COMMAND",
+              help="How ssh:// hosts start ncebpf, as their shell reads it: "
+                   "/opt/ncebpf/bin/ncebpf, 'sudo -n ncebpf'.")
 @history_range_options
 @instance_options
 def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int, cidr6: int,
            top: int | None, sort: str, domain_rule: str, timeout: float,
-           since: str | None, until: str | None, history: str | None, hosts: tuple[str, ...],
-           name: str, config_file: Path | None, statedir: str | None, piddir: str | None,
-           bpffs: str | None) -> None:
+           hosts_file: Path | None, partial_ok: bool, ssh_config: Path | None,
+           remote_ncebpf: str, since: str | None, until: str | None, history: str | None,
+           hosts: tuple[str, ...], name: str, config_file: Path | None, statedir: str | None,
+           piddir: str | None, bpffs: str | None) -> None:
     """Who used the link: peers grouped by prefix, domain or peer, busiest first.
 
     SOURCE is a dump: ncebpf's JSON or .stats, or a .stats file of the Perl
@@ -492,29 +504,42 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
     the report covers a time range from the history database instead: rates
     are the range's averages, counts its sums.
 
+    SOURCE may also be ssh://[user@]host[:port][/NAME]: ssh (BatchMode, keys
+    only) runs 'ncebpf dump' for instance NAME on that host, all hosts at
+    once. Several SOURCEs make one report: a peer's counts summed over them,
+    each host's totals in the header. A source that gives no dump is named
+    with its error, the report says it is partial, and the exit status is 1
+    (unless --partial-ok).
+
     \b
       ncebpf report                          # /24s of the running instance
       ncebpf report --by domain /var/lib/ncebpf/ncebpf.json
       ncebpf report --format html -o /var/www/html/link.html
+      ncebpf report ssh://gw1 ssh://root@gw2:2222/uplink --by peer
+      ncebpf report --hosts /etc/ncebpf/fleet --format html -o fleet.html
       ncebpf report --since 24h --by peer    # the last day, from the history
       ncebpf report --since 2026-11-01 --until 2026-11-08 --format html -o week.html
     """
     from ncebpf.errors import UsageError
     from ncebpf.report import render
     from ncebpf.report.aggregate import aggregate
+    from ncebpf.report.fleet import read_hosts_file
     from ncebpf.report.model import By, DomainRule, Options, Sort
     from ncebpf.report.sources import from_instance, read_dump
 
-    if len(sources) > 1:
-        raise UsageError("give one SOURCE: reports over several dumps are not supported yet")
+    listed = [*sources, *(read_hosts_file(hosts_file) if hosts_file is not None else [])]
+    if hosts_file is not None and not listed:
+        raise UsageError(f"--hosts {hosts_file}: no sources in it (one a line)")
     if since is not None or until is not None or history is not None or hosts:
-        if sources:
+        if listed:
             raise UsageError("give a SOURCE or --since, not both: a range comes from the "
                              "history database")
         url, snapshot = _history_snapshot(since, until, history, hosts, name, config_file,
                                           statedir)
+    elif len(listed) > 1 or any(source.startswith("ssh://") for source in listed):
+        url, snapshot = "", _fleet_snapshot(listed, ssh_config, remote_ncebpf, timeout)
     else:
-        url, snapshot = "", read_dump(Path(sources[0])) if sources else \
+        url, snapshot = "", read_dump(Path(listed[0])) if listed else \
             from_instance(_instance(name, config_file, statedir, piddir, bpffs), timeout)
     options = Options(by=cast(By, by), cidr4=cidr4, cidr6=cidr6,
                       domain_rule=cast(DomainRule, domain_rule), sort=cast(Sort, sort), top=top)
@@ -524,6 +549,38 @@ def report(sources: tuple[str, ...], by: str, fmt: str, output: str, cidr4: int,
 
         result = with_time_series(result, url, hosts)
     _write_output(output, [render(result, fmt)])
+    if snapshot.failures:
+        _partial(snapshot, partial_ok)
+
+
+def _fleet_snapshot(listed: list[str], ssh_config: Path | None, remote_ncebpf: str,
+                    timeout: float) -> Any:
+    """The sources' dumps fetched (ssh:// all at once) and merged into one snapshot."""
+    from ncebpf.errors import UsageError
+    from ncebpf.report.fleet import SshOptions, fetch, parse_source
+    from ncebpf.report.merge import merge
+
+    seen = set()
+    for source in listed:
+        if source in seen:
+            raise UsageError(f"{source} is given twice: its counts would be added twice")
+        seen.add(source)
+    parts, failures = fetch([parse_source(source) for source in listed],
+                            SshOptions(config=ssh_config, remote_ncebpf=remote_ncebpf),
+                            timeout)
+    return merge(parts, failures)
+
+
+def _partial(snapshot: Any, partial_ok: bool) -> None:
+    """After a report with failed sources: each on stderr, then exit 1 unless --partial-ok
+    (a report of no source at all always exits 1)."""
+    for source, error in snapshot.failures:
+        click.echo(f"ncebpf: {source}: {error}", err=True)
+    total = len(snapshot.parts) + len(snapshot.failures)
+    click.echo(f"ncebpf: the report is partial: {len(snapshot.failures)} of {total} sources "
+               "gave no dump", err=True)
+    if not snapshot.parts or not partial_ok:
+        raise SystemExit(1)
 
 
 def _history_url(history: str | None, name: str, config_file: Path | None,

@@ -72,7 +72,8 @@ def test_html_to_a_file(dumps: tuple[Path, Path], tmp_path: Path) -> None:
     (["--cidr4", "33", "x"], "--cidr4"),
     (["--by", "asn", "x"], "--by"),
     (["--top", "0", "x"], "--top"),
-    (["a", "b"], "give one SOURCE"),
+    (["a", "a"], "a is given twice"),
+    (["ssh://gw1/-x"], "not an instance name"),
 ])
 def test_errors_are_one_line(args: list[str], message: str) -> None:
     stderr = report(*args, check=False)
@@ -118,3 +119,34 @@ def test_sort_by_exact_bytes(dumps: tuple[Path, Path]) -> None:
     document = json.loads(report("--by", "peer", "--sort", "bytes", "--format", "json",
                                  str(dumps[0])))
     assert [g["bytes"] for g in document["groups"]] == [1700, 1300, 1100, 700]
+
+
+def test_several_files_make_one_report_and_a_missing_one_makes_it_partial(
+        dumps: tuple[Path, Path], tmp_path: Path) -> None:
+    import subprocess
+
+    json_path, stats_path = dumps
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(json_path.read_bytes())
+    document = json.loads(report("--by", "peer", "--format", "json", str(json_path),
+                                 str(copy)))
+    assert document["totals"]["packets"] == 2 * 48
+    assert [host["source"] for host in document["dump"]["hosts"]] == [str(json_path),
+                                                                       str(copy)]
+    hosts = tmp_path / "fleet"
+    hosts.write_text(f"# two dumps and a missing one\n{copy}\n{tmp_path / 'gone.json'}\n")
+    args = [*NCEBPF, "report", str(json_path), "--hosts", str(hosts)]
+    partial = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    assert partial.returncode == 1
+    assert f"# host:\t{tmp_path / 'gone.json'}\tFAILED: no such file" in partial.stdout
+    assert "the report is partial: 1 of 3 sources gave no dump" in partial.stderr
+    accepted = subprocess.run([*args, "--partial-ok"], capture_output=True, text=True,
+                              check=False, timeout=60)
+    assert accepted.returncode == 0 and accepted.stdout == partial.stdout
+    nothing = subprocess.run([*NCEBPF, "report", "--partial-ok", str(tmp_path / "a"),
+                              str(tmp_path / "b")], capture_output=True, text=True,
+                             check=False, timeout=60)
+    assert nothing.returncode == 1  # no source at all is no report, --partial-ok or not
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    assert "no sources in it" in report("--hosts", str(empty), check=False)

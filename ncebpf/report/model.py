@@ -87,6 +87,16 @@ class Snapshot:
     totals: dict[str, int | None] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)  # why a total is None
     others: dict[str, int] = field(default_factory=dict)
+    # A report over several sources (merge.merge): each source's dump without its peers
+    # (users still counts them), in the order given, and the sources that gave none, as
+    # (source, error text). Both empty for a single dump.
+    parts: tuple[Snapshot, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def partial(self) -> bool:
+        """Whether a source of this report failed: its peers are missing."""
+        return bool(self.failures)
 
 
 @dataclass(frozen=True)

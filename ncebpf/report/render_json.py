@@ -30,7 +30,9 @@ def _group(group: Group) -> dict[str, Any]:
 
 
 def dump_summary(snapshot: Snapshot) -> dict[str, Any]:
-    """What the dump says about its run, without the peers."""
+    """What the dump says about its run, without the peers. For a report over several
+    sources, hosts holds each one's summary (its users: its peers), failures the sources
+    that gave none with their error, and partial says whether any failed."""
     summary: dict[str, Any] = {
         "source": snapshot.source, "name": snapshot.name, "start": snapshot.start,
         "current": snapshot.current, "hits_per_minute": snapshot.hits_per_minute,
@@ -42,6 +44,11 @@ def dump_summary(snapshot: Snapshot) -> dict[str, Any]:
         "others": dict(snapshot.others)}
     if snapshot.unknown:
         summary["totals"]["unknown"] = dict(snapshot.unknown)
+    # A report over several sources: each one's own summary, and those that gave no dump.
+    summary["hosts"] = [dump_summary(part) for part in snapshot.parts]
+    summary["failures"] = [{"source": source, "error": error}
+                           for source, error in snapshot.failures]
+    summary["partial"] = snapshot.partial
     return summary
 
 

@@ -102,7 +102,7 @@ def read_dump(path: Path) -> Snapshot:
     naming the file: missing, a directory, unreadable, empty, not a dump,
     or `line N: what was expected`.
     """
-    return _parse_bytes(_read_bytes(path), str(path))
+    return dump_from_bytes(_read_bytes(path), str(path))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -128,7 +128,9 @@ def _read_bytes(path: Path) -> bytes:
         raise NcebpfError(f"{path}: cannot read it: {err.strerror}") from None
 
 
-def _parse_bytes(raw: bytes, source: str) -> Snapshot:
+def dump_from_bytes(raw: bytes, source: str) -> Snapshot:
+    """A dump's bytes (a file's, or a remote `ncebpf dump`'s output) as read_dump reads
+    them; source names it. Raises NcebpfError as read_dump does."""
     if not raw.strip():
         raise NcebpfError(f"{source}: empty file, not a dump")
     try:
@@ -154,7 +156,7 @@ def dump_of_instance(instance: Instance, timeout_s: float) -> tuple[Snapshot, by
     """from_instance's snapshot with the very bytes it was read from (what /dump.json
     serves, so that a served dump and its reports always agree)."""
     raw = _read_bytes(request_dump(instance, "json", timeout_s))
-    return _parse_bytes(raw, f"instance {instance.name}"), raw
+    return dump_from_bytes(raw, f"instance {instance.name}"), raw
 
 
 def parse_dump(text: str, source: str) -> Snapshot:
