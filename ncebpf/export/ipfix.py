@@ -245,6 +245,10 @@ class IpfixExporter:
         if not self._connect():
             self.records_dropped += total
             return
+        if templates:
+            # With the templates, every minute: the route's MTU may have changed since (a
+            # link's MTU lowered, a path MTU learnt or expired).
+            self.max_size = max_message_size(self._sock)
         encoded = encode(records, int(now), self.sequence, self.domain, self.max_size,
                          templates)
         self.sequence = encoded.sequence
@@ -269,6 +273,7 @@ class IpfixExporter:
         now = self._clock()
         if now >= self._next_log:
             self._next_log = now + LOG_EVERY_S
-            log.warning("ipfix: cannot send to the collector at %s (%s): %d records dropped "
-                        "so far; counting goes on", endpoint_text(*self.endpoint),
-                        exc.strerror or exc, self.records_dropped)
+            lost = f"{self.records_dropped} records dropped so far" if self.records_dropped \
+                else "no records dropped yet"
+            log.warning("ipfix: cannot send to the collector at %s (%s): %s; counting goes "
+                        "on", endpoint_text(*self.endpoint), exc.strerror or exc, lost)
