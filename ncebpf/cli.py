@@ -557,29 +557,37 @@ def _fleet_snapshot(listed: list[str], ssh_config: Path | None, remote_ncebpf: s
                     timeout: float) -> Any:
     """The sources' dumps fetched (ssh:// all at once) and merged into one snapshot."""
     from ncebpf.errors import UsageError
-    from ncebpf.report.fleet import SshOptions, fetch, parse_source
+    from ncebpf.report.fleet import SshOptions, fetch, parse_source, same_source
     from ncebpf.report.merge import merge
 
-    seen = set()
-    for source in listed:
-        if source in seen:
-            raise UsageError(f"{source} is given twice: its counts would be added twice")
-        seen.add(source)
-    parts, failures = fetch([parse_source(source) for source in listed],
-                            SshOptions(config=ssh_config, remote_ncebpf=remote_ncebpf),
-                            timeout)
+    if not remote_ncebpf.strip():
+        raise UsageError("--remote-ncebpf is empty: give the command that starts ncebpf on "
+                         "the hosts")
+    sources = [parse_source(source) for source in listed]
+    seen: dict[tuple[str, ...], str] = {}
+    for text, source in zip(listed, sources, strict=True):
+        first = seen.setdefault(same_source(source), text)
+        if first != text or listed.count(text) > 1:
+            again = "is given twice" if first == text else f"is {first} again"
+            raise UsageError(f"{text} {again}: its counts would be added twice")
+    parts, failures = fetch(sources, SshOptions(config=ssh_config,
+                                                remote_ncebpf=remote_ncebpf), timeout)
+    if not parts:
+        for failed, error in failures:
+            click.echo(f"ncebpf: {failed}: {error}", err=True)
+        raise NcebpfError(f"none of the {len(failures)} sources gave a dump: no report "
+                          "(--output, if given, is left as it was)")
     return merge(parts, failures)
 
 
 def _partial(snapshot: Any, partial_ok: bool) -> None:
-    """After a report with failed sources: each on stderr, then exit 1 unless --partial-ok
-    (a report of no source at all always exits 1)."""
+    """After a report with failed sources: each on stderr, then exit 1 unless --partial-ok."""
     for source, error in snapshot.failures:
         click.echo(f"ncebpf: {source}: {error}", err=True)
     total = len(snapshot.parts) + len(snapshot.failures)
     click.echo(f"ncebpf: the report is partial: {len(snapshot.failures)} of {total} sources "
                "gave no dump", err=True)
-    if not snapshot.parts or not partial_ok:
+    if not partial_ok:
         raise SystemExit(1)
 
 

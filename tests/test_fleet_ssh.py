@@ -231,3 +231,25 @@ def test_a_report_over_three_hosts_is_exact_and_names_failing_hosts(
         assert timed_out.returncode == 0, timed_out.stderr
         assert f"# host:\t{good[0]}\tFAILED: no dump within --timeout" in timed_out.stdout
         assert shared_packets == sum(10 * (i + 1) for i in range(HOSTS))
+        # SIGTERM while the hosts are asked: the report ends, and so do its ssh clients.
+        asked = subprocess.Popen(["ip", "netns", "exec", hub_ns, *NCEBPF, "report",
+                                  "--ssh-config", str(ssh_config), "--remote-ncebpf",
+                                  str(slow), *good], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30 * TIME_SCALE
+        while not clients_in(hub_ns):
+            assert time.monotonic() < deadline, "no ssh client started"
+            time.sleep(0.1)
+        asked.terminate()
+        assert asked.wait(timeout=30 * TIME_SCALE) == 128 + 15
+        assert clients_in(hub_ns) == []
+
+
+def clients_in(ns: str) -> list[str]:
+    """The ssh clients running in namespace ns."""
+    found = []
+    for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+        with contextlib.suppress(OSError):  # it may end while we look
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ssh":
+                found.append(pid)
+    return found

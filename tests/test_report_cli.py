@@ -73,6 +73,8 @@ def test_html_to_a_file(dumps: tuple[Path, Path], tmp_path: Path) -> None:
     (["--by", "asn", "x"], "--by"),
     (["--top", "0", "x"], "--top"),
     (["a", "a"], "a is given twice"),
+    (["ssh://gw1", "ssh://gw1:22/ncebpf"], "ssh://gw1:22/ncebpf is ssh://gw1 again"),
+    (["--remote-ncebpf", " ", "ssh://gw1"], "--remote-ncebpf is empty"),
     (["ssh://gw1/-x"], "not an instance name"),
 ])
 def test_errors_are_one_line(args: list[str], message: str) -> None:
@@ -143,10 +145,14 @@ def test_several_files_make_one_report_and_a_missing_one_makes_it_partial(
     accepted = subprocess.run([*args, "--partial-ok"], capture_output=True, text=True,
                               check=False, timeout=60)
     assert accepted.returncode == 0 and accepted.stdout == partial.stdout
-    nothing = subprocess.run([*NCEBPF, "report", "--partial-ok", str(tmp_path / "a"),
-                              str(tmp_path / "b")], capture_output=True, text=True,
-                             check=False, timeout=60)
-    assert nothing.returncode == 1  # no source at all is no report, --partial-ok or not
+    out = tmp_path / "kept.txt"
+    out.write_text("the last good report\n")
+    nothing = subprocess.run([*NCEBPF, "report", "--partial-ok", "-o", str(out),
+                              str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True,
+                             text=True, check=False, timeout=60)
+    # No source at all is no report, --partial-ok or not, and the last one stays.
+    assert nothing.returncode == 1 and "none of the 2 sources gave a dump" in nothing.stderr
+    assert out.read_text() == "the last good report\n"
     empty = tmp_path / "empty"
     empty.write_text("# nothing\n")
     assert "no sources in it" in report("--hosts", str(empty), check=False)

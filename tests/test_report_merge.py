@@ -13,8 +13,8 @@ from ncebpf.errors import UsageError
 from ncebpf.report import render
 from ncebpf.report.aggregate import aggregate
 from ncebpf.report.fleet import SshOptions, SshSource, parse_source, read_hosts_file, \
-    ssh_command
-from ncebpf.report.merge import merge
+    same_source, ssh_command
+from ncebpf.report.merge import VARIES, merge
 from ncebpf.report.model import TOTAL_FIELDS, Options, Peer, Snapshot
 
 
@@ -102,14 +102,16 @@ def test_header_names_each_host_failures_and_the_grand_total() -> None:
                  filter="tcp")
     merged = merge([a, b], [("ssh://c", "ssh: Permission denied (publickey).")])
     header = merged.header
-    assert "\n# host:\tssh://a\tmode tc, 1 peers, 5 packets, 500 bytes\n# header of ssh://a\n" \
+    assert "\n# host:\tssh://a\tmode tc, 1 peer, 5 packets, 500 bytes\n# header of ssh://a\n" \
         in header
     assert "\n# host:\tssh://b\tmode xdp, 2 peers, 2 packets, 200 bytes\n" in header
     assert "\n# host:\tssh://c\tFAILED: ssh: Permission denied (publickey).\n" in header
     assert header.endswith("\n# grand total all hosts\n# hits: \t40 per minute\n"
                            "# bytes:\t336 per second\n# users:\t2\n# partial:\t1 of 3 hosts "
                            "gave no dump: their peers are missing\n")
-    assert (merged.mode, merged.filter, merged.partial) == ("tc, xdp", "udp, tcp", True)
+    assert (merged.mode, merged.filter, merged.device, merged.partial) == \
+        (VARIES, VARIES, "eth0", True)
+    assert merged.source == "3 hosts, 1 without a dump"
     assert [part.source for part in merged.parts] == ["ssh://a", "ssh://b"]
     assert all(part.peers == () for part in merged.parts)
     text = render(aggregate(merged, Options()), "text")
@@ -127,6 +129,8 @@ def test_json_and_html_show_hosts_totals_and_partial() -> None:
         [("ssh://a", 5, 1)]
     page = render(report, "html")
     assert 'id="partial"' in page and "1 of 2 sources gave no dump" in page
+    assert page.index('id="partial"') < page.index('id="dump"')  # at the top, not below
+    assert "<title>ncebpf report — 2 hosts, 1 without a dump (partial)</title>" in page
     assert '<tr data-host="ssh://a">' in page
     assert 'data-host-total="packets" data-value="5"' in page
     assert "ssh://&lt;b&gt;" in page and "<b>" not in page.split('id="hosts"')[1]
@@ -141,6 +145,9 @@ def test_json_and_html_show_hosts_totals_and_partial() -> None:
      SshSource("ssh://ops@gw1.example.net:2222/uplink", "gw1.example.net", "ops", 2222,
                "uplink")),
     ("ssh://[fd77::1]:22/t", SshSource("ssh://[fd77::1]:22/t", "fd77::1", None, 22, "t")),
+    ("SSH://gw1", SshSource("SSH://gw1", "gw1")),
+    ("ssh://ops%40example.org@gw1", SshSource("ssh://ops%40example.org@gw1", "gw1",
+                                              "ops@example.org")),
 ])
 def test_ssh_sources(text: str, expected: SshSource) -> None:
     assert parse_source(text) == expected
@@ -151,6 +158,9 @@ def test_ssh_sources(text: str, expected: SshSource) -> None:
     ("ssh://", "no host name"),
     ("ssh://gw1:99999", "not an ssh source"),
     ("ssh://u:secret@gw1", "a password never goes in the URL"),
+    ("ssh://gw1:0", "port 0 is no port"),
+    ("ssh://[fe80::1%25eth0]", "a zone"),
+    ("ssh:gw1", "write ssh://"),
     ("ssh://gw1/a/b", "not an instance name"),
     ("ssh://gw1/x?y=1", "no ?query"),
 ])
@@ -177,5 +187,20 @@ def test_ssh_argv_never_prompts_and_quotes_the_dump() -> None:
 
 def test_hosts_file_skips_comments_and_blank_lines(tmp_path: Path) -> None:
     hosts = tmp_path / "fleet"
-    hosts.write_text("# gateways\nssh://gw1\n\n  ssh://gw2/up  \n  # old: ssh://gw3\n")
-    assert read_hosts_file(hosts) == ["ssh://gw1", "ssh://gw2/up"]
+    hosts.write_bytes("\ufeff# gateways\r\nssh://gw1\n\n  ssh://gw2/up  # the uplink\n"
+                      "  # old: ssh://gw3\ndumps/a.json\n/abs/b.json\n".encode())
+    assert read_hosts_file(hosts) == ["ssh://gw1", "ssh://gw2/up", str(tmp_path / "dumps/a.json"),
+                                      "/abs/b.json"]
+    hosts.write_bytes(b"ssh://gw1\n# caf\xe9\n")
+    with pytest.raises(UsageError, match="line 2 is not UTF-8"):
+        read_hosts_file(hosts)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("ssh://gw1", "ssh://gw1:22/ncebpf"),
+    ("ssh://[fd77::1]/x", "ssh://[FD77:0::1]:22/x"),
+    ("a.json", "./a.json"),
+])
+def test_one_source_written_two_ways_is_one_source(first: str, second: str) -> None:
+    assert same_source(parse_source(first)) == same_source(parse_source(second))
+    assert same_source(parse_source("ssh://gw1")) != same_source(parse_source("ssh://op@gw1"))

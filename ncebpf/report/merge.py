@@ -30,6 +30,7 @@ from ncebpf.report.aggregate import address_order
 from ncebpf.report.model import TOTAL_FIELDS, Peer, Snapshot
 
 _T = TypeVar("_T")
+VARIES = "(varies by host)"
 
 
 def merge(parts: Sequence[Snapshot], failures: Sequence[tuple[str, str]] = ()) -> Snapshot:
@@ -39,7 +40,7 @@ def merge(parts: Sequence[Snapshot], failures: Sequence[tuple[str, str]] = ()) -
     start is the earliest start, current the latest; the rates of the header
     (hits_per_minute, bytes_per_second) are the parts' sums; users is the
     number of distinct peers. device, filter and mode are the parts' own
-    when they all agree, else their distinct values joined by ", "; match,
+    when they all agree, else VARIES; match,
     nomatch, payload and snaplen the parts' when they agree, else None. The
     header is each part's own, after a `# host:` line that names it with
     its mode and totals, then a line per failure, then the grand total in
@@ -58,7 +59,7 @@ def merge(parts: Sequence[Snapshot], failures: Sequence[tuple[str, str]] = ()) -
               for field in ("peers", "packets", "bytes")} \
         if any(part.others for part in parts) else {}
     snapshot = Snapshot(
-        source=", ".join([part.source for part in parts] + [source for source, _ in failures]),
+        source=_sources_text(len(parts), len(failures)),
         start=min((part.start for part in parts), default=0),
         current=max((part.current for part in parts), default=0),
         hits_per_minute=sum(part.hits_per_minute for part in parts),
@@ -120,8 +121,16 @@ def _summed_totals(parts: Sequence[Snapshot]
     return totals, unknown
 
 
+def _sources_text(parts: int, failures: int) -> str:
+    """`3 hosts`, `3 hosts, 1 without a dump`: what a merged report comes from."""
+    text = f"{parts + failures} host{'s' if parts + failures != 1 else ''}"
+    return f"{text}, {failures} without a dump" if failures else text
+
+
 def _agreed(values: Iterable[str]) -> str:
-    return ", ".join(dict.fromkeys(values))
+    """The value every part has, else VARIES (each host's own is in its header line)."""
+    distinct = set(values)
+    return VARIES if len(distinct) > 1 else distinct.pop() if distinct else ""
 
 
 def _same(values: Iterable[_T]) -> _T | None:
@@ -134,7 +143,7 @@ def host_line(part: Snapshot) -> str:
     """`mode tc, 12 peers, 3400 packets, 1200000 bytes`: what a part adds, in one line
     (packets and bytes only where its dump has them)."""
     counts = [f"mode {part.mode}"] if part.mode else []
-    counts.append(f"{part.users} peers")
+    counts.append(f"{part.users} peer{'s' if part.users != 1 else ''}")
     counts += [f"{part.totals[field]} {field}" for field in ("packets", "bytes")
                if part.totals.get(field) is not None]
     return ", ".join(counts)

@@ -29,7 +29,7 @@ from markupsafe import Markup, escape
 from pygal.style import Style
 
 from ncebpf.report.aggregate import address_order
-from ncebpf.report.model import TOTAL_FIELDS, Group, Peer, Report, TimeSeries
+from ncebpf.report.model import TOTAL_FIELDS, Group, Peer, Report, Snapshot, TimeSeries
 from ncebpf.report.render_text import title
 
 CHART_TOP = 10  # bars per chart: the groups and the peers with the most bytes/s
@@ -267,6 +267,12 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
+def _page_title(snapshot: Snapshot) -> str:
+    if snapshot.parts:  # several hosts: how many, and whether some gave nothing
+        return f"ncebpf report — {snapshot.source}" + (" (partial)" if snapshot.partial else "")
+    return f"ncebpf report — {snapshot.device} — {snapshot.name or snapshot.source}"
+
+
 def render_html(report: Report) -> str:
     """The report as one HTML page (str), for a browser; nothing in it is fetched.
 
@@ -287,5 +293,5 @@ def render_html(report: Report) -> str:
         member_rows=_member_rows, group_row=lambda group: Markup(_group_row(
             group, label_rank[group.key], report.options.by, members_shown)),
         hidden=report.totals.groups - len(report.groups),
-        page_title=f"ncebpf report — {snapshot.device} — {snapshot.name or snapshot.source}",
+        page_title=_page_title(snapshot),
         group_rows=report.groups)
