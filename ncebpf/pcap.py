@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import socket
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -50,6 +52,9 @@ from ncebpf.payload import accepts
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 64 << 20
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+_SOCK_FPROG = struct.Struct("@HP")  # struct sock_fprog: the length, then the instructions
+_DISCARD = Handler(lambda _user, _header, _data: None)
 HEADERS_SNAPLEN = 128  # enough for Ethernet, 8 VLAN tags, 8 MPLS labels and an IPv6 header
 
 
@@ -115,9 +120,9 @@ class PcapSource:
                 raise CaptureError(f"cannot capture on {self.iface}: "
                                    f"{self._error(status)}")
             self._require_link()
+            pcap.pcap_setnonblock(handle, 1, errbuf)
             if self._socket_filter:
                 self._set_filter()
-            pcap.pcap_setnonblock(handle, 1, errbuf)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -142,11 +147,27 @@ class PcapSource:
                            "pcap mode does not parse: count it with --mode xdp or tc")
 
     def _set_filter(self) -> None:
-        """The filter as the capture socket's, compiled for the live handle (socket metadata)."""
+        """The filter as the capture socket's, compiled for the live handle (socket metadata).
+
+        Attached with SO_ATTACH_FILTER (socket(7)), not pcap_setfilter: that
+        one also runs the new filter in user space on the frames that come next
+        (libpcap's guard against frames queued under an old filter), and its
+        interpreter rejects every frame on a load of metadata, so the first
+        frame counted after the start was lost. What was queued before the filter
+        is discarded instead: it came before counting started.
+        """
         assert self._handle is not None
-        with compiled(self._handle, self.expression, self.netmask) as program:
-            if lib().pcap_setfilter(self._handle, ct.byref(program)) != 0:
-                raise CaptureError(f"cannot set the filter: {self._error(-1)}")
+        with compiled(self._handle, self.expression, self.netmask) as program, \
+                socket.fromfd(self.fileno(), socket.AF_PACKET, socket.SOCK_RAW) as capture:
+            fprog = _SOCK_FPROG.pack(program.bf_len,
+                                     ct.cast(program.bf_insns, ct.c_void_p).value or 0)
+            try:  # the kernel copies the program: it may be freed once attached
+                capture.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            except OSError as exc:
+                raise CaptureError(f"cannot set the filter on {self.iface}: "
+                                   f"{exc.strerror}") from None
+        while lib().pcap_dispatch(self._handle, -1, _DISCARD, None) > 0:
+            pass
 
     def fileno(self) -> int:
         return int(lib().pcap_get_selectable_fd(self._handle))

@@ -12,8 +12,14 @@ import pytest
 from ncebpf.errors import UsageError
 from ncebpf.report import render
 from ncebpf.report.aggregate import aggregate
-from ncebpf.report.fleet import SshOptions, SshSource, parse_source, read_hosts_file, \
-    same_source, ssh_command
+from ncebpf.report.fleet import (
+    SshOptions,
+    SshSource,
+    parse_source,
+    read_hosts_file,
+    same_source,
+    ssh_command,
+)
 from ncebpf.report.merge import VARIES, merge
 from ncebpf.report.model import TOTAL_FIELDS, Options, Peer, Snapshot
 
