@@ -163,7 +163,9 @@ def table(view: View, width: int, exact: bool = False) -> Table:
             grid.add_column(column.heading, justify="right", no_wrap=True,
                             min_width=None if exact else column.width)
     for cells in _cells(view, columns, exact):
-        grid.add_row(*cells)
+        # Text, not str: a str cell is read as rich markup and emoji codes, and names come
+        # from DNS (`[blink]`), addresses hold `:1234:` (an emoji's code).
+        grid.add_row(*(Text(cell) for cell in cells))
     return grid
 
 
