@@ -53,6 +53,12 @@ class ChangeFeed:
         self._born = np.zeros(0, dtype=np.uint64)  # row -> the update that saw it listed
         self._start = 0
         self._others = 0
+        self._updated: tuple[int, ...] = ()  # _state() at the last update
+
+    def _state(self) -> tuple[int, ...]:
+        """What changes outside drains: the reset time, the peers gone, the peers listed."""
+        table = self._table
+        return table.start, table.others.peers, table.listed_count, table.index.high
 
     @property
     def awake(self) -> bool:
@@ -69,6 +75,7 @@ class ChangeFeed:
         self._moved = np.zeros(n, dtype=np.uint64)
         self._born = np.zeros(n, dtype=np.uint64)
         self._start, self._others = table.start, table.others.peers
+        self._updated = self._state()
 
     def sleep_if_idle(self) -> None:
         """Drop the copies when nobody asked for IDLE_S."""
@@ -107,6 +114,7 @@ class ChangeFeed:
             # Retired, purged or reset, maybe listed again since: callers start over.
             self._removed_seq = self._seq
             self._start, self._others = table.start, table.others.peers
+        self._updated = self._state()
 
     def answer(self, cursor: str, header: Header) -> tuple[Header, Records, dict[int, list[str]]]:
         """(header with this feed's cursor and `full`, the records of the listed peers that
@@ -115,7 +123,8 @@ class ChangeFeed:
         self._last_request = self._clock()
         if not self._session:
             self._wake()
-        self.update()
+        elif self._state() != self._updated:
+            self.update()  # a purge or a HUP since the last drain (counts move in drains)
         session, _, text = cursor.partition(":")
         since = int(text) if text.isdigit() and session == self._session else -1
         table = self._table

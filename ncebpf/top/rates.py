@@ -51,10 +51,12 @@ class PeerRates:
 
     def __init__(self, windows: tuple[float, ...] = WINDOWS_S) -> None:
         self.windows = windows
+        self.resets = -1  # how often the rows were given anew (a Labels's cache goes then)
         self._reset()
 
     def _reset(self) -> None:
         windows = self.windows
+        self.resets += 1
         self.index = KeyIndex()
         self.counts: Counts = np.zeros((0, 4), dtype=np.uint64)
         self.first_seen = np.zeros(0, dtype=np.uint32)
@@ -62,6 +64,7 @@ class PeerRates:
         self.listed = np.zeros(0, dtype=np.bool_)
         self.sums = np.zeros((len(windows), 0, 4), dtype=np.uint64)
         self.names: dict[int, list[str]] = {}
+        self.renamed: list[int] = []  # rows whose names changed, until a Labels takes them
         self.time: float | None = None  # the latest answer's drain time
         self.started: float | None = None  # the first answer's: nothing is known before
         self._batches: deque[_Batch] = deque()
@@ -92,15 +95,18 @@ class PeerRates:
         self.first_seen[rows] = first_seen
         self.last_seen[rows] = last_seen
         for at, listed_names in names.items():
-            self.names[int(rows[at])] = listed_names
+            row = int(rows[at])
+            if self.names.get(row) != listed_names:
+                self.names[row] = listed_names
+                self.renamed.append(row)
         if self.time is None:
             self.time = self.started = time
             return
         moved = np.any(deltas != 0, axis=1)
         batch = _Batch(self.time, max(time, self.time), rows[moved], deltas[moved])
         self._batches.append(batch)
-        for window in range(len(self.windows)):
-            np.add.at(self.sums[window], batch.rows, batch.deltas)
+        for window in range(len(self.windows)):  # rows of one answer are distinct: no add.at
+            self.sums[window, batch.rows] += batch.deltas
         self.time = batch.time
         self._expire()
 
@@ -124,7 +130,7 @@ class PeerRates:
                 batch = self._batches[self._inside[window]]
                 if batch.time > self.time - width:
                     break
-                np.subtract.at(self.sums[window], batch.rows, batch.deltas)
+                self.sums[window, batch.rows] -= batch.deltas
                 self._inside[window] += 1
         gone = min(self._inside)
         for _ in range(gone):

@@ -84,32 +84,55 @@ class View:
 
 
 class Labels:
-    """Address texts and group keys of a PeerRates's rows, made once per row (and again
-    when the row's names change)."""
+    """Address texts and group labels of a PeerRates's rows, each made once (a group's
+    again when the row's names change). A row keeps its key until the rates start over."""
 
     def __init__(self, rates: PeerRates) -> None:
         self._rates = rates
-        self._text: dict[int, tuple[bytes, str]] = {}
-        self._groups: dict[tuple[int, str], tuple[bytes, tuple[str, ...], str]] = {}
+        self._resets = -1
+        self._sync()
+
+    def _sync(self) -> None:
+        rates = self._rates
+        if self._resets != rates.resets:
+            self._resets = rates.resets
+            self._text: dict[int, str] = {}
+            self._ids: dict[By, npt.NDArray[np.int64]] = {}  # row -> label id; -1 unknown
+            self._labels: dict[By, list[str]] = {}
+            self._known: dict[By, dict[str, int]] = {}
+        if rates.renamed:
+            renamed = np.array(rates.renamed, dtype=np.int64)
+            for ids in self._ids.values():
+                ids[renamed[renamed < len(ids)]] = -1
+            rates.renamed = []
 
     def address(self, row: int) -> str:
-        key = self._rates.index.keys[row].tobytes()
-        known = self._text.get(row)
-        if known is None or known[0] != key:  # a row of a key that left may be reused
-            known = (key, peer_text(key))
-            self._text[row] = known
-        return known[1]
+        self._sync()
+        text = self._text.get(row)
+        if text is None:
+            text = self._text[row] = peer_text(self._rates.index.keys[row].tobytes())
+        return text
 
-    def group(self, row: int, by: By) -> str:
-        """The label of the group row's peer joins by `by`."""
-        key = self._rates.index.keys[row].tobytes()
-        names = tuple(self._rates.names.get(row, ()))
-        known = self._groups.get((row, by))
-        if known is None or known[0] != key or known[1] != names:
-            _, label, _ = group_of(self.address(row), names, Options(by=by))
-            known = (key, names, label)
-            self._groups[(row, by)] = known
-        return known[2]
+    def groups(self, rows: npt.NDArray[np.int64], by: By
+               ) -> tuple[list[str], npt.NDArray[np.int64]]:
+        """(labels, each row's position among them) of the groups these rows' peers join
+        by `by` (ncebpf.report.aggregate.group_of); only the groups of these rows."""
+        self._sync()
+        ids = self._ids.get(by, np.zeros(0, dtype=np.int64))
+        if len(ids) < self._rates.index.high:
+            ids = np.concatenate([ids, np.full(self._rates.index.high - len(ids), -1,
+                                               dtype=np.int64)])
+            self._ids[by] = ids
+        labels = self._labels.setdefault(by, [])
+        known = self._known.setdefault(by, {})
+        for row in rows[ids[rows] < 0].tolist():
+            _, label, _ = group_of(self.address(row), self._rates.names.get(row, ()),
+                                   Options(by=by))
+            ids[row] = known.setdefault(label, len(labels))
+            if ids[row] == len(labels):
+                labels.append(label)
+        present, inverse = np.unique(ids[rows], return_inverse=True)
+        return [labels[i] for i in present.tolist()], inverse.reshape(-1)
 
 
 def counters(header: Header, totals: TotalRates) -> tuple[Counter, ...]:
@@ -159,11 +182,15 @@ def build(rates: PeerRates, totals: TotalRates, header: Header, labels: Labels,
     last = rates.last_seen[rows].astype(np.int64)
     members = np.ones(len(rows), dtype=np.int64)
     if options.by == "peer":
-        label_of = [labels.address(r) for r in rows.tolist()]
-        names = [", ".join(rates.names.get(r, ())) for r in rows.tolist()]
+        # Texts only for the lines shown: 100 000 peers a second would cost the client more
+        # than the rest of its work. Ties go by row: the order top first saw the peers in.
+        order = _order(columns, np.arange(len(rows)), options.sort)[:limit].tolist()
+        label_of = {at: labels.address(int(rows[at])) for at in order}
+        names = {at: ", ".join(rates.names.get(int(rows[at]), ())) for at in order}
+        matching = len(rows)
     else:
-        label_of, inverse = _groups([labels.group(r, options.by) for r in rows.tolist()])
-        size = len(label_of)
+        group_labels, inverse = labels.groups(rows, options.by)
+        size = matching = len(group_labels)
         columns = {k: np.bincount(inverse, weights=v, minlength=size)
                    for k, v in columns.items()}
         members = np.bincount(inverse, minlength=size)
@@ -172,7 +199,11 @@ def build(rates: PeerRates, totals: TotalRates, header: Header, labels: Labels,
         np.minimum.at(grouped_first, inverse, first)
         np.maximum.at(grouped_last, inverse, last)
         first, last = grouped_first, grouped_last
-        names = [""] * size
+        by_label = np.empty(size, dtype=np.int64)
+        by_label[sorted(range(size), key=group_labels.__getitem__)] = np.arange(size)
+        order = _order(columns, by_label, options.sort)[:limit].tolist()
+        label_of = dict(enumerate(group_labels))
+        names = dict.fromkeys(range(size), "")
     lines = tuple(
         Line(label=label_of[at], names=names[at], peers=int(members[at]),
              rates=(float(columns["rate0"][at]), float(columns["rate1"][at]),
@@ -181,33 +212,23 @@ def build(rates: PeerRates, totals: TotalRates, header: Header, labels: Labels,
              packet_rate=float(columns["pps"][at]), bytes=int(columns["bytes"][at]),
              packets=int(columns["packets"][at]), first_seen=int(first[at]),
              last_seen=int(last[at]))
-        for at in _order(columns, label_of, options.sort)[:limit].tolist())
+        for at in order)
     windows = [totals.over(w)[0] for w in rates.windows]
     matched = tuple(float(w[1]) if len(w) > 1 else 0.0 for w in windows)
     spans = rates.spans()
     return View(header=header, options=options,
                 frame_rate=float(windows[RATE_WINDOW][0]) if len(windows[RATE_WINDOW]) else 0.0,
                 byte_rates=(matched[0], matched[1], matched[2]),
-                counters=counters(header, totals), lines=lines, matching=len(label_of),
+                counters=counters(header, totals), lines=lines, matching=matching,
                 spans=(spans[0], spans[1], spans[2]), note=note, now=now)
 
 
-def _groups(labels: list[str]) -> tuple[list[str], npt.NDArray[np.intp]]:
-    """(each distinct label, each position's index among them)."""
-    index: dict[str, int] = {}
-    inverse = np.fromiter((index.setdefault(label, len(index)) for label in labels),
-                          dtype=np.intp, count=len(labels))
-    return list(index), inverse
-
-
-def _order(columns: dict[str, npt.NDArray[np.float64]], labels: list[str], sort: Sort
-           ) -> npt.NDArray[np.intp]:
-    """Positions, highest first by sort; ties by the next columns, then by label."""
+def _order(columns: dict[str, npt.NDArray[np.float64]], rank: npt.NDArray[np.int64],
+           sort: Sort) -> npt.NDArray[np.intp]:
+    """Positions, highest first by sort; ties by the next columns, then by rank."""
     keys = {"rate": ("rate1", "rate0", "rate2", "bytes"),
             "total": ("bytes", "packets", "rate1"),
             "packets": ("pps", "rate1", "packets")}[sort]
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[sorted(range(len(labels)), key=labels.__getitem__)] = np.arange(len(labels))
     # lexsort's last key is the primary one; negated for highest first.
     order: npt.NDArray[np.intp] = np.lexsort(
         (rank, *(-columns[k] for k in reversed(keys))))
