@@ -80,7 +80,7 @@ def _columns(view: View, width: int, exact: bool) -> tuple[list[_Column], int]:
     """The columns that fit in width, and the peer column's width."""
     grouped = view.options.by != "peer"
     columns = [c for c in _COLUMNS if grouped or c.heading != "peers"]
-    if not grouped and not any(line.names for line in view.lines):
+    if not any(line.names for line in view.lines):  # groups have none
         columns = [c for c in columns if c.heading != "names"]
     if exact:
         return columns, PEER_MAX
@@ -126,7 +126,8 @@ def header(view: View, exact: bool = False) -> list[Text]:
     rates = " ".join(f"{w} {si(r, exact)}" for w, r in zip(("2s", "10s", "40s"),
                                                            view.byte_rates, strict=True))
     second = Text(f"frames/s {si(view.frame_rate, exact)}  bytes/s {rates}  peers "
-                  f"{h.peers}/{h.capacity} ({fill:.1f}%)", no_wrap=True, overflow="ellipsis")
+                  f"{h.peers:,}/{h.capacity:,} ({fill:.1f}%)", no_wrap=True,
+                  overflow="ellipsis")
     third = Text(no_wrap=True, overflow="ellipsis")
     for counter in view.counters:
         if third:

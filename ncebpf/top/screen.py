@@ -151,7 +151,7 @@ def run_screen(session: Session, options: ViewOptions, interval_s: float,
             if not keyboard.options.paused or shown is None:
                 shown = session.view(keyboard.options, render.table_lines(height), error)
             else:  # frozen figures; the keys still act on how they are shown
-                shown = replace(shown, options=keyboard.options)
+                shown = replace(shown, options=keyboard.options, note=error)
             if keyboard.note:
                 shown = replace(shown, note=keyboard.note)
             live.update(render.screen(shown, width, height), refresh=True)
