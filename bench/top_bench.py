@@ -2,6 +2,7 @@
 counts 100 000 active peers, with and without one `ncebpf top --batch --interval 1` asking.
 
     sudo .venv/bin/python bench/top_bench.py [--peers 100000] [--seconds 20] [--rounds 2]
+                                             [--top-interval 1]
 
 An `ncebpf attach` (default --interval 5, --no-history) counts spoofed IPv6 sources in a
 test namespace, every one of them sending once a second (blast.py, --peers frames/s),
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--top-interval", type=float, default=1.0,
+                        help="top's --interval; at the daemon's own (5) it adds no drains")
     args = parser.parse_args()
     total_s = args.rounds * 2 * (args.seconds + 3) + 15
     with tempfile.TemporaryDirectory() as tmp, NetnsPair() as pair:
@@ -81,7 +84,7 @@ def main() -> None:
                              str(args.peers))
         try:
             time.sleep(8)  # every peer listed, the first drains of new peers behind us
-            top = [*NCEBPF, "top", "--batch", "--interval", "1", "--lines", "20",
+            top = [*NCEBPF, "top", "--batch", "--interval", str(args.top_interval), "--lines", "20",
                    *daemon.args]
             alone: list[float] = []
             asked: list[float] = []
@@ -100,11 +103,12 @@ def main() -> None:
             daemon.stop(timeout=120)
     print(f"ncebpf top against {peers:,} peers listed, {args.peers:,} sending once a second; "
           f"{args.rounds} rounds of {args.seconds:g} s each way")
-    print(f"  daemon CPU, no top:                {Figure.of(alone).show('%', 100, 1)}")
-    print(f"  daemon CPU, one top -b -n ... 1 s: {Figure.of(asked).show('%', 100, 1)}")
-    print(f"  what top adds to the daemon:       "
+    print(f"  daemon CPU, no top: {Figure.of(alone).show('%', 100, 1)}")
+    print(f"  daemon CPU, one top --interval {args.top_interval:g}: "
+          f"{Figure.of(asked).show('%', 100, 1)}")
+    print(f"  what top adds to the daemon: "
           f"{show_difference(asked, alone, '% of a CPU', scale=100, digits=1)}")
-    print(f"  the top client itself:             {Figure.of(client).show('%', 100, 1)} "
+    print(f"  the top client itself: {Figure.of(client).show('%', 100, 1)} "
           f"({refreshes} refreshes)")
 
 

@@ -426,8 +426,9 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
 @main.command()
 @click.option("--interval", type=_Seconds(min=0.5, max=3600.0), default=1.0,
               show_default=True, metavar="S",
-              help="Seconds between refreshes. The instance drains for each (at most every "
-                   "0.5 s, however many tops ask), so the counts are at most this old.")
+              help="Seconds between refreshes. The instance drains for each when its last "
+                   "drain is older (at most every 0.5 s, however many tops ask), so the "
+                   "counts are at most this old.")
 @click.option("--by", type=click.Choice(("peer", "cidr", "domain")), default="peer",
               show_default=True,
               help="One row per peer, or per prefix (/24, /48) or registrable domain, as "
@@ -469,7 +470,9 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
     from ncebpf.top.view import By, Sort, ViewOptions
 
     instance = _instance(name, config_file, statedir, piddir, bpffs)
-    session = Session(instance, timeout)
+    # Counts at most 0.9 of a refresh old: each refresh drains when it must, and at the
+    # daemon's own interval seldom more often than the daemon does anyway.
+    session = Session(instance, timeout, max_age_s=0.9 * interval)
     options = ViewOptions(sort=cast(Sort, sort), by=cast(By, by))
     try:
         if batch or not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -3,9 +3,10 @@
 A Unix stream socket at <piddir>/<name>.sock. The client sends one line,
 ``dump <format>``; the daemon drains, writes the dump, and only then answers
 ``ok <path>`` (or ``error <message>``), after ``progress <done> <total>``
-lines while a large table is written. ``changes [<cursor>]`` (`ncebpf top`)
-is answered with the counters that moved since the cursor, in the format of
-ncebpf.top.wire, and writes no file. A socket that accepts connections is
+lines while a large table is written. ``changes [<cursor>|- [<max age s>]]``
+(`ncebpf top`) is answered with the counters that moved since the cursor, at
+most max age seconds old (a drain first when they are older), in the format
+of ncebpf.top.wire, and writes no file. A socket that accepts connections is
 also how we know an instance is running: a pid file can outlive its process
 and its pid can be reused, a listening socket cannot.
 """
@@ -138,9 +139,10 @@ class ChangesRequest:
     """One `ncebpf top` asking for the counters that moved since its cursor
     (ncebpf.top.serve answers it)."""
 
-    def __init__(self, conn: socket.socket, cursor: str) -> None:
+    def __init__(self, conn: socket.socket, cursor: str, max_age_s: float | None = None) -> None:
         self.conn = conn
-        self.cursor = cursor
+        self.cursor = cursor  # "" for none
+        self.max_age_s = max_age_s  # how old the counts may be; None: the daemon's choice
 
     def refuse(self, error: str) -> None:
         """Answer `error <one line>` and hang up."""
@@ -149,7 +151,7 @@ class ChangesRequest:
         self.conn.close()
 
 
-_CURSOR = re.compile(r"(?:[0-9a-f]{1,16}:[0-9]{1,20})?")
+_CHANGES = re.compile(r"(?:([0-9a-f]{1,16}:[0-9]{1,20}|-)(?: ([0-9]{1,6}(?:\.[0-9]{1,3})?))?)?")
 
 
 class _Reading:
@@ -234,8 +236,11 @@ class ControlServer:
             client = DumpClient(reading.conn, fmt)
             if verb == "dump" and fmt in FORMATS:
                 clients.append(client)
-            elif verb == "changes" and _CURSOR.fullmatch(fmt):
-                clients.append(ChangesRequest(reading.conn, fmt))
+            elif verb == "changes" and (changes := _CHANGES.fullmatch(fmt)):
+                cursor, max_age = changes.groups()
+                clients.append(ChangesRequest(reading.conn, "" if cursor in (None, "-")
+                                              else cursor,
+                                              float(max_age) if max_age else None))
             else:
                 client.finish(None, f"unknown request {line[:40]!r}")
         return clients

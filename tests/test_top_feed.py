@@ -125,7 +125,8 @@ def test_the_control_socket_takes_changes_requests_and_refuses_bad_cursors(
         tmp_path: Path) -> None:
     with ControlServer(instance(tmp_path)) as server:
         clients = []
-        for line in (b"changes\n", b"changes 0a1b:42\n", b"changes ../x\n", b"dump json\n"):
+        for line in (b"changes\n", b"changes 0a1b:42 0.900\n", b"changes ../x\n",
+                     b"changes - 4.5\n", b"dump json\n"):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.connect(str(server.path))
             conn.sendall(line)
@@ -133,10 +134,11 @@ def test_the_control_socket_takes_changes_requests_and_refuses_bad_cursors(
         requests = []
         for _ in range(50):
             requests += server.requests()
-            if len(requests) == 3:
+            if len(requests) == 4:
                 break
-        assert [type(r) for r in requests] == [ChangesRequest, ChangesRequest, DumpClient]
-        assert [r.cursor for r in requests if isinstance(r, ChangesRequest)] == ["", "0a1b:42"]
+        assert [type(r) for r in requests] == [ChangesRequest] * 3 + [DumpClient]
+        assert [(r.cursor, r.max_age_s) for r in requests if isinstance(r, ChangesRequest)] \
+            == [("", None), ("0a1b:42", 0.9), ("", 4.5)]
         clients[2].settimeout(2)
         assert clients[2].recv(100).startswith(b"error unknown request")
         for conn in clients:
@@ -157,3 +159,39 @@ def test_a_user_who_may_not_open_the_socket_is_told_what_access_is_needed(
     monkeypatch.undo()
     with pytest.raises(NcebpfError, match="no ncebpf instance named 't' is running"):
         request_changes(instance(tmp_path), "", 1.0)
+
+
+def test_the_service_drains_only_for_counts_older_than_asked_and_sends_off_the_loop() -> None:
+    from ncebpf.collector import DrainReport
+    from ncebpf.top.serve import TopService
+    from ncebpf.top.wire import sizes
+
+    table = PeerTable(start=1000)
+    table.add(A, 1, 100, 1000, 1000)
+    clock = Clock()
+    drains: list[float] = []
+    service = TopService(ChangeFeed(table, clock), lambda at: HEADER, lambda: drains.append(
+        clock.now) is None, clock=clock, wall=lambda: 1000.0 + clock.now)
+
+    def ask(max_age: float | None) -> bytes:
+        ours, theirs = socket.socketpair()
+        with ours:
+            service.answer(ChangesRequest(theirs, "", max_age))
+            ours.settimeout(5)
+            data = b""
+            while chunk := ours.recv(1 << 16):
+                data += chunk
+        return data
+
+    clock.now = 0.2
+    assert ask(None).startswith(b"changes ") and drains == []  # drained 0.2 s ago: fresh
+    clock.now = 0.7
+    line, _, _ = ask(None).partition(b"\n")
+    assert drains == [0.7]  # 0.7 s old: older than the 0.5 s default
+    service.drained(DrainReport(1, 1, 0, 0.01))  # the drain's sink
+    clock.now = 4.0
+    ask(4.5)  # a top refreshing every 5 s takes the daemon's own drains
+    assert drains == [0.7]
+    ask(0.1)  # never fresher than 0.5 s: several tops share drains
+    assert drains == [0.7, 4.0]
+    assert sizes(line.decode())[1] == 1

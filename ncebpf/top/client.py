@@ -11,10 +11,13 @@ from ncebpf.errors import NcebpfError, NotRunning
 from ncebpf.top.wire import RECORD, Header, Records, WireError, decode, sizes
 
 
-def request_changes(instance: Instance, cursor: str, timeout_s: float
+def request_changes(instance: Instance, cursor: str, timeout_s: float,
+                    max_age_s: float | None = None
                     ) -> tuple[Header, Records, dict[int, list[str]]]:
     """(header, records, names by record position) of the peers that moved since cursor
-    ("" for all of them; ncebpf.top.wire). timeout_s bounds each read.
+    ("" for all of them; ncebpf.top.wire), as of a drain at most max_age_s old (the
+    instance drains first when its last one is older; None: its own bound, 0.5 s).
+    timeout_s bounds each read.
 
     Raises NotRunning when nothing listens, NcebpfError saying what access is needed
     when the socket is not ours to open, or with the instance's one-line reason."""
@@ -33,7 +36,8 @@ def request_changes(instance: Instance, cursor: str, timeout_s: float
     with sock:
         _check_peer(sock, instance)
         try:
-            sock.sendall(f"changes {cursor}\n".encode())
+            age = "" if max_age_s is None else f" {max_age_s:.3f}"
+            sock.sendall(f"changes {cursor or '-'}{age}\n".encode())
             with sock.makefile("rb") as answer:
                 line = answer.readline(512).decode(errors="replace")
                 if not line:

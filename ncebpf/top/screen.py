@@ -40,6 +40,7 @@ class Session:
 
     instance: Instance
     timeout_s: float
+    max_age_s: float | None = None  # how old the counts may be (0.9 of the refresh interval)
     rates: PeerRates = field(default_factory=PeerRates)
     totals: TotalRates = field(default_factory=TotalRates)
     cursor: str = ""
@@ -51,7 +52,8 @@ class Session:
 
     def poll(self) -> None:
         """Ask for what moved since the cursor and take it in. Raises NcebpfError."""
-        header, records, names = request_changes(self.instance, self.cursor, self.timeout_s)
+        header, records, names = request_changes(self.instance, self.cursor, self.timeout_s,
+                                                 self.max_age_s)
         self.rates.absorb(header.time, header.full, records["key"], records["counts"],
                           records["born"].astype(bool), records["first_seen"],
                           records["last_seen"], names)
@@ -140,7 +142,6 @@ def run_screen(session: Session, options: ViewOptions, interval_s: float,
     console = Console(highlight=False)
     keyboard = _Keyboard(options)
     session.poll()
-    shown: View | None = None
     refreshes = 0
     with _keys() as fd, Live(console=console, screen=True, auto_refresh=False,
                              redirect_stdout=False, redirect_stderr=False) as live:
@@ -148,10 +149,8 @@ def run_screen(session: Session, options: ViewOptions, interval_s: float,
         error = ""
         while not keyboard.quit and (iterations is None or refreshes < iterations):
             width, height = console.size
-            if not keyboard.options.paused or shown is None:
-                shown = session.view(keyboard.options, render.table_lines(height), error)
-            else:  # frozen figures; the keys still act on how they are shown
-                shown = replace(shown, options=keyboard.options, note=error)
+            # Paused, nothing is asked: the figures stay, and the keys regroup and re-sort them.
+            shown = session.view(keyboard.options, render.table_lines(height), error)
             if keyboard.note:
                 shown = replace(shown, note=keyboard.note)
             live.update(render.screen(shown, width, height), refresh=True)
@@ -162,6 +161,8 @@ def run_screen(session: Session, options: ViewOptions, interval_s: float,
                     keyboard.press(key)
                 continue
             next_poll = time.monotonic() + interval_s
+            if keyboard.options.paused:
+                continue
             try:
                 session.poll()
                 error = ""

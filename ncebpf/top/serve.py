@@ -2,10 +2,12 @@
 with numpy on the loop, its bytes sent by a short thread.
 
 Freshness: a drain runs every --interval seconds (default 5), too seldom for
-2-second averages. A request finds the last drain older than FRESH_S and
-drains first (as a dump does), so a `top` refreshing every second sees
-counters at most a second old, and several `top`s share drains: however many
-ask, the daemon drains at most every FRESH_S for them. The answer's time is
+2-second averages. A request says how old its counts may be (`top` asks for
+0.9 of its refresh interval); when the last drain is older, the daemon drains
+first (as a dump does), so a `top` refreshing every second sees counters at
+most a second old, one refreshing every 5 s seldom adds a drain, and several
+`top`s share drains: however many ask, the daemon drains at most every
+FRESH_S for them. The answer's time is
 the drain's: the client divides by the time between drains, not between
 requests.
 
@@ -29,7 +31,7 @@ from ncebpf.top.wire import Header, encode
 
 log = logging.getLogger(__name__)
 
-FRESH_S = 0.5  # a request drains first when the last drain is older than this
+FRESH_S = 0.5  # the freshest counts a request gets: drains for requests at most this often
 SEND_TIMEOUT_S = 10.0
 MAX_SENDERS = 8
 
@@ -61,7 +63,8 @@ class TopService:
         if len(self._senders) >= MAX_SENDERS:
             request.refuse(f"{MAX_SENDERS} answers are still being sent: ask again")
             return
-        if self._clock() - self._drained_at >= FRESH_S:
+        max_age = FRESH_S if request.max_age_s is None else max(FRESH_S, request.max_age_s)
+        if self._clock() - self._drained_at >= max_age:
             self._drain()
         header, records, names = self._feed.answer(request.cursor,
                                                    self._header(self._drained_time))
