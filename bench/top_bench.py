@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dump_bench import spoofed  # noqa: E402
 from figures import Figure, show_difference  # noqa: E402
 from peer_counts import process_ticks  # noqa: E402
 
-from ncebpf.filter.frames import ip_frame  # noqa: E402
 from tests.netns import NCEBPF, DaemonProcess, NetnsPair  # noqa: E402
 from tests.sendframes import write_frames  # noqa: E402
 
@@ -34,11 +34,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     return process_ticks(Path(f"/proc/{pid}/stat").read_text()) / TICK
-
-
-def spoofed(pair: NetnsPair, peers: int) -> list[bytes]:
-    return [ip_frame(f"fd77:2::{i >> 16:x}:{i & 0xffff:x}", pair.local_v6, "udp", 18)
-            for i in range(peers)]
 
 
 def measure(pid: int, seconds: float, with_top: list[str] | None) -> tuple[float, float, int]:
