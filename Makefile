@@ -80,6 +80,7 @@ bench: install-dev
 	$(PY) bench/report_bench.py
 	$(PY) bench/report_html_bench.py --browser
 	$(PY) bench/history_bench.py
+	$(PY) bench/top_bench.py
 
 # ncebpf@NAME.service runs $(PREFIX)/bin/ncebpf: its own venv (Debian's python3 with system
 # site-packages, for BCC) holding a plain, non-editable install of this source tree, so the

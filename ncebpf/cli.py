@@ -423,6 +423,68 @@ def dump(fmt: str, output: str, timeout: float, name: str, config_file: Path | N
         _write_output(output, iter(lambda: dumped.read(1 << 20), ""))
 
 
+@main.command()
+@click.option("--interval", type=_Seconds(min=0.5, max=3600.0), default=1.0,
+              show_default=True, metavar="S",
+              help="Seconds between refreshes. The instance drains for each when its last "
+                   "drain is older (at most every 0.5 s, however many tops ask), so the "
+                   "counts are at most this old.")
+@click.option("--by", type=click.Choice(("peer", "cidr", "domain")), default="peer",
+              show_default=True,
+              help="One row per peer, or per prefix (/24, /48) or registrable domain, as "
+                   "'ncebpf report --by' groups them.")
+@click.option("--sort", type=click.Choice(("rate", "total", "packets")), default="rate",
+              show_default=True,
+              help="rate: bytes/s over 10 s (iftop's order); total: bytes since first seen; "
+                   "packets: packets/s over 10 s.")
+@click.option("--batch", "-b", is_flag=True,
+              help="Print plain snapshots with exact figures, like 'top -b', for scripts "
+                   "and logs (the default without a terminal).")
+@click.option("--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after N refreshes [default: run until q or Ctrl-C].")
+@click.option("--lines", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Rows per --batch snapshot [default: all].")
+@click.option("--timeout", type=TIMEOUT, default=10.0, show_default=True,
+              help="Give up on an answer after this many seconds of silence.")
+@instance_options
+def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None,
+        lines: int | None, timeout: float, name: str, config_file: Path | None,
+        statedir: str | None, piddir: str | None, bpffs: str | None) -> None:
+    """Who is using the link now: peers by current rate, live.
+
+    A full-screen table, refreshed every --interval seconds, of the running
+    instance's peers (or --by groups): bytes/s averaged over the last 2, 10
+    and 40 s as iftop shows them, packets/s, in and out, bytes since first
+    seen, how long idle and since when listed, names. Above it: the
+    interface, filter and mode, frames/s and bytes/s, peers and the map's
+    fill, and the frames under no peer (highlighted while they grow).
+
+    \b
+    Keys: s sort (rate, total, packets)   b group (peer, cidr, domain)
+          / filter by address or name (Enter keeps it, Esc clears it)
+          p or space pause                q quit
+
+    Needs what 'ncebpf dump' needs: root, or the instance's own user.
+    """
+    from ncebpf.top.screen import Session, run_batch, run_screen
+    from ncebpf.top.view import By, Sort, ViewOptions
+
+    instance = _instance(name, config_file, statedir, piddir, bpffs)
+    # Counts at most 0.9 of a refresh old: each refresh drains when it must, and at the
+    # daemon's own interval seldom more often than the daemon does anyway.
+    session = Session(instance, timeout, max_age_s=0.9 * interval)
+    options = ViewOptions(sort=cast(Sort, sort), by=cast(By, by))
+    try:
+        if batch or not (sys.stdin.isatty() and sys.stdout.isatty()):
+            run_batch(session, options, interval, iterations, lines, sys.stdout)
+        else:
+            run_screen(session, options, interval, iterations)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `ncebpf top -b | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _write_output(output: str, pieces: Iterable[str]) -> None:
     """Text to standard output ("-"), into a device or FIFO, or atomically into a file
     (through a symbolic link, to its target). Raises NcebpfError naming output."""

@@ -3,7 +3,10 @@
 A Unix stream socket at <piddir>/<name>.sock. The client sends one line,
 ``dump <format>``; the daemon drains, writes the dump, and only then answers
 ``ok <path>`` (or ``error <message>``), after ``progress <done> <total>``
-lines while a large table is written. A socket that accepts connections is
+lines while a large table is written. ``changes [<cursor>|- [<max age s>]]``
+(`ncebpf top`) is answered with the counters that moved since the cursor, at
+most max age seconds old (a drain first when they are older), in the format
+of ncebpf.top.wire, and writes no file. A socket that accepts connections is
 also how we know an instance is running: a pid file can outlive its process
 and its pid can be reused, a listening socket cannot.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import struct
 import time
@@ -131,6 +135,25 @@ class DumpClient:
         self.conn.close()
 
 
+class ChangesRequest:
+    """One `ncebpf top` asking for the counters that moved since its cursor
+    (ncebpf.top.serve answers it)."""
+
+    def __init__(self, conn: socket.socket, cursor: str, max_age_s: float | None = None) -> None:
+        self.conn = conn
+        self.cursor = cursor  # "" for none
+        self.max_age_s = max_age_s  # how old the counts may be; None: the daemon's choice
+
+    def refuse(self, error: str) -> None:
+        """Answer `error <one line>` and hang up."""
+        with contextlib.suppress(OSError):
+            self.conn.sendall(f"error {error}\n".encode())
+        self.conn.close()
+
+
+_CHANGES = re.compile(r"(?:([0-9a-f]{1,16}:[0-9]{1,20}|-)(?: ([0-9]{1,6}(?:\.[0-9]{1,3})?))?)?")
+
+
 class _Reading:
     """A connection whose request line has not fully arrived yet."""
 
@@ -185,11 +208,11 @@ class ControlServer:
         """When requests() must run to drop a client that is too slow (time.monotonic())."""
         return min((r.deadline for r in self._reading.values()), default=None)
 
-    def requests(self) -> list[DumpClient]:
+    def requests(self) -> list[DumpClient | ChangesRequest]:
         """Every client whose request line has arrived; never blocks.
 
-        A request other than `dump <format>` is answered with an error at once;
-        a client silent past its deadline is dropped.
+        A request other than `dump <format>` or `changes [<cursor>]` is answered with
+        an error at once; a client silent past its deadline is dropped.
         """
         assert self._sock is not None
         now = time.monotonic()
@@ -200,7 +223,7 @@ class ControlServer:
                 break
             conn.setblocking(False)
             self._reading[conn.fileno()] = _Reading(conn, now + REQUEST_TIMEOUT_S)
-        clients: list[DumpClient] = []
+        clients: list[DumpClient | ChangesRequest] = []
         for fd, reading in list(self._reading.items()):
             line = self._read_some(reading)
             if line is None and now < reading.deadline:
@@ -213,6 +236,11 @@ class ControlServer:
             client = DumpClient(reading.conn, fmt)
             if verb == "dump" and fmt in FORMATS:
                 clients.append(client)
+            elif verb == "changes" and (changes := _CHANGES.fullmatch(fmt)):
+                cursor, max_age = changes.groups()
+                clients.append(ChangesRequest(reading.conn, "" if cursor in (None, "-")
+                                              else cursor,
+                                              float(max_age) if max_age else None))
             else:
                 client.finish(None, f"unknown request {line[:40]!r}")
         return clients

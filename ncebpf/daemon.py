@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 
@@ -29,8 +29,8 @@ from ncebpf import checkpoint
 from ncebpf.accounting import PeerTable
 from ncebpf.collector import Collector
 from ncebpf.config import Instance, RunConfig, http_endpoint
-from ncebpf.control import ControlServer
-from ncebpf.dump import DumpContext, write_atomically
+from ncebpf.control import ChangesRequest, ControlServer
+from ncebpf.dump import DumpContext, totals_document, write_atomically
 from ncebpf.dumpfiles import (
     DumpWriter,
     OutputError,
@@ -101,6 +101,9 @@ from ncebpf.pcap import PcapSource
 from ncebpf.remains import detach_kept, kept_programs_line
 from ncebpf.resolve import ReverseResolver, parse_server, system_servers
 from ncebpf.sdnotify import extend_stop_timeout, notify
+from ncebpf.top.feed import ChangeFeed
+from ncebpf.top.serve import TopService
+from ncebpf.top.wire import Header
 from ncebpf.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -378,6 +381,7 @@ class Daemon:
                                 after=checkpoints.save)
             metrics = self._metrics(collector, table, source, dumps) \
                 if config.metrics or config.http else None
+            top = self._top(collector, table, source, dumps)
             if config.ipfix:
                 exporter = stack.enter_context(IpfixExporter(
                     http_endpoint(config.ipfix), config.ipfix_domain, lambda: self._local_now))
@@ -416,7 +420,7 @@ class Daemon:
                 self._capture = source if isinstance(source, PcapSource) else None
                 checkpoints.next_due = time.monotonic() + config.checkpoint_s
                 vanished = self._loop(control, signals, listener, collector, source, table,
-                                      dumps, checkpoints)
+                                      dumps, checkpoints, top)
                 notify("STOPPING=1", "STATUS=writing the final dump")
                 # A write in flight ends first, and its waiters (UDP ones too) hear of it.
                 checkpoints.closed = True  # the final checkpoint follows
@@ -644,10 +648,32 @@ class Daemon:
         collector.sinks.append(lambda report: metrics.drained(report, table, *state()))
         return metrics
 
+    def _top(self, collector: Collector, table: PeerTable,
+             source: KernelCounterSource | PcapSource, dumps: DumpService) -> TopService:
+        """`ncebpf top`'s answers (ncebpf.top.serve): a sink of every drain, asleep until
+        someone asks."""
+        config = self.config
+
+        def header(at: float) -> Header:
+            return Header(cursor="", full=True, time=at, name=self.instance.name,
+                          device=config.iface, filter=config.filter, mode=self._mode,
+                          start=table.start, peers=table.listed_count,
+                          capacity=source.capacity, interval=config.interval_s,
+                          totals=totals_document(table.totals), others=asdict(table.others))
+
+        def drain() -> bool:
+            if dumps.holding_drains:  # a HUP's dump: the counters wait for its reset
+                return False
+            self._drain(collector)
+            return True
+        service = TopService(ChangeFeed(table, time.monotonic), header, drain)
+        collector.sinks.append(service.drained)
+        return service
+
     def _loop(self, control: ControlServer, signals: socket.socket,
               listener: DumpListener | None, collector: Collector,
               source: KernelCounterSource | PcapSource, table: PeerTable,
-              dumps: DumpService, checkpoints: Checkpointer) -> bool:
+              dumps: DumpService, checkpoints: Checkpointer, top: TopService) -> bool:
         """Run until a stop signal (False) or until the interface disappears (True)."""
         interval = self.config.interval_s
         next_drain = time.monotonic() + interval
@@ -681,7 +707,10 @@ class Daemon:
                 return False
             if len(controls) > 1 or control.fileno() in ready:
                 for client in control.requests():
-                    dumps.ask(ControlWaiter(client, self.instance))
+                    if isinstance(client, ChangesRequest):
+                        top.answer(client)  # `ncebpf top`: no file, an answer of its own
+                    else:
+                        dumps.ask(ControlWaiter(client, self.instance))
             if listener and listener.fileno() in ready:
                 self._answer(listener, dumps)
             now = time.monotonic()

@@ -18,11 +18,12 @@ SCRIPT = ROOT / "scripts" / "install-system-deps"
 # machine it would be one more service to keep from starting, as would pmacct's daemons and
 # darkstat, the peers of the CPU benchmark; chromium is a browser; postgresql and
 # mariadb-server are the history tests' database servers, prometheus the metrics test's
-# scraper, nfdump the IPFIX test's collector, openssh-server the fleet report test's sshd).
+# scraper, nfdump the IPFIX test's collector, openssh-server the fleet report test's sshd,
+# tmux the terminal `ncebpf top` is read from).
 TEST_ONLY_PACKAGES = {"nsd", "gcc", "libc6-dev", "perl", "tcpdump", "pmacct", "darkstat",
                       "bpftool", "ethtool", "chromium", "vagrant", "vagrant-libvirt",
                       "postgresql", "mariadb-server", "prometheus", "nfdump",
-                      "openssh-server"}
+                      "openssh-server", "tmux"}
 DEBIAN_RUNTIME_PACKAGES = {"python3", "python3-venv", "python3-bpfcc", "libbpf1",
                            "linux-libc-dev", "libpcap0.8", "iproute2", "openssh-client"}
 # What only `make vm-test` uses on the host.

@@ -124,21 +124,36 @@ def _group(key: str, label: str, members: Sequence[Peer], soa: bool = False) -> 
                  bytes=_sum_exact(p.bytes for p in ordered), soa=soa)
 
 
+def group_of(address: str, names: Sequence[str], options: Options) -> tuple[str, str, bool]:
+    """(key, label, soa) of the group a peer joins by options.by: its prefix (cidr), the
+    registrable domain of its first name (domain, the PSL's rule), or itself (peer).
+
+    The one rule reports and `ncebpf top` share. Upstream's domain rule keys whole /24
+    groups, not peers: aggregate() alone applies it (ValueError here).
+    """
+    if options.by == "cidr":
+        prefix = prefix_of(address, options.cidr4, options.cidr6)
+        return prefix, prefix, False
+    if options.by == "peer":
+        return address, address, False
+    if options.domain_rule == "upstream":
+        raise ValueError("upstream's domain rule groups /24s, not peers")
+    domain, soa = registrable_domain(names[0] if names else "")
+    return domain, f"{domain} (SOA: no name of its own)" if soa else domain, soa
+
+
+def _by_key(peers: Sequence[Peer], options: Options) -> list[Group]:
+    # A domain and the same domain from an SOA are two groups with one key: told apart here.
+    groups: dict[tuple[str, bool], tuple[str, list[Peer]]] = {}
+    for peer in peers:
+        key, label, soa = group_of(peer.address, peer.N, options)
+        groups.setdefault((key, soa), (label, []))[1].append(peer)
+    return [_group(key, label, members, soa)
+            for (key, soa), (label, members) in groups.items()]
+
+
 def _by_prefix(peers: Sequence[Peer], options: Options) -> list[Group]:
-    prefixes: dict[str, list[Peer]] = {}
-    for peer in peers:
-        prefixes.setdefault(prefix_of(peer.address, options.cidr4, options.cidr6),
-                            []).append(peer)
-    return [_group(prefix, prefix, members) for prefix, members in prefixes.items()]
-
-
-def _by_domain(peers: Sequence[Peer]) -> list[Group]:
-    domains: dict[tuple[str, bool], list[Peer]] = {}
-    for peer in peers:
-        domains.setdefault(registrable_domain(_first_name(peer)), []).append(peer)
-    return [_group(domain, f"{domain} (SOA: no name of its own)" if soa else domain,
-                   members, soa)
-            for (domain, soa), members in domains.items()]
+    return _by_key(peers, Options(by="cidr", cidr4=options.cidr4, cidr6=options.cidr6))
 
 
 def _by_upstream_domain(peers: Sequence[Peer], options: Options) -> list[Group]:
@@ -196,14 +211,12 @@ def aggregate(snapshot: Snapshot, options: Options | None = None) -> Report:
     """
     options = options or Options()
     peers = snapshot.peers
-    if options.by == "cidr":
-        groups = _by_prefix(peers, options)
-    elif options.by == "peer":
+    if options.by == "peer":
         groups = _by_peer(peers)
-    elif options.domain_rule == "upstream":
+    elif options.by == "domain" and options.domain_rule == "upstream":
         groups = _by_upstream_domain(peers, options)
     else:
-        groups = _by_domain(peers)
+        groups = _by_key(peers, options)
     ordered = order(groups, options.sort)
     totals = Totals(groups=len(ordered), peers=len(peers), R=sum(g.R for g in ordered),
                     W=sum(g.W for g in ordered),
