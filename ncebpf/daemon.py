@@ -383,15 +383,7 @@ class Daemon:
                 if config.metrics or config.http else None
             top = self._top(collector, table, source, dumps)
             if config.ipfix:
-                exporter = stack.enter_context(IpfixExporter(
-                    http_endpoint(config.ipfix), config.ipfix_domain, lambda: self._local_now))
-                table.observers.append(exporter.observe)
-                collector.sinks.append(exporter.drained)
-                # After a crash the checkpoint is older than what the last run sent.
-                exporter.skip_next = self._reread and self._after_crash
-                log.info("ipfix: a record per peer and direction that moved, after each "
-                         "drain, to %s (observation domain %d, messages up to %d bytes)",
-                         config.ipfix, config.ipfix_domain, exporter.max_size)
+                self._ipfix(stack, collector, table)
             with ExitStack() as attached:
                 hooks = attached.enter_context(ExitStack())  # what stop --keep leaves
                 if programs is not None and held is not None:
@@ -647,6 +639,19 @@ class Daemon:
         metrics.take(table, *state())
         collector.sinks.append(lambda report: metrics.drained(report, table, *state()))
         return metrics
+
+    def _ipfix(self, stack: ExitStack, collector: Collector, table: PeerTable) -> None:
+        """IPFIX export (--ipfix): the table's deltas as records, after every drain."""
+        config = self.config
+        exporter = stack.enter_context(IpfixExporter(
+            http_endpoint(config.ipfix), config.ipfix_domain, lambda: self._local_now))
+        table.observers.append(exporter.observe)
+        collector.sinks.append(exporter.drained)
+        # After a crash the checkpoint is older than what the last run sent.
+        exporter.skip_next = self._reread and self._after_crash
+        log.info("ipfix: a record per peer and direction that moved, after each drain, to "
+                 "%s (observation domain %d, messages up to %d bytes)", config.ipfix,
+                 config.ipfix_domain, exporter.max_size)
 
     def _top(self, collector: Collector, table: PeerTable,
              source: KernelCounterSource | PcapSource, dumps: DumpService) -> TopService:
