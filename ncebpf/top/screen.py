@@ -30,7 +30,6 @@ from ncebpf.top.rates import PeerRates, TotalRates
 from ncebpf.top.view import BYS, SORTS, Labels, View, ViewOptions, build, counter_values
 from ncebpf.top.wire import Header
 
-BATCH_WIDTH = 250  # --batch lines: wide enough for every column of an IPv6 peer
 ESCAPE, ENTER, BACKSPACE = "\x1b", ("\r", "\n"), ("\x7f", "\b")
 
 
@@ -73,8 +72,6 @@ def run_batch(session: Session, options: ViewOptions, interval_s: float,
               iterations: int | None, lines: int | None, out: TextIO) -> None:
     """Print a snapshot every interval_s (the first once there are rates), iterations
     times (None: until interrupted). lines: rows per snapshot (None: all)."""
-    console = Console(file=out, width=BATCH_WIDTH, color_system=None, highlight=False,
-                      force_terminal=False, soft_wrap=False)
     session.poll()
     shown = 0
     deadline = time.monotonic()
@@ -82,7 +79,7 @@ def run_batch(session: Session, options: ViewOptions, interval_s: float,
         deadline += interval_s
         time.sleep(max(0.0, deadline - time.monotonic()))
         session.poll()
-        console.print(render.batch(session.view(options, lines or 1 << 62)))
+        out.write(render.batch_text(session.view(options, lines or 1 << 62)))
         out.flush()
         shown += 1
 
