@@ -35,16 +35,20 @@ EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _Seconds(click.FloatRange):
-    """A number of seconds, 0.1 to a day; NaN passes click's range check, not this one."""
+    """A number of seconds in a range; NaN passes click's range check, not this one, and
+    text that is no number is said to be none (not click's "is not a valid seconds")."""
 
     name = "seconds"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if math.isnan(seconds):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isnan(number):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
+        return super().convert(value, param, ctx)
 
 
 TIMEOUT = _Seconds(min=0.1, max=86400.0)
