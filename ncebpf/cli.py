@@ -470,7 +470,7 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
 
     Needs what 'ncebpf dump' needs: root, or the instance's own user.
     """
-    from ncebpf.top.screen import Session, run_batch, run_screen
+    from ncebpf.top.screen import Ended, Session, run_batch, run_screen
     from ncebpf.top.view import By, Sort, ViewOptions
 
     instance = _instance(name, config_file, statedir, piddir, bpffs)
@@ -485,7 +485,10 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
             run_screen(session, options, interval, iterations)
     except KeyboardInterrupt:
         pass
+    except Ended as ended:  # SIGTERM, SIGHUP: the terminal is given back, as on q
+        sys.exit(128 + ended.signum)
     except BrokenPipeError:  # `ncebpf top -b | head`: the reader has had enough
+        # What stays buffered would fail again at exit (and make it 120): to /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

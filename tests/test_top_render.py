@@ -176,9 +176,9 @@ def test_keys() -> None:
         keys.press(key)
     assert keys.options.search == "10.77" and keys.typing is None
     keys.press("/")
-    assert keys.note == "filter: 10.77_"
+    assert keys.note == "filter: _"  # a new filter
     keys.press("\x1b")
-    assert keys.options.search == ""
+    assert keys.options.search == "10.77"  # Esc keeps the old one
     keys.press("q")
     assert keys.quit
 
