@@ -32,10 +32,12 @@ class Instance_:
     def __init__(self) -> None:
         self.session, self.seq, self.time, self.bytes, self.down = "s1", 0, 1000.0, 0, False
         self.asked = 0
+        self.ages: list[float | None] = []
 
     def __call__(self, instance: Instance, cursor: str, timeout_s: float,
                  max_age_s: float | None = None) -> tuple[Header, Records, dict[int, list[str]]]:
         self.asked += 1
+        self.ages.append(max_age_s)
         if self.down:
             raise NotRunning("no ncebpf instance named 't' is running")
         self.seq += 1
@@ -130,6 +132,25 @@ def test_batch_says_once_when_the_instance_goes_and_once_when_it_is_back(
     assert len(snapshots) == 3  # one before it went, two from the second answer after
     rows = [snap.splitlines()[-1].split() for snap in snapshots]
     assert [row[:2] for row in rows] == [["10.77.0.2", "1000"]] * 3
+
+
+def test_batch_at_a_long_interval_prints_its_first_rates_two_seconds_after_the_baseline(
+        daemon: Instance_, monkeypatch: pytest.MonkeyPatch) -> None:
+    naps: list[float] = []
+    now = [0.0]
+    monkeypatch.setattr(screen.time, "monotonic", lambda: now[0])
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        now[0] += seconds
+    monkeypatch.setattr(screen.time, "sleep", sleep)
+    s = session()
+    s.max_age_s = 0.9 * 3600
+    out = io.StringIO()
+    screen.run_batch(s, ViewOptions(), 3600.0, 2, None, out, io.StringIO())
+    assert naps == [2.0, 3600.0]
+    assert daemon.ages == [3240.0, pytest.approx(1.8), pytest.approx(3240.0)]
+    assert out.getvalue().count("\n\n") == 2
 
 
 def test_keys_escape_sequences_are_no_keys_and_esc_keeps_the_filter() -> None:

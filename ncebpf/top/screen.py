@@ -33,6 +33,7 @@ from ncebpf.top.view import BYS, SORTS, Labels, View, ViewOptions, build, counte
 from ncebpf.top.wire import Header
 
 ESCAPE, ENTER, BACKSPACE = "\x1b", ("\r", "\n"), ("\x7f", "\b")
+FIRST_RATES_S = 2.0  # --batch's first snapshot: this long after its baseline at most
 FIRST_TRY_S = 2.0  # a top started as the daemon starts may find its socket not yet bound
 END_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a kill, a closed ssh session
 
@@ -91,12 +92,13 @@ class Session:
                     raise
                 sleep(0.1)
 
-    def poll(self) -> None:
-        """Ask for what moved since the cursor and take it in. An answer of another session
-        than the cursor's (the instance restarted, or slept after a long pause) starts the
-        rates over: it is the baseline. Raises NcebpfError."""
+    def poll(self, max_age_s: float | None = None) -> None:
+        """Ask for what moved since the cursor and take it in; max_age_s: how old the counts
+        may be this time (None: self.max_age_s). An answer of another session than the
+        cursor's (the instance restarted, or slept after a long pause) starts the rates
+        over: it is the baseline. Raises NcebpfError."""
         header, records, names = request_changes(self.instance, self.cursor, self.timeout_s,
-                                                 self.max_age_s)
+                                                 max_age_s or self.max_age_s)
         if self.cursor and header.cursor.partition(":")[0] != self.cursor.partition(":")[0]:
             self.rates.restart()
             self.totals.restart()
@@ -108,11 +110,11 @@ class Session:
         self.cursor, self.header = header.cursor, header
         self.answers += 1
 
-    def refresh(self) -> bool:
+    def refresh(self, max_age_s: float | None = None) -> bool:
         """poll(), keeping track of an instance that went away: False while it does not
         answer (gone_since says since when, gone_reason why)."""
         try:
-            self.poll()
+            self.poll(max_age_s)
         except NcebpfError as exc:
             if self.gone_since is None:
                 self.gone_since = self.clock()
@@ -144,7 +146,8 @@ class Session:
 def run_batch(session: Session, options: ViewOptions, interval_s: float,
               iterations: int | None, lines: int | None, out: TextIO,
               err: TextIO = sys.stderr) -> None:
-    """Print a snapshot every interval_s (the first once there are rates), iterations
+    """Print a snapshot every interval_s (the first once there are rates: at most
+    FIRST_RATES_S after the baseline, asking for counts that fresh), iterations
     times (None: until interrupted). lines: rows per snapshot (None: all). An instance
     that goes away is told on err once, asked again every interval, and told back once
     (its rates start over); no snapshot meanwhile."""
@@ -153,10 +156,12 @@ def run_batch(session: Session, options: ViewOptions, interval_s: float,
     shown = 0
     deadline = time.monotonic()
     while iterations is None or shown < iterations:
-        deadline += interval_s
+        # The first rates come FIRST_RATES_S after a baseline, whatever the interval.
+        wait = min(interval_s, FIRST_RATES_S) if session.answers == 1 else interval_s
+        deadline += wait
         time.sleep(max(0.0, deadline - time.monotonic()))
         was_gone = session.gone_since is not None
-        if not session.refresh():
+        if not session.refresh(0.9 * wait):
             if not was_gone:
                 err.write(f"ncebpf top: {session.waiting}: {session.gone_reason}\n")
                 err.flush()
