@@ -268,10 +268,14 @@ def batch_text(view: View) -> str:
               for h, cells in zip(headings, columns, strict=True)]
     names = [",".join(n.replace(" ", "_") for n in text.split(", ")) if text else "-"
              for text in lines.names]
-    first = widths[0]
-    formats = " ".join([f"{{:<{first}}}", *(f"{{:>{w}}}" for w in widths[1:])]) + " {}"
+    # Padded a column at a time (str methods over lists), joined a row at a time.
+    padded = [[cell.ljust(widths[0]) for cell in columns[0]],
+              *([cell.rjust(width) for cell in cells]
+                for width, cells in zip(widths[1:], columns[1:], strict=True)), names]
     out = ["".join(text for text, _ in pieces) for pieces in _header_parts(view, True)]
-    out.append(formats.format(*headings, "names"))
-    out.extend(formats.format(*row) for row in zip(*columns, names, strict=True))
+    out.append(" ".join([headings[0].ljust(widths[0]),
+                         *(h.rjust(w) for h, w in zip(headings[1:], widths[1:], strict=True)),
+                         "names"]))
+    out.extend(map(" ".join, zip(*padded, strict=True)))
     out.append("")
     return "\n".join(out) + "\n"
