@@ -465,7 +465,8 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
 
     \b
     Keys: s sort (rate, total, packets)   b group (peer, cidr, domain)
-          / filter by address or name (Enter keeps it, Esc clears it)
+          / a new filter by address or name (Enter applies it, Enter on
+            nothing clears it, Esc keeps the old one)
           p or space pause                q quit
 
     Needs what 'ncebpf dump' needs: root, or the instance's own user.

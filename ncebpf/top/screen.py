@@ -2,8 +2,10 @@
 
 Everything it shows is made by ncebpf.top.view and ncebpf.top.render; this
 module only times the requests, reads single key presses (the terminal in
-cbreak mode, restored on the way out however it ends) and hands renderables
-to rich's Live, which owns the screen: no escape sequence is written here.
+cbreak mode, restored on the way out however it ends: q, Ctrl-C, and SIGTERM
+or SIGHUP, which raise Ended while the screen runs) and hands renderables to
+rich's Live, which owns the screen: no escape sequence is written here. An
+instance that stops answering is asked again every interval (Session.refresh).
 """
 
 from __future__ import annotations
