@@ -91,8 +91,9 @@ def test_groups_are_the_reports_groups_with_their_members_summed() -> None:
 def test_the_filter_sort_and_limit() -> None:
     assert [line.label for line in view_of(ViewOptions(search="CO.UK")).lines] == [
         "10.77.1.1", "10.77.1.2"]
-    assert [line.label for line in view_of(ViewOptions(search="10.77.2")).lines] == [
-        "10.77.2.1"]
+    one = view_of(ViewOptions(search="10.77.2"))
+    assert [line.label for line in one.lines] == ["10.77.2.1"]
+    assert render.header(one)[4].plain == "sort rate  by peer  1 peer matching 10.77.2"
     by_total = view_of(ViewOptions(sort="total"), limit=2)
     assert [line.label for line in by_total.lines] == ["10.77.2.1", "10.77.1.1"]
     by_packets = view_of(ViewOptions(sort="packets"))
