@@ -9,6 +9,12 @@ test namespace, every one of them sending once a second (blast.py, --peers frame
 so each drain finds every peer moved: the worst case for the changes top asks for.
 Rounds alternate "no top" and "top": each measures the daemon's CPU over --seconds.
 The top client's own CPU is printed too. Figures only; never fails on time.
+
+    .venv/bin/python bench/top_bench.py --render-only [--peers 100000] [--rounds 3]
+
+times the client alone, no root: a --batch snapshot of every one of --peers IPv6 peers
+(the view model, then the text), the first (addresses made) and the next ones, and a
+screen of 20 rows per --by (the first regroup makes the groups' labels).
 """
 
 from __future__ import annotations
@@ -58,6 +64,48 @@ def measure(pid: int, seconds: float, with_top: list[str] | None) -> tuple[float
     return daemon, own, refreshes
 
 
+def render_figures(peers: int, rounds: int) -> None:
+    """Print what the client spends on a --batch snapshot and on a screen at peers peers."""
+    import numpy as np
+
+    from ncebpf.peerindex import KEY_SIZE
+    from ncebpf.top import render
+    from ncebpf.top.rates import PeerRates, TotalRates
+    from ncebpf.top.view import BYS, Labels, ViewOptions, build, counter_values
+    from ncebpf.top.wire import Header
+
+    raw = np.zeros((peers, KEY_SIZE), np.uint8)
+    raw[:, :2] = (0xFD, 0x77)
+    raw[:, 12:16] = np.arange(peers, dtype=">u4").view(np.uint8).reshape(peers, 4)
+    keys = raw.view(f"V{KEY_SIZE}").reshape(-1)
+    rates, totals = PeerRates(), TotalRates()
+
+    def header(t: float) -> Header:
+        return Header(cursor="s:1", full=False, time=t, name="bench", device="eth0",
+                      mode="tc", peers=peers, capacity=1 << 20,
+                      totals={"packets": 1000 * int(t), "bytes": 100_000 * int(t)})
+    for t in range(4):
+        counts = np.full((peers, 4), t, np.uint64) * np.array([1, 100, 1, 10], np.uint64)
+        rates.absorb(float(t), False, keys, counts, np.zeros(peers, np.bool_),
+                     np.zeros(peers, np.uint32), np.full(peers, t, np.uint32), {})
+        totals.add(float(t), counter_values(header(t)))
+    labels = Labels(rates)
+    print(f"ncebpf top's client at {peers:,} peers (no daemon)")
+    for round_ in range(rounds):
+        started = time.perf_counter()
+        view = build(rates, totals, header(3), labels, ViewOptions(), 1 << 62, 3.0)
+        built = time.perf_counter()
+        text = render.batch_text(view)
+        done = time.perf_counter()
+        print(f"  --batch snapshot {round_ + 1} ({text.count(chr(10)):,} lines): view "
+              f"{built - started:.2f} s, text {done - built:.2f} s")
+    for by in (*BYS, *BYS):
+        started = time.perf_counter()
+        render.screen(build(rates, totals, header(3), labels, ViewOptions(by=by), 20, 3.0),
+                      80, 24)
+        print(f"  screen of 20 rows by {by}: {time.perf_counter() - started:.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=100_000)
@@ -65,7 +113,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--top-interval", type=float, default=1.0,
                         help="top's --interval; at the daemon's own (5) it adds no drains")
+    parser.add_argument("--render-only", action="store_true",
+                        help="time the client's view and text alone, no daemon, no root")
     args = parser.parse_args()
+    if args.render_only:
+        render_figures(args.peers, args.rounds)
+        return
     total_s = args.rounds * 2 * (args.seconds + 3) + 15
     with tempfile.TemporaryDirectory() as tmp, NetnsPair() as pair:
         workdir = Path(tmp)

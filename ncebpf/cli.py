@@ -35,16 +35,20 @@ EXIT_UNKNOWN = 4  # LSB: program or service status is unknown
 
 
 class _Seconds(click.FloatRange):
-    """A number of seconds, 0.1 to a day; NaN passes click's range check, not this one."""
+    """A number of seconds in a range; NaN passes click's range check, not this one, and
+    text that is no number is said to be none (not click's "is not a valid seconds")."""
 
     name = "seconds"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if math.isnan(seconds):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isnan(number):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
+        return super().convert(value, param, ctx)
 
 
 TIMEOUT = _Seconds(min=0.1, max=86400.0)
@@ -461,12 +465,13 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
 
     \b
     Keys: s sort (rate, total, packets)   b group (peer, cidr, domain)
-          / filter by address or name (Enter keeps it, Esc clears it)
+          / a new filter by address or name (Enter applies it, Enter on
+            nothing clears it, Esc keeps the old one)
           p or space pause                q quit
 
     Needs what 'ncebpf dump' needs: root, or the instance's own user.
     """
-    from ncebpf.top.screen import Session, run_batch, run_screen
+    from ncebpf.top.screen import Ended, Session, run_batch, run_screen
     from ncebpf.top.view import By, Sort, ViewOptions
 
     instance = _instance(name, config_file, statedir, piddir, bpffs)
@@ -481,7 +486,10 @@ def top(interval: float, by: str, sort: str, batch: bool, iterations: int | None
             run_screen(session, options, interval, iterations)
     except KeyboardInterrupt:
         pass
+    except Ended as ended:  # SIGTERM, SIGHUP: the terminal is given back, as on q
+        sys.exit(128 + ended.signum)
     except BrokenPipeError:  # `ncebpf top -b | head`: the reader has had enough
+        # What stays buffered would fail again at exit (and make it 120): to /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

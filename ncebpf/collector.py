@@ -128,7 +128,11 @@ class DrainReport:
     entries: int  # map entries read
     changed: int  # entries whose counts moved since the previous drain
     evicted: int
-    seconds: float
+    seconds: float  # the whole drain, sinks excluded
+    # When the counts are from: the middle of the read of the peers that was kept (epoch
+    # s, the collector's clock). A read of 100 000 peers takes a good part of a second,
+    # each entry read at its own moment; rates divide by the time between two of these.
+    read_at: float = 0.0
 
 
 # How often, and for how long a read of the peers, a drain tries again for peers and
@@ -171,7 +175,7 @@ class Collector:
     def drain(self) -> DrainReport:
         started = time.perf_counter()
         now = self._clock()
-        batch, totals = self._read_at_one_moment()
+        batch, totals, read_at = self._read_at_one_moment()
         totals_before = self._table.totals
         rows = self._rows_of(batch, int(now))
         changed = self._absorb(rows, batch.counts, int(now))
@@ -199,13 +203,15 @@ class Collector:
             # Out of the map, out of the table: the daemon is bounded as the map is.
             table.retire_rows(stale)
             table.evicting = np.zeros(0, dtype=np.int64)
-        report = DrainReport(len(batch), changed, evicted, time.perf_counter() - started)
+        report = DrainReport(len(batch), changed, evicted, time.perf_counter() - started,
+                             read_at)
         for sink in self.sinks:
             sink(report)
         return report
 
-    def _read_at_one_moment(self) -> tuple[PeerBatch, Totals]:
-        """The peers and the totals as of one moment, when the traffic lets them be.
+    def _read_at_one_moment(self) -> tuple[PeerBatch, Totals, float]:
+        """The peers and the totals as of one moment, when the traffic lets them be, and
+        that moment (epoch s: the middle of the read of the peers).
 
         The two are separate maps, read one after the other. The program counts a frame
         under its peer first and in the totals next (bpf/ncebpf.c count_peer), so totals
@@ -219,13 +225,15 @@ class Collector:
         before = self._source.read_totals()
         for _ in range(_CONSISTENT_READ_TRIES):
             started = time.perf_counter()
+            read_started = self._clock()
             batch = self._source.read_peers()
+            read_at = (read_started + self._clock()) / 2
             after = self._source.read_totals()
             if (after.packets == before.packets
                     or time.perf_counter() - started > _CONSISTENT_READ_MAX_S):
                 break
             before = after
-        return batch, after
+        return batch, after, read_at
 
     def _rows_of(self, batch: PeerBatch, now: int) -> Rows:
         digest, generation, known = self._last_read

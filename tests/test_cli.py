@@ -65,6 +65,17 @@ def test_timeouts_are_seconds_from_a_tenth_to_a_day(value: str) -> None:
         assert result.exit_code == 2 and "--timeout" in result.output
 
 
+@pytest.mark.parametrize(("command", "option"), [("stop", "--timeout"), ("top", "--interval")])
+def test_seconds_that_are_no_number_are_told_so(command: str, option: str) -> None:
+    from click.testing import CliRunner
+
+    from ncebpf.cli import main
+
+    result = CliRunner().invoke(main, [command, option, "0.5abc", "--piddir", "/tmp"])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': '0.5abc' is not a number of seconds" in result.output
+
+
 @pytest.mark.parametrize("name", ["../esc", "", ".hidden", "a/b", "x" * 65, "sp ace"])
 def test_instance_names_cannot_leave_their_directories(name: str) -> None:
     from click.testing import CliRunner

@@ -101,6 +101,30 @@ def test_times_are_the_drains() -> None:
                                                                int(clock.epoch))
 
 
+def test_a_drain_reports_when_it_read_the_peers_not_when_it_ended() -> None:
+    """The counts' time is the middle of the read of the peers: a sink that runs after a
+    slow eviction or other sinks gets the moment the maps were read (top's rates)."""
+    _, table, _, clock = make()
+
+    class SlowRead(DictSource):
+        def read_peers(self) -> PeerBatch:
+            clock.epoch += 0.4  # a read of many peers
+            return super().read_peers()
+    slow = SlowRead()
+    collector = Collector(slow, table, EvictionPolicy(), clock)
+    slow.count("10.77.0.2", 1, 100)
+    seen: list[float] = []
+    collector.sinks.append(lambda report: seen.append(report.read_at))
+
+    def late_sink(report: object) -> None:
+        clock.epoch += 5.0  # a sink that takes its time
+    collector.sinks.insert(0, late_sink)
+    start = clock.epoch
+    report = collector.drain()
+    assert report.read_at == seen[0] == start + 0.2
+    assert clock.epoch == start + 5.4
+
+
 def test_in_and_out_are_counted_apart() -> None:
     source, table, collector, clock = make()
     source.count("10.77.0.2", 3, 300)

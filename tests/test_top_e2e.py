@@ -114,6 +114,12 @@ def test_top_shows_the_busiest_peer_at_the_rate_sent(pair: NetnsPair, workdir: P
     assert label == BUSY, snapshots[-1]
     for window, rate in rates.items():
         assert abs(rate - expected) <= 0.1 * expected, (window, rate, expected, out)
+    # Every snapshot has the same columns, names last ("-": none), no field with a space.
+    for snapshot in snapshots:
+        table = snapshot.splitlines()[5:]
+        assert table[0].split() == ["peer", "2s", "10s", "40s", "total", "pkt/s", "in", "out",
+                                    "peers", "idle", "since", "names"], snapshot
+        assert all(len(row.split()) == 12 and row.split()[-1] == "-" for row in table[1:])
     # The quiet peer follows, at a quarter of the frames and a fifth of their size.
     second = snapshots[-1].splitlines()[-1].split()
     assert second[0] == QUIET and 0 < si_value(second[2]) < expected / 10

@@ -195,3 +195,27 @@ def test_the_service_drains_only_for_counts_older_than_asked_and_sends_off_the_l
     ask(0.1)  # never fresher than 0.5 s: several tops share drains
     assert drains == [0.7, 4.0]
     assert sizes(line.decode())[1] == 1
+
+
+def test_the_answer_is_stamped_with_when_the_drain_read_the_maps() -> None:
+    from ncebpf.collector import DrainReport
+    from ncebpf.top.serve import TopService
+
+    table = PeerTable(start=1000)
+    table.add(A, 1, 100, 1000, 1000)
+    clock = Clock()
+    stamped: list[float] = []
+
+    def header(at: float) -> Header:
+        stamped.append(at)
+        return HEADER
+    service = TopService(ChangeFeed(table, clock), header, lambda: True, clock=clock,
+                         wall=lambda: 2000.0)  # the sinks run late: "now" is not the read
+    service.drained(DrainReport(1, 1, 0, 0.6, read_at=1999.3))
+    ours, theirs = socket.socketpair()
+    with ours:
+        service.answer(ChangesRequest(theirs, "", None))
+        ours.settimeout(5)
+        while ours.recv(1 << 16):
+            pass
+    assert stamped == [1999.3]

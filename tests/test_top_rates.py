@@ -100,3 +100,20 @@ def test_total_rates_give_per_second_and_growth_over_each_window() -> None:
     per_second, _ = totals.over(40.0)  # no 40 s yet: from the oldest sample
     assert per_second[0] == pytest.approx(100.0)
     assert TotalRates().over(2.0)[0].tolist() == []
+
+
+def test_total_rates_start_over_after_a_reset_never_going_negative() -> None:
+    totals = TotalRates()
+    for t in range(0, 5):  # 1000 frames/s since start 100
+        totals.add(float(t), np.array([1000.0 * (t + 50)]), start=100)
+    assert totals.over(2.0)[0].tolist() == [1000.0]
+    totals.add(5.0, np.array([300.0]), start=105)  # a HUP: counted anew from 105
+    assert totals.over(2.0)[0].tolist() == [0.0]  # one sample: no rate yet
+    totals.add(6.0, np.array([500.0]), start=105)
+    assert totals.over(10.0)[0].tolist() == [200.0]
+    totals.add(7.0, np.array([100.0]), start=105)  # a total went down (a restart)
+    totals.add(8.0, np.array([250.0]), start=105)
+    per_second, growth = totals.over(40.0)
+    assert (per_second.tolist(), growth.tolist()) == ([150.0], [150.0])
+    totals.restart()
+    assert totals.over(2.0)[0].tolist() == []

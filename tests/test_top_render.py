@@ -4,6 +4,7 @@ pure, no root, no terminal."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from ncebpf.peerindex import key_array
 from ncebpf.top import render
 from ncebpf.top.rates import PeerRates, TotalRates
 from ncebpf.top.screen import _Keyboard
-from ncebpf.top.view import Labels, View, ViewOptions, build, counter_values
+from ncebpf.top.view import Counter, Labels, View, ViewOptions, build, counter_values
 from ncebpf.top.wire import Header
 
 PEERS = {  # address -> bytes/s in, bytes/s out, names
@@ -90,8 +91,9 @@ def test_groups_are_the_reports_groups_with_their_members_summed() -> None:
 def test_the_filter_sort_and_limit() -> None:
     assert [line.label for line in view_of(ViewOptions(search="CO.UK")).lines] == [
         "10.77.1.1", "10.77.1.2"]
-    assert [line.label for line in view_of(ViewOptions(search="10.77.2")).lines] == [
-        "10.77.2.1"]
+    one = view_of(ViewOptions(search="10.77.2"))
+    assert [line.label for line in one.lines] == ["10.77.2.1"]
+    assert render.header(one)[4].plain == "sort rate  by peer  1 peer matching 10.77.2"
     by_total = view_of(ViewOptions(sort="total"), limit=2)
     assert [line.label for line in by_total.lines] == ["10.77.2.1", "10.77.1.1"]
     by_packets = view_of(ViewOptions(sort="packets"))
@@ -107,27 +109,35 @@ def test_the_screen_fits_the_terminal(width: int, height: int) -> None:
     lines = text_of(render.screen(view, width, height), width).splitlines()
     assert len(lines) <= height
     assert all(len(line) <= width for line in lines)
-    assert lines[0].startswith("ncebpf t: eth0 (tc) filter: udp")
+    assert lines[0].startswith("ncebpf t: eth0 (tc)  drained ")
     assert lines[-1].startswith("s sort")
     table = next(i for i, line in enumerate(lines) if line.startswith("peer"))
     assert lines[table + 1].split()[:4] == ["10.77.2.1", "60.0k", "60.0k", "60.0k"]
     if width >= 80:
         assert lines[table].split()[:7] == ["peer", "2s", "10s", "40s", "total", "pkt/s", "in"]
-        assert "overflow 7 +7" in lines[2]
+        assert lines[2].startswith("overflow 7 +7  dropped ?")
 
 
-def test_batch_gives_exact_figures_and_every_column() -> None:
-    text = text_of(render.batch(view_of(ViewOptions(by="peer"))), 250)
-    lines = text.splitlines()
+def test_batch_gives_exact_figures_and_the_same_columns_every_time() -> None:
+    lines = render.batch_text(view_of(ViewOptions(by="peer"))).splitlines()
     table = next(i for i, line in enumerate(lines) if line.startswith("peer"))
     assert lines[table].split() == ["peer", "2s", "10s", "40s", "total", "pkt/s", "in", "out",
-                                    "idle", "since", "names"]
+                                    "peers", "idle", "since", "names"]
     assert lines[table + 2].split() == ["10.77.1.1", "51000", "51000", "51000", "255000", "2",
-                                        "50000", "1000", "0", "5", "a.example.co.uk"]
+                                        "50000", "1000", "1", "0", "5", "a.example.co.uk"]
+    assert lines[table + 1].split()[-1] == "-"  # no names: still a field
     # Never cut, never read as markup or emoji codes (`:1234:`).
-    assert "fd77:1234:5678:9abc:def0:1234:5678:9abc" in text
-    assert "[blink]v6.example.net" in text
-    assert "frames/s 1001  bytes/s 2s 100000" in lines[1]
+    assert lines[table + 3].split()[0] == "fd77:1234:5678:9abc:def0:1234:5678:9abc"
+    assert lines[table + 3].split()[-1] == "[blink]v6.example.net"
+    assert lines[1] == ("frames/s 1001  bytes/s 2s 100000 10s 100000 40s 100000  "
+                        "peers 4/1048576 (0.0%)")
+    assert lines[-1] == ""
+    grouped = render.batch_text(view_of(ViewOptions(by="domain"))).splitlines()
+    rows = [line.split() for line in grouped[grouped.index(next(
+        line for line in grouped if line.startswith("domain"))) + 1:-1]]
+    assert [(r[0], r[8], r[-1]) for r in rows] == [
+        ("example.co.uk", "2", "-"), ("(no_name)", "1", "-"), ("example.net", "1", "-")]
+    assert all(len(r) == 12 for r in rows)
 
 
 def test_no_colour_without_a_terminal_or_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,8 +177,68 @@ def test_keys() -> None:
         keys.press(key)
     assert keys.options.search == "10.77" and keys.typing is None
     keys.press("/")
-    assert keys.note == "filter: 10.77_"
+    assert keys.note == "filter: _"  # a new filter
     keys.press("\x1b")
-    assert keys.options.search == ""
+    assert keys.options.search == "10.77"  # Esc keeps the old one
     keys.press("q")
     assert keys.quit
+
+
+def test_every_header_line_fits_80_columns_in_a_flood() -> None:
+    view = view_of()
+    huge = 9_876_543_210_987
+    flood = replace(
+        view, header=replace(view.header, peers=1 << 20, filter="udp and " * 20),
+        frame_rate=huge, byte_rates=(huge, huge, huge),
+        counters=tuple(Counter(c.name, huge, huge) for c in view.counters),
+        options=ViewOptions(search="x" * 60, paused=True))
+    lines = render.header(flood)
+    plain = [line.plain for line in lines]
+    assert all(len(line) <= 80 for line in plain[1:4]), plain
+    assert plain[1].endswith("peers 1.05M/1.05M (100.0%)")
+    assert plain[2] == "overflow 9.88T +9.88T  dropped 9.88T +9.88T  unattributed 9.88T +9.88T"
+    assert plain[3] == "filtered_out 9.88T +9.88T  unparsed 9.88T +9.88T"
+    assert " drained " in plain[0][:40]  # before the filter, which may be cut
+    assert render.batch_text(flood).splitlines()[2].startswith(
+        f"overflow {huge} +{huge}  dropped {huge} +{huge}")
+
+
+@pytest.mark.parametrize(("width", "last"), [(80, "since"), (73, "idle"), (60, "pkt/s"),
+                                             (40, "40s"), (33, "10s"), (25, "10s"), (24, None)])
+def test_columns_go_down_to_the_10s_rate_then_the_screen_says_it_is_too_narrow(
+        width: int, last: str | None) -> None:
+    rates, totals, head = feed()
+    view = build(rates, totals, head, Labels(rates), ViewOptions(), 10, now=5.0)
+    lines = text_of(render.screen(view, width, 24), width).splitlines()
+    if last is None:
+        assert lines == [f"terminal too narrow: {19 + 6} columns needed"[:width],
+                         f"terminal too narrow: {19 + 6} columns needed"[width:].strip()]
+        return
+    headings = lines[render.HEADER_LINES].split()
+    assert headings[-1] == last and "10s" in headings
+    # No figure is cut: every cell is whole (SI-scaled, at most 5 characters).
+    row = lines[render.HEADER_LINES + 1].split()
+    assert row[0] == "10.77.2.1" and set(row[1:4]) <= {"60.0k", "0", "1.00k", "0s", "5s"}
+    assert all(len(line) <= width for line in lines)
+    assert text_of(render.screen(view, 80, 7), 80).splitlines() == [
+        "terminal too short: 8 lines needed"]
+    assert " ".join(text_of(render.screen(view, 20, 5), 20).split()) == \
+        "terminal too short: 8 lines needed"
+
+
+def test_grouped_views_keep_in_out_and_idle_at_80_columns() -> None:
+    for by in ("cidr", "domain"):
+        rates, totals, head = feed()
+        view = build(rates, totals, head, Labels(rates), ViewOptions(by=by), 10, now=5.0)
+        lines = text_of(render.screen(view, 80, 24), 80).splitlines()
+        headings = lines[render.HEADER_LINES].split()
+        assert headings[1:] == ["2s", "10s", "40s", "total", "pkt/s", "in", "out", "peers",
+                                "idle"], (by, lines)
+        assert all(len(line) <= 80 for line in lines)
+
+
+def test_a_long_label_is_cut_in_the_middle_keeping_its_tail() -> None:
+    assert render.cut("fd77:1234:5678:9abc:def0:1234:5678:9abc", 18) == "fd77:12…:5678:9abc"
+    assert render.cut("10.77.5.39", 18) == "10.77.5.39"
+    lines = text_of(render.screen(view_of(), 80, 24), 80)
+    assert "fd77:123…:5678:9abc " in lines

@@ -54,6 +54,11 @@ class PeerRates:
         self.resets = -1  # how often the rows were given anew (a Labels's cache goes then)
         self._reset()
 
+    def restart(self) -> None:
+        """Forget every peer and window: the next answer is a baseline (a restarted
+        instance, one that came back)."""
+        self._reset()
+
     def _reset(self) -> None:
         windows = self.windows
         self.resets += 1
@@ -166,14 +171,28 @@ class PeerRates:
 @dataclass
 class TotalRates:
     """Rates of cumulative instance-wide counters (frames, bytes, ...) over the same
-    windows: samples (time, values) kept for the longest window."""
+    windows: samples (time, values) kept for the longest window.
+
+    The counters only grow between resets of the instance (a HUP, a restart); a reset
+    starts the windows over, as the peers' do: a sample whose `start` (the table's start,
+    epoch s) differs from the previous one's, or with any value below the previous one."""
 
     windows: tuple[float, ...] = WINDOWS_S
 
     def __post_init__(self) -> None:
         self._samples: deque[tuple[float, npt.NDArray[np.float64]]] = deque()
+        self._start: int | None = None
 
-    def add(self, time: float, values: npt.NDArray[np.float64]) -> None:
+    def restart(self) -> None:
+        """Forget every sample: rates from the second sample on again."""
+        self._samples.clear()
+
+    def add(self, time: float, values: npt.NDArray[np.float64], start: int = 0) -> None:
+        """One answer's counters (epoch s, values (k,)); start: the instance's reset time."""
+        if self._samples and (start != self._start
+                              or bool(np.any(values < self._samples[-1][1]))):
+            self._samples.clear()
+        self._start = start
         if self._samples and time <= self._samples[-1][0]:
             self._samples[-1] = (self._samples[-1][0], values)
         else:

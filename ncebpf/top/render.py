@@ -1,28 +1,41 @@
-"""A View into a rich renderable (the screen) or plain text (--batch). Pure.
+"""A View into screen lines (rich Text) or plain text (--batch). Pure.
 
-The screen fits any terminal from 80x24 up: the least needed columns go
-first when the width is short (names, then first/last seen, in/out, ...),
-the peer column takes what is left, and the table gets the lines the
-height leaves. --batch writes the same table with exact figures (whole
-bytes/s, seconds) and every column, for scripts.
+The screen fits the terminal: the least needed columns go first when the
+width is short (names, since, idle, in/out, ... down to the 10-second rate,
+the sort key), the label column takes what is left, and the table gets the
+lines the height leaves; below what the 10-second rate needs, one line says
+how wide (or high) the terminal must be. Every header line fits 80 columns
+whatever the figures (SI-scaled, at most 5 characters each).
+
+--batch writes the same header with exact integers and every column, every
+snapshot alike for a given --by, built as plain strings (no rich table: a
+snapshot of 100 000 rows takes a fraction of a second, not minutes).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from ncebpf.top.view import View
+from ncebpf.top.view import Counter, View
 
-HEADER_LINES = 4
+HEADER_LINES = 5
 FOOTER_LINES = 1
 HELP = "s sort  b group  / filter  p pause  q quit"
 GROWING = "bold red"  # a counter of frames under no peer that grew in the last 10 s
-PEER_MIN, PEER_MAX = 18, 41  # "255.255.255.255/24"; the longest IPv6 text is 39
+# "255.255.255.255/24" is 18, "ffff:ffff:ffff::/48" 19; the longest IPv6 text is 39.
+LABEL_MIN, LABEL_MAX = 19, 41
+STALE = "-"  # a rate while the instance does not answer
+# The header's counters, by line: those that mean loss first.
+COUNTER_LINES = (("overflow", "dropped", "unattributed"), ("filtered_out", "unparsed"))
+NOUNS = {"peer": ("peer", "peers"), "cidr": ("prefix", "prefixes"),
+         "domain": ("domain", "domains")}
 
 
 @dataclass(frozen=True)
@@ -32,14 +45,15 @@ class _Column:
     drop: int  # higher goes first when the width is short; 0 never
 
 
-# In order on the screen, after the peer column. Rates are bytes/s.
+# In order, after the label column. Rates are bytes/s; an SI figure is at most 5 characters.
 _COLUMNS = (
-    _Column("2s", 6, 0), _Column("10s", 6, 0), _Column("40s", 6, 0),
-    _Column("total", 6, 1), _Column("pkt/s", 6, 2), _Column("in", 6, 3),
-    _Column("out", 6, 3), _Column("peers", 5, 2), _Column("idle", 4, 4),
-    _Column("since", 5, 5), _Column("names", 12, 6),
+    _Column("2s", 5, 2), _Column("10s", 5, 0), _Column("40s", 5, 3),
+    _Column("total", 5, 4), _Column("pkt/s", 5, 5), _Column("in", 5, 6),
+    _Column("out", 5, 6), _Column("peers", 5, 5), _Column("idle", 4, 7),
+    _Column("since", 5, 8), _Column("names", 12, 9),
 )
-_GAP = 2  # between two columns
+_GAP = 2  # between two columns on the screen; 1 after the label (the figures align right)
+_RATES = ("2s", "10s", "40s", "pkt/s", "in", "out")
 
 
 def table_lines(height: int) -> int:
@@ -76,108 +90,192 @@ def age(seconds: float, exact: bool = False) -> str:
     return f"{seconds:.0f}s"
 
 
-def _columns(view: View, width: int, exact: bool) -> tuple[list[_Column], int]:
-    """The columns that fit in width, and the peer column's width."""
+def cut(text: str, width: int) -> str:
+    """text in at most width characters: cut in the middle with `…`, keeping more of the
+    tail (what tells apart the hosts of one IPv6 prefix: `fd77:12…:5678:9abc`)."""
+    if len(text) <= width:
+        return text
+    if width < 2:
+        return text[:width]
+    head = min(width - 1, (width - 1) * 2 // 5 + 1)
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
+
+
+def _shown_columns(view: View) -> list[_Column]:
     grouped = view.options.by != "peer"
-    columns = [c for c in _COLUMNS if grouped or c.heading != "peers"]
-    if not any(line.names for line in view.lines):  # groups have none
-        columns = [c for c in columns if c.heading != "names"]
-    if exact:
-        return columns, PEER_MAX
+    return [c for c in _COLUMNS if (grouped or c.heading != "peers")
+            and (c.heading != "names" or any(view.lines.names))]
+
+
+def layout(view: View, width: int) -> tuple[list[_Column], int] | int:
+    """The columns that fit in width and the label column's width; or, when not even the
+    10-second rate fits, the width needed (an int)."""
+    columns = _shown_columns(view)
+    longest = max((len(label) for label in view.lines.labels), default=0)
+    heading = NOUNS[view.options.by][0]
+    label = min(LABEL_MAX, max(longest, len(heading)))
+    floor = min(label, LABEL_MIN)  # a longer label is cut in the middle
 
     def needed(cols: list[_Column]) -> int:
-        return PEER_MIN + sum(c.width + _GAP for c in cols)
+        return floor + sum(c.width + _GAP for c in cols) - (_GAP - 1)
     while needed(columns) > width and any(c.drop for c in columns):
         worst = max(c.drop for c in columns)
         columns = [c for c in columns if c.drop != worst]
+    if needed(columns) > width:
+        return needed(columns)
     spare = width - needed(columns)
-    names = next((c for c in columns if c.heading == "names"), None)
-    peer = min(PEER_MAX, PEER_MIN + max(0, spare))
-    if names is not None:  # the names take what the peer column does not
-        peer = min(peer, max(PEER_MIN, max(len(line.label) for line in view.lines)
-                             if view.lines else PEER_MIN))
-    return columns, peer
+    names = any(c.heading == "names" for c in columns)
+    label_width = min(label, floor + spare)
+    if names:  # the names take the rest
+        columns[-1] = _Column("names", columns[-1].width + spare - (label_width - floor), 9)
+    return columns, label_width
 
 
-def _cells(view: View, columns: list[_Column], exact: bool) -> list[list[str]]:
+def _header_parts(view: View, exact: bool) -> list[list[tuple[str, str | None]]]:
+    """The lines above the table as (text, style) pieces: the instance, the rates, the
+    counters (those that mean loss first), the view."""
+    h = view.header
+    stale = view.stale and not exact
+
+    def rate(value: float) -> str:
+        return STALE if stale else si(value, exact)
+
+    def count(value: float) -> str:
+        return si(value, exact)
+    clock = time.strftime("%H:%M:%S", time.localtime(h.time)) if h.time else "--:--:--"
+    first = f"ncebpf {h.name}: {h.device} ({h.mode})  drained {clock}"
+    if h.filter:
+        first += f"  filter: {h.filter}"
+    fill = 100.0 * h.peers / h.capacity if h.capacity else 0.0
+    rates = " ".join(f"{w} {rate(r)}" for w, r in zip(("2s", "10s", "40s"), view.byte_rates,
+                                                      strict=True))
+    second = (f"frames/s {rate(view.frame_rate)}  bytes/s {rates}  peers "
+              f"{count(h.peers)}/{count(h.capacity)} ({fill:.1f}%)")
+    by_name = {c.name: c for c in view.counters}
+    counter_lines: list[list[tuple[str, str | None]]] = []
+    for names in COUNTER_LINES:
+        pieces: list[tuple[str, str | None]] = []
+        for name in names:
+            counter = by_name.get(name, Counter(name, None, 0))
+            if pieces:
+                pieces.append(("  ", None))
+            value = "?" if counter.value is None else count(counter.value)
+            if counter.growth > 0:
+                pieces.append((f"{name} {value} +{count(counter.growth)}", GROWING))
+            else:
+                pieces.append((f"{name} {value}", None))
+        counter_lines.append(pieces)
+    options = view.options
+    noun = NOUNS[options.by][0 if view.matching == 1 else 1]
+    status = f"sort {options.sort}  by {options.by}  {view.matching} {noun}"
+    if options.search:
+        status += f" matching {options.search}"
+    if options.paused:
+        status += "  PAUSED"
+    if view.note:  # first when it says the figures are not live
+        status = f"{view.note}  {status}" if view.stale else f"{status}  {view.note}"
+    return [[(first, None)], [(second, None)], *counter_lines, [(status, None)]]
+
+
+def header(view: View, exact: bool = False) -> list[Text]:
+    """The HEADER_LINES lines above the table."""
+    lines = []
+    for pieces in _header_parts(view, exact):
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for piece, style in pieces:
+            text.append(piece, style=style)
+        lines.append(text)
+    return lines
+
+
+def _cells(view: View, columns: Sequence[_Column]) -> list[list[str]]:
+    """The screen's cells, SI-scaled, one list per shown line (label first)."""
+    lines, now = view.lines, view.header.time
     rows = []
-    for line in view.lines:
+    for line in lines:
         values = {
-            "2s": si(line.rates[0], exact), "10s": si(line.rates[1], exact),
-            "40s": si(line.rates[2], exact), "total": si(line.bytes, exact),
-            "pkt/s": si(line.packet_rate, exact), "in": si(line.in_rate, exact),
-            "out": si(line.out_rate, exact), "peers": str(line.peers),
-            "idle": age(view.header.time - line.last_seen, exact),
-            "since": age(view.header.time - line.first_seen, exact), "names": line.names,
+            "2s": si(line.rates[0]), "10s": si(line.rates[1]), "40s": si(line.rates[2]),
+            "total": si(line.bytes), "pkt/s": si(line.packet_rate), "in": si(line.in_rate),
+            "out": si(line.out_rate), "peers": si(line.peers),
+            "idle": age(now - line.last_seen), "since": age(now - line.first_seen),
+            "names": line.names,
         }
+        if view.stale:
+            values.update(dict.fromkeys(_RATES, STALE))
         rows.append([line.label, *(values[c.heading] for c in columns)])
     return rows
 
 
-def header(view: View, exact: bool = False) -> list[Text]:
-    """The lines above the table: the instance, the rates, the counters, the view."""
-    h = view.header
-    what = f"ncebpf {h.name}: {h.device} ({h.mode})"
-    if h.filter:
-        what += f" filter: {h.filter}"
-    clock = time.strftime("%H:%M:%S", time.localtime(h.time)) if h.time else "--:--:--"
-    first = Text(f"{what}  drained {clock}", no_wrap=True, overflow="ellipsis")
-    fill = 100.0 * h.peers / h.capacity if h.capacity else 0.0
-    rates = " ".join(f"{w} {si(r, exact)}" for w, r in zip(("2s", "10s", "40s"),
-                                                           view.byte_rates, strict=True))
-    second = Text(f"frames/s {si(view.frame_rate, exact)}  bytes/s {rates}  peers "
-                  f"{h.peers:,}/{h.capacity:,} ({fill:.1f}%)", no_wrap=True,
-                  overflow="ellipsis")
-    third = Text(no_wrap=True, overflow="ellipsis")
-    for counter in view.counters:
-        if third:
-            third.append("  ")
-        value = "?" if counter.value is None else str(counter.value)
-        if counter.growth > 0:
-            third.append(f"{counter.name} {value} +{counter.growth}", style=GROWING)
-        else:
-            third.append(f"{counter.name} {value}")
-    options = view.options
-    noun = {"peer": "peers", "cidr": "prefixes", "domain": "domains"}[options.by]
-    status = f"sort {options.sort}  by {options.by}  {view.matching} {noun}"
-    if options.search:
-        status += f" matching {options.search!r}"
-    if options.paused:
-        status += "  PAUSED"
-    if view.note:
-        status += f"  {view.note}"
-    return [first, second, third, Text(status, no_wrap=True, overflow="ellipsis")]
+def table(view: View, width: int) -> list[Text]:
+    """The heading and the lines of the table, each at most width characters; or one line
+    saying how wide the terminal must be."""
+    fitted = layout(view, width)
+    if isinstance(fitted, int):
+        return [Text(f"terminal too narrow: {fitted} columns needed")]
+    columns, label_width = fitted
+    gap = " " * _GAP
 
-
-def table(view: View, width: int, exact: bool = False) -> Table:
-    """The peers (or groups) as a table width columns wide."""
-    columns, peer_width = _columns(view, width, exact)
-    grid = Table(box=None, pad_edge=False, padding=(0, _GAP // 2), show_edge=False,
-                 expand=False, header_style="bold")
-    label = {"peer": "peer", "cidr": "prefix", "domain": "domain"}[view.options.by]
-    grid.add_column(label, width=None if exact else peer_width, no_wrap=True,
-                    overflow="ellipsis", min_width=None if exact else peer_width)
-    for column in columns:
-        if column.heading == "names":
-            grid.add_column("names", no_wrap=True, overflow="ellipsis")
-        else:
-            grid.add_column(column.heading, justify="right", no_wrap=True,
-                            min_width=None if exact else column.width)
-    for cells in _cells(view, columns, exact):
-        # Text, not str: a str cell is read as rich markup and emoji codes, and names come
-        # from DNS (`[blink]`), addresses hold `:1234:` (an emoji's code).
-        grid.add_row(*(Text(cell) for cell in cells))
-    return grid
+    def line(cells: list[str]) -> str:
+        out = [cut(cells[0], label_width).ljust(label_width)]
+        for column, cell in zip(columns, cells[1:], strict=True):
+            if column.heading == "names":
+                out.append(cut(cell, column.width) if len(cell) > column.width else cell)
+            else:
+                out.append(cell.rjust(column.width))
+        return (out[0] + " " + gap.join(out[1:])).rstrip()
+    heading = [NOUNS[view.options.by][0], *(c.heading for c in columns)]
+    # Text, not markup: names come from DNS (`[blink]`), addresses hold `:1234:`.
+    return [Text(line(heading), style="bold", no_wrap=True, overflow="crop"),
+            *(Text(line(cells), no_wrap=True, overflow="crop")
+              for cells in _cells(view, columns))]
 
 
 def screen(view: View, width: int, height: int) -> RenderableType:
     """Everything on a width x height terminal: header, table, help line."""
+    needed = HEADER_LINES + 2 + FOOTER_LINES
+    if height < needed:
+        return Text(f"terminal too short: {needed} lines needed")
+    if isinstance(layout(view, width), int):
+        return table(view, width)[0]
     body = table(view, width)
-    blank = table_lines(height) - len(view.lines)
-    return Group(*header(view), body, *([Text("")] * max(0, blank)),
+    blank = table_lines(height) + 1 - len(body)
+    return Group(*header(view), *body, *([Text("")] * max(0, blank)),
                  Text(HELP, no_wrap=True, overflow="ellipsis", style="reverse"))
 
 
-def batch(view: View) -> Group:
-    """One --batch snapshot: the header and the whole table, exact figures."""
-    return Group(*header(view, exact=True), table(view, 0, exact=True), Text(""))
+def _integers(values: npt.NDArray[np.float64]) -> list[str]:
+    return [str(v) for v in np.rint(values).astype(np.int64).tolist()]
+
+
+def batch_text(view: View) -> str:
+    """One --batch snapshot as text: the header lines with exact integers, the column
+    headings, one line per row with every column (the same for every snapshot of a --by:
+    label 2s 10s 40s total pkt/s in out peers idle since names), then an empty line.
+    Fields hold no spaces: a label's are written `_`, names are `,`-joined, `-` for none."""
+    lines = view.lines
+    now = view.header.time
+    columns = [
+        [label.replace(" ", "_") for label in lines.labels],
+        *(_integers(lines.rates[:, i]) for i in range(3)),
+        _integers(lines.bytes), _integers(lines.packet_rate), _integers(lines.in_rate),
+        _integers(lines.out_rate), [str(p) for p in lines.peers.tolist()],
+        _integers(np.maximum(0.0, now - lines.last_seen)),
+        _integers(np.maximum(0.0, now - lines.first_seen)),
+    ]
+    headings = [NOUNS[view.options.by][0], "2s", "10s", "40s", "total", "pkt/s", "in", "out",
+                "peers", "idle", "since"]
+    widths = [max(len(h), *(len(c) for c in cells)) if cells else len(h)
+              for h, cells in zip(headings, columns, strict=True)]
+    names = [",".join(n.replace(" ", "_") for n in text.split(", ")) if text else "-"
+             for text in lines.names]
+    # Padded a column at a time (str methods over lists), joined a row at a time.
+    padded = [[cell.ljust(widths[0]) for cell in columns[0]],
+              *([cell.rjust(width) for cell in cells]
+                for width, cells in zip(widths[1:], columns[1:], strict=True)), names]
+    out = ["".join(text for text, _ in pieces) for pieces in _header_parts(view, True)]
+    out.append(" ".join([headings[0].ljust(widths[0]),
+                         *(h.rjust(w) for h, w in zip(headings[1:], widths[1:], strict=True)),
+                         "names"]))
+    out.extend(map(" ".join, zip(*padded, strict=True)))
+    out.append("")
+    return "\n".join(out) + "\n"

@@ -8,8 +8,9 @@ first (as a dump does), so a `top` refreshing every second sees counters at
 most a second old, one refreshing every 5 s seldom adds a drain, and several
 `top`s share drains: however many ask, the daemon drains at most every
 FRESH_S for them. The answer's time is
-the drain's: the client divides by the time between drains, not between
-requests.
+the drain's, when it read the maps (DrainReport.read_at, not when its sinks
+ran): the client divides by the time between two reads, not between
+requests, nor between the ends of drains of varying length.
 
 The loop never waits for a client: the payload (6 MB at 100 000 peers) goes
 out from a thread of its own, which gives up on a client that reads nothing
@@ -52,8 +53,10 @@ class TopService:
         self.answered = 0
 
     def drained(self, report: DrainReport) -> None:
-        """A sink of the drain: stamp what moved (while anyone asks)."""
-        self._drained_at, self._drained_time = self._clock(), self._wall()
+        """A sink of the drain: stamp what moved (while anyone asks). The counts are as of
+        report.read_at (epoch s; a report without one: now)."""
+        self._drained_at = self._clock()
+        self._drained_time = report.read_at or self._wall()
         self._feed.update()
         self._feed.sleep_if_idle()
 

@@ -9,6 +9,7 @@ address or a name holds the text (case-insensitive), before grouping.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,41 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Lines:
+    """The rows shown, in order, as columns (n rows): labels and names (", "-joined, ""
+    when none) as texts; rates (n, 3) bytes/s over 2, 10, 40 s; in, out bytes/s and
+    packets/s over 10 s; bytes and packets since first seen; peers per row; first and last
+    seen (drain epoch s). Iterating gives Line values; --batch reads the columns."""
+
+    labels: list[str]
+    names: list[str]
+    peers: npt.NDArray[np.int64]
+    rates: npt.NDArray[np.float64]
+    in_rate: npt.NDArray[np.float64]
+    out_rate: npt.NDArray[np.float64]
+    packet_rate: npt.NDArray[np.float64]
+    bytes: npt.NDArray[np.float64]
+    packets: npt.NDArray[np.float64]
+    first_seen: npt.NDArray[np.int64]
+    last_seen: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, at: int) -> Line:
+        rates = self.rates[at]
+        return Line(label=self.labels[at], names=self.names[at], peers=int(self.peers[at]),
+                    rates=(float(rates[0]), float(rates[1]), float(rates[2])),
+                    in_rate=float(self.in_rate[at]), out_rate=float(self.out_rate[at]),
+                    packet_rate=float(self.packet_rate[at]), bytes=int(self.bytes[at]),
+                    packets=int(self.packets[at]), first_seen=int(self.first_seen[at]),
+                    last_seen=int(self.last_seen[at]))
+
+    def __iter__(self) -> Iterator[Line]:
+        return (self[at] for at in range(len(self)))
+
+
+@dataclass(frozen=True)
 class Counter:
     """A header counter: its value (None: the mode cannot know it) and its growth over the
     last 10 s."""
@@ -76,11 +112,12 @@ class View:
     frame_rate: float  # frames/s over 10 s, every outcome
     byte_rates: tuple[float, float, float]  # matched bytes/s over 2, 10, 40 s
     counters: tuple[Counter, ...]
-    lines: tuple[Line, ...]
+    lines: Lines
     matching: int  # lines that pass the filter, shown or not
     spans: tuple[float, float, float]  # seconds each window covers so far
     note: str = ""
     now: float = 0.0  # epoch seconds the view was made (ages are against it)
+    stale: bool = False  # the instance stopped answering: the figures are not live
 
 
 class Labels:
@@ -184,9 +221,10 @@ def build(rates: PeerRates, totals: TotalRates, header: Header, labels: Labels,
     if options.by == "peer":
         # Texts only for the lines shown: 100 000 peers a second would cost the client more
         # than the rest of its work. Ties go by row: the order top first saw the peers in.
-        order = _order(columns, np.arange(len(rows)), options.sort)[:limit].tolist()
-        label_of = {at: labels.address(int(rows[at])) for at in order}
-        names = {at: ", ".join(rates.names.get(int(rows[at]), ())) for at in order}
+        order = _order(columns, np.arange(len(rows)), options.sort)[:limit]
+        shown_rows = rows[order].tolist()
+        texts = [labels.address(row) for row in shown_rows]
+        names = [", ".join(rates.names.get(row, ())) for row in shown_rows]
         matching = len(rows)
     else:
         group_labels, inverse = labels.groups(rows, options.by)
@@ -201,18 +239,18 @@ def build(rates: PeerRates, totals: TotalRates, header: Header, labels: Labels,
         first, last = grouped_first, grouped_last
         by_label = np.empty(size, dtype=np.int64)
         by_label[sorted(range(size), key=group_labels.__getitem__)] = np.arange(size)
-        order = _order(columns, by_label, options.sort)[:limit].tolist()
-        label_of = dict(enumerate(group_labels))
-        names = dict.fromkeys(range(size), "")
-    lines = tuple(
-        Line(label=label_of[at], names=names[at], peers=int(members[at]),
-             rates=(float(columns["rate0"][at]), float(columns["rate1"][at]),
-                    float(columns["rate2"][at])),
-             in_rate=float(columns["in"][at]), out_rate=float(columns["out"][at]),
-             packet_rate=float(columns["pps"][at]), bytes=int(columns["bytes"][at]),
-             packets=int(columns["packets"][at]), first_seen=int(first[at]),
-             last_seen=int(last[at]))
-        for at in order)
+        order = _order(columns, by_label, options.sort)[:limit]
+        texts = [group_labels[at] for at in order.tolist()]
+        names = [""] * len(order)
+    shown = order
+    lines = Lines(
+        labels=texts, names=names,
+        peers=np.asarray(members, dtype=np.int64)[shown],
+        rates=np.stack([columns["rate0"][shown], columns["rate1"][shown],
+                        columns["rate2"][shown]], axis=1).reshape(-1, 3),
+        in_rate=columns["in"][shown], out_rate=columns["out"][shown],
+        packet_rate=columns["pps"][shown], bytes=columns["bytes"][shown],
+        packets=columns["packets"][shown], first_seen=first[shown], last_seen=last[shown])
     windows = [totals.over(w)[0] for w in rates.windows]
     matched = tuple(float(w[1]) if len(w) > 1 else 0.0 for w in windows)
     spans = rates.spans()
