@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.netns import TIME_SCALE
+from tests.netns import TIME_SCALE, stop_process
 
 START_TIMEOUT_S = 60
 
@@ -176,12 +176,7 @@ class MariadbServer(DatabaseServer):
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(60 * TIME_SCALE)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=60)
         self.proc = None
 
 

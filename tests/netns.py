@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ncebpf.filter.frames import mac
 from tests.sendframes import write_frames
@@ -34,6 +35,17 @@ def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
     """Run cmd to its end; timeout in seconds on real hardware (times TIME_SCALE)."""
     return subprocess.run(cmd, check=check, capture_output=True, text=True,
                           timeout=timeout * TIME_SCALE)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """SIGTERM, then SIGKILL if process is still there after timeout seconds (times
+    TIME_SCALE); its exit status."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout * TIME_SCALE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 # Every namespace this process made: the suite answers for these, not for those of another

@@ -24,7 +24,16 @@ from pathlib import Path
 import pytest
 
 from ncebpf.filter.frames import ip_frame
-from tests.netns import CREATED, NCEBPF, PREFIX, TIME_SCALE, DaemonProcess, NetnsPair, run
+from tests.netns import (
+    CREATED,
+    NCEBPF,
+    PREFIX,
+    TIME_SCALE,
+    DaemonProcess,
+    NetnsPair,
+    run,
+    stop_process,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -107,12 +116,7 @@ def sshd(ns: str, workdir: Path, address: str, port: int, authorized: str) -> It
             time.sleep(0.2)
         yield
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ncebpf.filter.frames import ip_frame
-from tests.netns import TIME_SCALE, DaemonProcess, NetnsPair
+from tests.netns import TIME_SCALE, DaemonProcess, NetnsPair, stop_process
 
 pytestmark = pytest.mark.privileged
 
@@ -66,12 +66,7 @@ def prometheus(pair: NetnsPair, workdir: Path, target: str) -> Iterator[str]:
             time.sleep(0.5)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=30)
 
 
 def queried(pair: NetnsPair, base: str, *queries: str) -> dict[str, float | None]:
