@@ -42,8 +42,11 @@ def cpu_seconds(pid: int) -> float:
     return process_ticks(Path(f"/proc/{pid}/stat").read_text()) / TICK
 
 
-def measure(pid: int, seconds: float, with_top: list[str] | None) -> tuple[float, float, int]:
-    """(daemon CPU s per s, top's CPU s per s, refreshes) over seconds."""
+def measure(pid: int, seconds: float, with_top: list[str] | None
+            ) -> tuple[float, float, int, int]:
+    """(daemon CPU s per s, top's CPU s per s, refreshes, refreshes of a drain of their
+    own: the `drained HH:MM:SS` of one snapshot differs from the one before) over
+    seconds."""
     client = subprocess.Popen(with_top, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True) if with_top else None
     try:
@@ -56,12 +59,16 @@ def measure(pid: int, seconds: float, with_top: list[str] | None) -> tuple[float
         daemon = (cpu_seconds(pid) - before) / elapsed
         own = (cpu_seconds(client.pid) - client_before) / elapsed if client else 0.0
     finally:
-        refreshes = 0
+        refreshes = fresh = 0
         if client:
             client.terminate()
             out, _ = client.communicate(timeout=30)
             refreshes = out.count("\nsort ")
-    return daemon, own, refreshes
+            drained = [line.split(" drained ")[1].split()[0] for line in out.splitlines()
+                       if line.startswith("ncebpf ") and " drained " in line]
+            fresh = len([1 for at in range(len(drained))
+                         if at == 0 or drained[at] != drained[at - 1]])
+    return daemon, own, refreshes, fresh
 
 
 def render_figures(peers: int, rounds: int) -> None:
@@ -137,13 +144,14 @@ def main() -> None:
             alone: list[float] = []
             asked: list[float] = []
             client: list[float] = []
-            refreshes = 0
+            refreshes = fresh = 0
             for _ in range(args.rounds):
                 alone.append(measure(pid, args.seconds, None)[0])
-                cost, own, count = measure(pid, args.seconds, top)
+                cost, own, count, new = measure(pid, args.seconds, top)
                 asked.append(cost)
                 client.append(own)
                 refreshes += count
+                fresh += new
             peers = daemon.dump()["users"]
         finally:
             blaster.kill()
@@ -157,7 +165,7 @@ def main() -> None:
     print(f"  what top adds to the daemon: "
           f"{show_difference(asked, alone, '% of a CPU', scale=100, digits=1)}")
     print(f"  the top client itself: {Figure.of(client).show('%', 100, 1)} "
-          f"({refreshes} refreshes)")
+          f"({refreshes} refreshes, {fresh} of them a new drain)")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,52 @@ def test_the_service_drains_only_for_counts_older_than_asked_and_sends_off_the_l
     assert sizes(line.decode())[1] == 1
 
 
+
+def test_a_caller_who_has_seen_the_last_drain_gets_a_new_one() -> None:
+    """A top refreshing every second asks for counts at most 0.9 s old; one whose request
+    comes 0.6 s after a slow drain ended would get that drain again: a repeated snapshot."""
+    from ncebpf.collector import DrainReport
+    from ncebpf.top.serve import TopService
+
+    table = PeerTable(start=1000)
+    table.add(A, 1, 100, 1000, 1000)
+    clock = Clock()
+    drains: list[float] = []
+
+    def drain() -> bool:
+        drains.append(clock.now)
+        service.drained(DrainReport(1, 1, 0, 0.3))
+        return True
+    service = TopService(ChangeFeed(table, clock), lambda at: HEADER, drain, clock=clock,
+                         wall=lambda: 1000.0 + clock.now)
+
+    def ask(cursor: str, max_age: float) -> str:
+        ours, theirs = socket.socketpair()
+        with ours:
+            service.answer(ChangesRequest(theirs, cursor, max_age))
+            ours.settimeout(5)
+            data = b""
+            while chunk := ours.recv(1 << 16):
+                data += chunk
+        line, _, rest = data.partition(b"\n")
+        head, count, tail = sizes(line.decode())
+        body = count * RECORD.itemsize
+        return decode(rest[:head], rest[head:head + body], rest[head + body:])[0].cursor
+
+    clock.now = 1.0
+    first = ask("", 0.9)
+    assert drains == [1.0]
+    clock.now = 1.6  # 0.6 s later: fresh enough by age, but this caller has seen it
+    second = ask(first, 0.9)
+    assert drains == [1.0, 1.6] and second != first
+    clock.now = 1.8  # within FRESH_S of that drain: no drain, however current the cursor
+    ask(second, 0.9)
+    assert drains == [1.0, 1.6]
+    clock.now = 2.0
+    ask("", 0.9)  # another caller, counts 0.4 s old: no drain
+    assert drains == [1.0, 1.6]
+
+
 def test_the_answer_is_stamped_with_when_the_drain_read_the_maps() -> None:
     from ncebpf.collector import DrainReport
     from ncebpf.top.serve import TopService

@@ -203,6 +203,21 @@ def test_every_header_line_fits_80_columns_in_a_flood() -> None:
         f"overflow {huge} +{huge}  dropped {huge} +{huge}")
 
 
+def test_a_narrow_header_leaves_figures_out_whole_never_cut() -> None:
+    view = view_of()
+    rates = (610_000.0, 595_000.0, 588_000.0)
+    narrow = replace(view, byte_rates=rates, frame_rate=1370.0,
+                     header=replace(view.header, filter="udp and host 10.77.1.1"))
+    plain = [line.plain for line in render.header(narrow, width=40)]
+    assert all(len(line) <= 40 for line in plain), plain
+    assert plain[1] == "frames/s 1.37k  bytes/s 2s 610k 10s 595k", plain[1]  # 40: no room
+    assert render.header(narrow, width=42)[1].plain == \
+        "frames/s 1.37k  bytes/s 2s 610k 10s 595k …"
+    assert render.header(narrow, width=30)[1].plain == "frames/s 1.37k  …"
+    assert "drained" in plain[0]
+    assert " 40s 588k  peers " in render.header(narrow, width=200)[1].plain
+
+
 @pytest.mark.parametrize(("width", "last"), [(80, "since"), (73, "idle"), (60, "pkt/s"),
                                              (40, "40s"), (33, "10s"), (25, "10s"), (24, None)])
 def test_columns_go_down_to_the_10s_rate_then_the_screen_says_it_is_too_narrow(

@@ -31,6 +31,7 @@ class Instance_:
 
     def __init__(self) -> None:
         self.session, self.seq, self.time, self.bytes, self.down = "s1", 0, 1000.0, 0, False
+        self.start = 900  # the table's start: a HUP makes another
         self.asked = 0
         self.ages: list[float | None] = []
 
@@ -48,7 +49,7 @@ class Instance_:
         records["counts"] = [[self.bytes // 100, self.bytes, 0, 0]]
         records["last_seen"] = int(self.time)
         header = Header(cursor=f"{self.session}:{self.seq}", full=True, time=self.time,
-                        name="t", device="veth0", mode="tc", start=900, peers=1,
+                        name="t", device="veth0", mode="tc", start=self.start, peers=1,
                         capacity=1024, totals={"packets": self.bytes // 100,
                                                "bytes": self.bytes, "overflow": 0})
         return header, records, {}
@@ -90,6 +91,18 @@ def test_an_instance_that_goes_away_is_waited_for_and_its_rates_start_over(
     assert not s.view(ViewOptions(), 10).stale
     assert s.refresh() and rate(s) == 1000.0
     assert s.view(ViewOptions(), 10).frame_rate == 10.0  # the header's windows, too
+
+
+def test_a_hup_starts_every_peer_s_rates_over(daemon: Instance_) -> None:
+    """A HUP's new period (another start, counts from zero) is a baseline: no window keeps
+    what came before it, and none dips for lack of what came between."""
+    s = session()
+    s.first()
+    assert s.refresh() and rate(s) == 1000.0
+    daemon.bytes, daemon.start = 0, 950  # the HUP's reset: same session, a new start
+    assert s.refresh() and s.answers == 1 and rate(s) == 0.0
+    assert s.refresh() and rate(s) == 1000.0
+    assert list(s.view(ViewOptions(), 10).lines[0].rates) == [1000.0, 1000.0, 1000.0]
 
 
 def test_the_first_request_tries_for_two_seconds_then_gives_up(

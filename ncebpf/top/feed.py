@@ -116,6 +116,11 @@ class ChangeFeed:
             self._start, self._others = table.start, table.others.peers
         self._updated = self._state()
 
+    def is_current(self, cursor: str) -> bool:
+        """Whether cursor is this feed's latest: no update (no drain) since the answer that
+        gave it, so an answer now would hold nothing new."""
+        return bool(self._session) and cursor == f"{self._session}:{self._seq}"
+
     def answer(self, cursor: str, header: Header) -> tuple[Header, Records, dict[int, list[str]]]:
         """(header with this feed's cursor and `full`, the records of the listed peers that
         moved since cursor, their names by record position). cursor "" (or unknown, or

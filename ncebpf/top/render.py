@@ -131,9 +131,13 @@ def layout(view: View, width: int) -> tuple[list[_Column], int] | int:
     return columns, label_width
 
 
-def _header_parts(view: View, exact: bool) -> list[list[tuple[str, str | None]]]:
-    """The lines above the table as (text, style) pieces: the instance, the rates, the
-    counters (those that mean loss first), the view."""
+_Piece = tuple[str, "str | None", bool]  # text, style, whether it may be cut at the edge
+_SEP: _Piece = ("  ", None, False)
+
+
+def _header_parts(view: View, exact: bool) -> list[list[_Piece]]:
+    """The lines above the table as pieces, separators included: the instance, the rates,
+    the counters (those that mean loss first), the view."""
     h = view.header
     stale = view.stale and not exact
 
@@ -143,27 +147,31 @@ def _header_parts(view: View, exact: bool) -> list[list[tuple[str, str | None]]]
     def count(value: float) -> str:
         return si(value, exact)
     clock = time.strftime("%H:%M:%S", time.localtime(h.time)) if h.time else "--:--:--"
-    first = f"ncebpf {h.name}: {h.device} ({h.mode})  drained {clock}"
+    first: list[_Piece] = [(f"ncebpf {h.name}: {h.device} ({h.mode})", None, True), _SEP,
+                           (f"drained {clock}", None, False)]
     if h.filter:
-        first += f"  filter: {h.filter}"
+        first += [_SEP, (f"filter: {h.filter}", None, True)]
     fill = 100.0 * h.peers / h.capacity if h.capacity else 0.0
-    rates = " ".join(f"{w} {rate(r)}" for w, r in zip(("2s", "10s", "40s"), view.byte_rates,
-                                                      strict=True))
-    second = (f"frames/s {rate(view.frame_rate)}  bytes/s {rates}  peers "
-              f"{count(h.peers)}/{count(h.capacity)} ({fill:.1f}%)")
+    second: list[_Piece] = [(f"frames/s {rate(view.frame_rate)}", None, False), _SEP]
+    for at, (window, bytes_rate) in enumerate(zip(("2s", "10s", "40s"), view.byte_rates,
+                                                  strict=True)):
+        second += [(f"{'bytes/s ' if at == 0 else ' '}{window} {rate(bytes_rate)}", None,
+                    False)]
+    second += [_SEP, (f"peers {count(h.peers)}/{count(h.capacity)} ({fill:.1f}%)", None,
+                      False)]
     by_name = {c.name: c for c in view.counters}
-    counter_lines: list[list[tuple[str, str | None]]] = []
+    counter_lines: list[list[_Piece]] = []
     for names in COUNTER_LINES:
-        pieces: list[tuple[str, str | None]] = []
+        pieces: list[_Piece] = []
         for name in names:
             counter = by_name.get(name, Counter(name, None, 0))
             if pieces:
-                pieces.append(("  ", None))
+                pieces.append(_SEP)
             value = "?" if counter.value is None else count(counter.value)
             if counter.growth > 0:
-                pieces.append((f"{name} {value} +{count(counter.growth)}", GROWING))
+                pieces.append((f"{name} {value} +{count(counter.growth)}", GROWING, False))
             else:
-                pieces.append((f"{name} {value}", None))
+                pieces.append((f"{name} {value}", None, False))
         counter_lines.append(pieces)
     options = view.options
     noun = NOUNS[options.by][0 if view.matching == 1 else 1]
@@ -174,15 +182,26 @@ def _header_parts(view: View, exact: bool) -> list[list[tuple[str, str | None]]]
         status += "  PAUSED"
     if view.note:  # first when it says the figures are not live
         status = f"{view.note}  {status}" if view.stale else f"{status}  {view.note}"
-    return [[(first, None)], [(second, None)], *counter_lines, [(status, None)]]
+    return [first, second, *counter_lines, [(status, None, True)]]
 
 
-def header(view: View, exact: bool = False) -> list[Text]:
-    """The HEADER_LINES lines above the table."""
+def header(view: View, exact: bool = False, width: int | None = None) -> list[Text]:
+    """The HEADER_LINES lines above the table, each within width (None: as long as they
+    are). A figure is never cut: what does not fit whole is left out, from the end of its
+    line, and `…` says so; only text (the instance, the filter, the status) is cut."""
     lines = []
     for pieces in _header_parts(view, exact):
         text = Text(no_wrap=True, overflow="ellipsis")
-        for piece, style in pieces:
+        for at, (piece, style, cuttable) in enumerate(pieces):
+            room = None if width is None else width - text.cell_len
+            if room is not None and len(piece) > room:
+                if cuttable:
+                    text.append(cut(piece, room), style=style)
+                elif at and room >= 2 and pieces[at - 1] is not _SEP:
+                    text.append(" …")
+                elif room >= 1:
+                    text.append("…")
+                break
             text.append(piece, style=style)
         lines.append(text)
     return lines
@@ -239,7 +258,7 @@ def screen(view: View, width: int, height: int) -> RenderableType:
         return table(view, width)[0]
     body = table(view, width)
     blank = table_lines(height) + 1 - len(body)
-    return Group(*header(view), *body, *([Text("")] * max(0, blank)),
+    return Group(*header(view, width=width), *body, *([Text("")] * max(0, blank)),
                  Text(HELP, no_wrap=True, overflow="ellipsis", style="reverse"))
 
 
@@ -272,7 +291,7 @@ def batch_text(view: View) -> str:
     padded = [[cell.ljust(widths[0]) for cell in columns[0]],
               *([cell.rjust(width) for cell in cells]
                 for width, cells in zip(widths[1:], columns[1:], strict=True)), names]
-    out = ["".join(text for text, _ in pieces) for pieces in _header_parts(view, True)]
+    out = ["".join(text for text, _, _ in pieces) for pieces in _header_parts(view, True)]
     out.append(" ".join([headings[0].ljust(widths[0]),
                          *(h.rjust(w) for h, w in zip(headings[1:], widths[1:], strict=True)),
                          "names"]))

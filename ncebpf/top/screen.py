@@ -97,11 +97,16 @@ class Session:
     def poll(self, max_age_s: float | None = None) -> None:
         """Ask for what moved since the cursor and take it in; max_age_s: how old the counts
         may be this time (None: self.max_age_s). An answer of another session than the
-        cursor's (the instance restarted, or slept after a long pause) starts the rates
-        over: it is the baseline. Raises NcebpfError."""
+        cursor's (the instance restarted, or slept after a long pause), or of a new period
+        (a HUP: another start), starts the rates over: it is the baseline. Raises
+        NcebpfError."""
         header, records, names = request_changes(self.instance, self.cursor, self.timeout_s,
                                                  max_age_s or self.max_age_s)
-        if self.cursor and header.cursor.partition(":")[0] != self.cursor.partition(":")[0]:
+        restarted = self.header is not None and header.start != self.header.start
+        if restarted or self.cursor and \
+                header.cursor.partition(":")[0] != self.cursor.partition(":")[0]:
+            # A new session (the instance restarted, or slept), or a HUP's new period:
+            # every count starts over, and the windows with them.
             self.rates.restart()
             self.totals.restart()
             self.answers = 0
@@ -156,6 +161,7 @@ def run_batch(session: Session, options: ViewOptions, interval_s: float,
     session.first()
     name = session.instance.name
     shown = 0
+    shown_time = 0.0  # the drain time of the last snapshot printed
     deadline = time.monotonic()
     while iterations is None or shown < iterations:
         # The first rates come FIRST_RATES_S after a baseline, whatever the interval.
@@ -174,9 +180,27 @@ def run_batch(session: Session, options: ViewOptions, interval_s: float,
             err.flush()
         if session.answers < 2:
             continue
+        if not _newer_than(session, shown_time):
+            continue  # gone meanwhile: told by the next refresh
+        assert session.header is not None
+        shown_time = session.header.time
         out.write(render.batch_text(session.view(options, lines or 1 << 62)))
         out.flush()
         shown += 1
+
+
+def _newer_than(session: Session, shown: float, tries: int = 10) -> bool:
+    """Ask again, briefly, while the session's counts are those of the snapshot shown last
+    (an answer that came within the daemon's FRESH_S of its last drain): a snapshot is
+    never printed twice. Gives up after tries (drains held by a HUP's dump); False when
+    the instance stopped answering meanwhile."""
+    for _ in range(tries):
+        if session.header is None or session.header.time != shown:
+            return True
+        time.sleep(0.1)
+        if not session.refresh():
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@ with numpy on the loop, its bytes sent by a short thread.
 
 Freshness: a drain runs every --interval seconds (default 5), too seldom for
 2-second averages. A request says how old its counts may be (`top` asks for
-0.9 of its refresh interval); when the last drain is older, the daemon drains
-first (as a dump does), so a `top` refreshing every second sees counters at
+0.9 of its refresh interval); when the last drain is older, or when the caller
+has already seen it (its cursor is the latest), the daemon drains first (as a
+dump does), so a `top` refreshing every second sees counters at
 most a second old, one refreshing every 5 s seldom adds a drain, and several
 `top`s share drains: however many ask, the daemon drains at most every
 FRESH_S for them. The answer's time is
@@ -67,7 +68,10 @@ class TopService:
             request.refuse(f"{MAX_SENDERS} answers are still being sent: ask again")
             return
         max_age = FRESH_S if request.max_age_s is None else max(FRESH_S, request.max_age_s)
-        if self._clock() - self._drained_at >= max_age:
+        age = self._clock() - self._drained_at
+        # A caller that has seen the last drain gets a new one (FRESH_S apart): else a
+        # request that came soon after a slow drain's end got that drain again.
+        if age >= max_age or age >= FRESH_S and self._feed.is_current(request.cursor):
             self._drain()
         header, records, names = self._feed.answer(request.cursor,
                                                    self._header(self._drained_time))
